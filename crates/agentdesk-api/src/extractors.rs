@@ -1,0 +1,277 @@
+//! Extractors that speak problem+json even when axum rejects a request, and the
+//! authentication guards handlers name: [`AuthUser`] (any logged-in user) and [`AdminUser`].
+
+use std::net::{IpAddr, SocketAddr};
+
+use agentdesk_core::RequestMeta;
+use agentdesk_core::cache::AuthContext;
+use agentdesk_core::models::user::User;
+use axum::extract::rejection::{FormRejection, JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use crate::AppState;
+use crate::middleware::RequestId;
+use crate::problem::ApiError;
+
+/// `Json<T>` whose rejections are problem+json: 400 malformed, 415 wrong media type, 413 too
+/// large, 422 for a missing or mistyped field (named in `errors`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for AppJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+impl<T: serde::Serialize> axum::response::IntoResponse for AppJson<T> {
+    fn into_response(self) -> axum::response::Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(e) => {
+            // axum's text is "Failed to deserialize the JSON body into the target type: path: message".
+            let text = e.body_text();
+            let text = text
+                .split_once("target type: ")
+                .map(|(_, rest)| rest.to_owned())
+                .unwrap_or(text);
+            let (field, message) = match text.split_once(": ") {
+                Some((path, message)) if !path.contains(' ') => {
+                    (path.to_owned(), message.to_owned())
+                }
+                _ => (String::new(), text.clone()),
+            };
+            let field = if field.is_empty() {
+                missing_field(&message).unwrap_or_default()
+            } else {
+                field
+            };
+            ApiError::Core(agentdesk_core::Error::invalid(field, message))
+        }
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::http(StatusCode::BAD_REQUEST, "malformed_json", e.body_text())
+        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::http(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected a request body with Content-Type: application/json",
+        ),
+        JsonRejection::BytesRejection(e) => body_rejection(e.status(), e.body_text()),
+        other => ApiError::http(other.status(), "bad_request", other.body_text()),
+    }
+}
+
+/// serde says "missing field `email`" at the top level, with no path.
+fn missing_field(message: &str) -> Option<String> {
+    let start = message.find("missing field `")? + "missing field `".len();
+    let end = message[start..].find('`')? + start;
+    Some(message[start..end].to_owned())
+}
+
+fn body_rejection(status: StatusCode, text: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::http(status, "payload_too_large", "the request body is too large")
+    } else {
+        ApiError::http(StatusCode::BAD_REQUEST, "bad_request", text)
+    }
+}
+
+/// `Query<T>` whose rejection is a 400 problem naming the parameter.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for AppQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
+                let text = e.body_text();
+                let text = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text)
+                    .to_owned();
+                Err(ApiError::http(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_parameter",
+                    text,
+                ))
+            }
+            Err(other) => Err(ApiError::http(
+                StatusCode::BAD_REQUEST,
+                "invalid_parameter",
+                other.body_text(),
+            )),
+        }
+    }
+}
+
+/// `Form<T>` whose rejections are problem+json.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppForm<T>(pub T);
+
+impl<T, S> FromRequest<S> for AppForm<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Form::<T>::from_request(req, state).await {
+            Ok(axum::Form(value)) => Ok(Self(value)),
+            Err(FormRejection::InvalidFormContentType(_)) => Err(ApiError::http(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/x-www-form-urlencoded",
+            )),
+            Err(FormRejection::FailedToDeserializeFormBody(e)) => {
+                let text = e.body_text();
+                let field = missing_field(&text).unwrap_or_default();
+                Err(ApiError::Core(agentdesk_core::Error::invalid(field, text)))
+            }
+            Err(FormRejection::BytesRejection(e)) => Err(body_rejection(e.status(), e.body_text())),
+            Err(other) => Err(ApiError::http(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                other.body_text(),
+            )),
+        }
+    }
+}
+
+/// The authenticated caller. Every route but login, token, refresh and the system routes names
+/// this (or a guard built on it), so an unauthenticated request never reaches a service.
+#[derive(Debug, Clone)]
+pub struct AuthUser(pub AuthContext);
+
+impl AuthUser {
+    /// The calling user.
+    pub fn user(&self) -> &User {
+        &self.0.user
+    }
+}
+
+/// The bearer token of a request: `Authorization: Bearer ...`.
+pub fn bearer_token(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(ctx) = parts.extensions.get::<AuthContext>() {
+            return Ok(Self(ctx.clone()));
+        }
+        let Some(token) = bearer_token(parts) else {
+            return Err(ApiError::http(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "an access token is required (Authorization: Bearer)",
+            ));
+        };
+        let ctx = state.core.authenticate(token).await?;
+        tracing::Span::current().record("user_id", tracing::field::display(ctx.user.id));
+        parts.extensions.insert(ctx.clone());
+        Ok(Self(ctx))
+    }
+}
+
+/// An authenticated administrator.
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub AuthContext);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let AuthUser(ctx) = AuthUser::from_request_parts(parts, state).await?;
+        if !ctx.user.is_admin() {
+            return Err(ApiError::Core(agentdesk_core::Error::Forbidden(
+                "this requires the admin role".into(),
+            )));
+        }
+        Ok(Self(ctx))
+    }
+}
+
+/// Who is asking, from where: request id, client IP and user agent.
+#[derive(Debug, Clone)]
+pub struct Meta(pub RequestMeta);
+
+impl FromRequestParts<AppState> for Meta {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Self(RequestMeta {
+            request_id,
+            ip: client_ip(parts, state.core.settings.trust_forwarded_for),
+            user_agent,
+        }))
+    }
+}
+
+/// The client's IP: the socket peer, or the first `X-Forwarded-For` hop when trusted.
+pub fn client_ip(parts: &Parts, trust_forwarded_for: bool) -> Option<String> {
+    if trust_forwarded_for {
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|ip| ip.trim().parse::<IpAddr>().ok());
+        if let Some(ip) = forwarded {
+            return Some(ip.to_string());
+        }
+    }
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string())
+}

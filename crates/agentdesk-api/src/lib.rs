@@ -1,0 +1,231 @@
+//! agentdesk's HTTP API: axum routes, extractors, problem+json, OpenAPI, and the bootable
+//! [`Application`] (build from settings, bind any listener, run until a shutdown signal).
+//!
+//! Handlers are thin: they parse with the extractors in [`extractors`], call one service of
+//! the core, and map the result; every error becomes problem+json in [`problem`].
+
+pub mod extractors;
+pub mod middleware;
+pub mod openapi;
+pub mod problem;
+pub mod system;
+pub mod v1;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use agentdesk_core::config::Settings;
+use agentdesk_core::{Core, Result};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Method, StatusCode};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::TimeoutLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The core services.
+    pub core: Core,
+    /// The Prometheus registry's handle.
+    pub metrics: PrometheusHandle,
+}
+
+/// The process-wide Prometheus recorder (installed once, even when tests build many apps).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            const BUCKETS: [f64; 12] = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ];
+            let builder = PrometheusBuilder::new();
+            let builder = match builder.set_buckets(&BUCKETS) {
+                Ok(b) => b,
+                Err(_) => PrometheusBuilder::new(),
+            };
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed, in which case ours just stays empty.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// The OpenAPI document with every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, doc) = api_router().split_for_parts();
+    doc
+}
+
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(system::routes())
+        .merge(v1::routes())
+}
+
+/// The complete router with its middleware.
+pub fn router(state: AppState) -> Router {
+    let settings = state.core.settings.clone();
+    let (routes, doc) = api_router().split_for_parts();
+    let cors = cors_layer(&settings.cors_origins());
+    routes
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+        .route_layer(axum::middleware::from_fn(middleware::note_route))
+        .layer(DefaultBodyLimit::max(
+            (settings.max_json_kb * 1024) as usize,
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            settings.request_timeout(),
+        ))
+        .layer(tower::util::option_layer(cors))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn(middleware::observe))
+        .with_state(state)
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PATCH,
+                Method::PUT,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers([
+                axum::http::header::AUTHORIZATION,
+                axum::http::header::CONTENT_TYPE,
+                axum::http::header::IF_MATCH,
+                HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([
+                HeaderName::from_static("x-request-id"),
+                axum::http::header::ETAG,
+                axum::http::header::LOCATION,
+                axum::http::header::RETRY_AFTER,
+            ]),
+    )
+}
+
+/// A bootable server: connected, migrated and bound, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    /// Set when this start created `admin@localhost`: its email and one-time password.
+    pub generated_admin: Option<(String, String)>,
+    /// How long start-up took, to the moment the listener was bound.
+    pub startup: std::time::Duration,
+}
+
+impl Application {
+    /// Connects, migrates, creates the first admin if needed, and binds `settings.bind`.
+    pub async fn build(settings: Settings) -> Result<Self> {
+        let started = Instant::now();
+        let bind = settings.bind;
+        let core = Core::start(settings).await?;
+        let generated_admin = core.bootstrap_admin().await?;
+        let listener =
+            TcpListener::bind(bind)
+                .await
+                .map_err(|e| agentdesk_core::Error::Config {
+                    key: "bind".into(),
+                    message: format!("cannot listen on {bind}: {e}"),
+                })?;
+        Ok(Self {
+            listener,
+            state: AppState {
+                core,
+                metrics: metrics_handle(),
+            },
+            generated_admin,
+            startup: started.elapsed(),
+        })
+    }
+
+    /// The address the server listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The core services (tests use it to reach the database).
+    pub fn core(&self) -> &Core {
+        &self.state.core
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish
+    /// within the configured deadline.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let deadline = self.state.core.settings.shutdown_timeout();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let app = router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let mut graceful_rx = stop_rx.clone();
+        let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+            let _ = graceful_rx.wait_for(|stopped| *stopped).await;
+        });
+        let server = tokio::spawn(server.into_future());
+        shutdown.await;
+        tracing::info!(
+            deadline_secs = deadline.as_secs(),
+            "shutting down: no new connections, finishing in-flight requests"
+        );
+        let _ = stop_tx.send(true);
+        match tokio::time::timeout(deadline, server).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(join)) => tracing::error!(error = %join, "server task failed"),
+            Err(_) => {
+                tracing::warn!("shutdown deadline passed; dropping the remaining connections")
+            }
+        }
+        self.state.core.db.clone().close().await;
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

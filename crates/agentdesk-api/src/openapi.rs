@@ -1,0 +1,43 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations.
+
+use utoipa::openapi::security::{
+    Flow, HttpAuthScheme, HttpBuilder, OAuth2, Password, Scopes, SecurityScheme,
+};
+use utoipa::{Modify, OpenApi};
+
+/// The document's frame; paths come from the routers.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "agentdesk", description = "The self-hosted backend for client-service teams. Errors are application/problem+json with a stable `code`."),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "system", description = "Health, readiness, version, metrics"),
+        (name = "auth", description = "Login, tokens, sessions"),
+        (name = "users", description = "User management"),
+    )
+)]
+pub struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "oauth2",
+            SecurityScheme::OAuth2(OAuth2::new([Flow::Password(Password::new(
+                "/api/v1/auth/token",
+                Scopes::new(),
+            ))])),
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! `/auth`: login, OAuth2 password flow, refresh, logout, me, password change.
+
+use agentdesk_core::models::user::User;
+use agentdesk_core::services::auth::TokenPair;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::extractors::{AppForm, AppJson, AuthUser, Meta};
+use crate::problem::{ApiResult, Problem};
+
+/// The routes of `/auth`.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(token))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(change_password))
+}
+
+/// Login credentials.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    /// The account's email (case-insensitive).
+    pub email: String,
+    /// The account's password.
+    pub password: String,
+}
+
+/// Log in with email and password.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in", body = TokenPair),
+        (status = 401, description = "Wrong email or password", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Account disabled (after a correct password)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is missing", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed attempts", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn login(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    AppJson(body): AppJson<LoginRequest>,
+) -> ApiResult<AppJson<TokenPair>> {
+    Ok(AppJson(
+        state.core.login(&body.email, &body.password, &meta).await?,
+    ))
+}
+
+/// OAuth2 password-flow form (`grant_type` is accepted and must be `password` if sent).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TokenForm {
+    /// The email.
+    pub username: String,
+    /// The password.
+    pub password: String,
+    /// `password`, if given.
+    pub grant_type: Option<String>,
+}
+
+/// The OAuth2 token answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccessToken {
+    /// The access token.
+    pub access_token: String,
+    /// Always `bearer`.
+    pub token_type: &'static str,
+    /// Seconds until it expires.
+    pub expires_in: u64,
+}
+
+/// OAuth2 password flow, so that the docs page can authorize.
+#[utoipa::path(post, path = "/api/v1/auth/token", tag = "auth",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Logged in", body = AccessToken),
+        (status = 401, description = "Wrong email or password", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed attempts", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn token(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    AppForm(form): AppForm<TokenForm>,
+) -> ApiResult<AppJson<AccessToken>> {
+    if form.grant_type.as_deref().is_some_and(|g| g != "password") {
+        return Err(agentdesk_core::Error::invalid("grant_type", "must be `password`").into());
+    }
+    let pair = state
+        .core
+        .login(&form.username, &form.password, &meta)
+        .await?;
+    Ok(AppJson(AccessToken {
+        access_token: pair.access_token,
+        token_type: "bearer",
+        expires_in: pair.expires_in,
+    }))
+}
+
+/// A refresh token.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    /// The refresh token from login or the last refresh.
+    pub refresh_token: String,
+}
+
+/// Exchange a refresh token for a new pair; the old one stops working.
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new token pair", body = TokenPair),
+        (status = 401, description = "Invalid, expired or reused token (reuse revokes the session)", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn refresh(
+    State(state): State<AppState>,
+    AppJson(body): AppJson<RefreshRequest>,
+) -> ApiResult<AppJson<TokenPair>> {
+    Ok(AppJson(state.core.refresh(&body.refresh_token).await?))
+}
+
+/// End the session: its refresh and access tokens are refused from now on.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body = RefreshRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn logout(
+    State(state): State<AppState>,
+    AuthUser(caller): AuthUser,
+    AppJson(body): AppJson<RefreshRequest>,
+) -> ApiResult<StatusCode> {
+    state.core.logout(&caller, &body.refresh_token).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller and their effective grants.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    /// The caller.
+    pub user: User,
+    /// Effective grants, direct and through the role.
+    pub grants: Vec<serde_json::Value>,
+}
+
+/// Who am I?
+#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller", body = Me),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn me(AuthUser(caller): AuthUser) -> AppJson<Me> {
+    AppJson(Me {
+        user: caller.user,
+        grants: Vec::new(),
+    })
+}
+
+/// A password change.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PasswordChange {
+    /// The password now.
+    pub current_password: String,
+    /// The new password (at least 12 characters, not a common one).
+    pub new_password: String,
+}
+
+/// Change my password; every other session of mine is revoked.
+#[utoipa::path(post, path = "/api/v1/auth/password", tag = "auth", request_body = PasswordChange, security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Changed"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong current password or weak new one", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn change_password(
+    State(state): State<AppState>,
+    AuthUser(caller): AuthUser,
+    AppJson(body): AppJson<PasswordChange>,
+) -> ApiResult<StatusCode> {
+    state
+        .core
+        .change_password(&caller, &body.current_password, &body.new_password)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

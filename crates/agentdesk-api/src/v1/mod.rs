@@ -1,0 +1,15 @@
+//! Version 1 of the HTTP API, mounted at `/api/v1`.
+
+pub mod auth;
+pub mod users;
+
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::AppState;
+
+/// The routes of `/api/v1`, with their OpenAPI description.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(auth::routes())
+        .merge(users::routes())
+}

@@ -1,0 +1,388 @@
+//! Caches, the invalidation bus and rate-limit counters.
+//!
+//! Authenticated sessions are cached per instance for a few seconds. A change that must take
+//! effect at once (logout, password change, deactivation, role change) evicts the entry here
+//! synchronously and publishes the eviction to every other instance: through Redis pub/sub
+//! when Redis is configured, PostgreSQL `LISTEN/NOTIFY` on PostgreSQL without Redis, and not at
+//! all on a single SQLite instance, which has no one to tell. The short TTL is the safety net
+//! for a message lost while a connection was down; a reconnect clears everything.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use moka::future::Cache;
+use redis::AsyncCommands;
+use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::database::Database;
+use crate::error::{Error, Result};
+use crate::models::user::User;
+
+const REDIS_CHANNEL: &str = "agentdesk:invalidate";
+const PG_CHANNEL: &str = "agentdesk_invalidate";
+
+/// What changed, so that caches can drop what depends on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+pub enum Invalidation {
+    /// One session was revoked.
+    Session(Uuid),
+    /// A user changed (role, activity, password, grants): drop all their sessions and grants.
+    User(Uuid),
+    /// Something that affects many users changed (a role's grants): drop everything.
+    All,
+}
+
+/// A cached, verified session: who the caller is, as of when it was loaded.
+#[derive(Debug, Clone)]
+pub struct AuthContext {
+    /// The user, as loaded with the session.
+    pub user: User,
+    /// The session the access token belongs to.
+    pub session_id: Uuid,
+}
+
+/// How invalidations reach other instances.
+#[derive(Clone)]
+enum Remote {
+    None,
+    Redis(redis::aio::ConnectionManager, redis::Client),
+    Postgres(Database),
+}
+
+/// The per-instance caches plus the bus that keeps them honest across instances.
+#[derive(Clone)]
+pub struct Caches {
+    sessions: Cache<Uuid, AuthContext>,
+    remote: Remote,
+    local: broadcast::Sender<Invalidation>,
+}
+
+impl std::fmt::Debug for Caches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caches")
+            .field("sessions", &self.sessions.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Caches {
+    /// Builds the caches; `redis` takes precedence over PostgreSQL for the bus.
+    pub fn new(
+        session_ttl: Duration,
+        redis: Option<(redis::aio::ConnectionManager, redis::Client)>,
+        db: &Database,
+    ) -> Self {
+        let remote = match redis {
+            Some((manager, client)) => Remote::Redis(manager, client),
+            None if db.backend() == DatabaseBackend::Postgres => Remote::Postgres(db.clone()),
+            None => Remote::None,
+        };
+        let sessions = Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(session_ttl)
+            .support_invalidation_closures()
+            .build();
+        let (local, _) = broadcast::channel(1024);
+        Self {
+            sessions,
+            remote,
+            local,
+        }
+    }
+
+    /// A cached session, if present and fresh.
+    pub async fn session(&self, id: Uuid) -> Option<AuthContext> {
+        self.sessions.get(&id).await
+    }
+
+    /// Caches a verified session.
+    pub async fn put_session(&self, ctx: AuthContext) {
+        self.sessions.insert(ctx.session_id, ctx).await;
+    }
+
+    /// Listens to invalidations (for caches that live outside this struct, such as grants).
+    pub fn subscribe(&self) -> broadcast::Receiver<Invalidation> {
+        self.local.subscribe()
+    }
+
+    /// Applies an invalidation here, now, then tells the other instances.
+    pub async fn invalidate(&self, what: Invalidation) {
+        self.apply(&what).await;
+        let payload = match serde_json::to_string(&what) {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        let sent = match &self.remote {
+            Remote::None => Ok(()),
+            Remote::Redis(manager, _) => {
+                let mut conn = manager.clone();
+                conn.publish::<_, _, i64>(REDIS_CHANNEL, payload)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Remote::Postgres(db) => db
+                .writer()
+                .execute_raw(Statement::from_sql_and_values(
+                    DatabaseBackend::Postgres,
+                    "SELECT pg_notify($1, $2)",
+                    [PG_CHANNEL.into(), payload.into()],
+                ))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = sent {
+            // Other instances fall back to the TTL; say so loudly.
+            tracing::error!(error = %e, "could not publish a cache invalidation");
+        }
+    }
+
+    async fn apply(&self, what: &Invalidation) {
+        match what {
+            Invalidation::Session(id) => self.sessions.invalidate(id).await,
+            Invalidation::User(user_id) => {
+                let user_id = *user_id;
+                let _ = self
+                    .sessions
+                    .invalidate_entries_if(move |_, ctx| ctx.user.id == user_id);
+            }
+            Invalidation::All => self.sessions.invalidate_all(),
+        }
+        let _ = self.local.send(what.clone());
+    }
+
+    /// Starts the task that applies other instances' invalidations here. Returns at once.
+    pub fn spawn_listener(&self) {
+        match self.remote.clone() {
+            Remote::None => {}
+            Remote::Redis(_, client) => {
+                let this = self.clone();
+                tokio::spawn(async move { this.listen_redis(client).await });
+            }
+            Remote::Postgres(db) => {
+                let this = self.clone();
+                tokio::spawn(async move { this.listen_postgres(db).await });
+            }
+        }
+    }
+
+    async fn listen_redis(self, client: redis::Client) {
+        loop {
+            match client.get_async_pubsub().await {
+                Ok(mut pubsub) => {
+                    if let Err(e) = pubsub.subscribe(REDIS_CHANNEL).await {
+                        tracing::warn!(error = %e, "redis subscribe failed");
+                    } else {
+                        // Anything may have changed while we were not listening.
+                        self.apply(&Invalidation::All).await;
+                        let mut messages = pubsub.on_message();
+                        while let Some(msg) = messages.next().await {
+                            if let Ok(payload) = msg.get_payload::<String>() {
+                                if let Ok(what) = serde_json::from_str::<Invalidation>(&payload) {
+                                    self.apply(&what).await;
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "redis pub/sub connection failed"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn listen_postgres(self, db: Database) {
+        use sea_orm::sqlx::postgres::PgListener;
+        loop {
+            let pool = db.writer().get_postgres_connection_pool().clone();
+            match PgListener::connect_with(&pool).await {
+                Ok(mut listener) => {
+                    if let Err(e) = listener.listen(PG_CHANNEL).await {
+                        tracing::warn!(error = %e, "LISTEN failed");
+                    } else {
+                        self.apply(&Invalidation::All).await;
+                        loop {
+                            match listener.recv().await {
+                                Ok(note) => {
+                                    if let Ok(what) =
+                                        serde_json::from_str::<Invalidation>(note.payload())
+                                    {
+                                        self.apply(&what).await;
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "LISTEN connection lost");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "LISTEN connection failed"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Counts events in fixed windows (for login rate limits), in process or in Redis so that all
+/// instances share one quota.
+#[derive(Clone)]
+pub struct RateLimiter {
+    backend: LimiterBackend,
+}
+
+#[derive(Clone)]
+enum LimiterBackend {
+    Local(Cache<String, Arc<std::sync::Mutex<(u32, Instant)>>>),
+    Redis(redis::aio::ConnectionManager),
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.backend {
+            LimiterBackend::Local(_) => "RateLimiter(local)",
+            LimiterBackend::Redis(_) => "RateLimiter(redis)",
+        })
+    }
+}
+
+impl RateLimiter {
+    /// A limiter in this process.
+    pub fn local(window: Duration) -> Self {
+        Self {
+            backend: LimiterBackend::Local(
+                Cache::builder()
+                    .max_capacity(1_000_000)
+                    .time_to_live(window)
+                    .build(),
+            ),
+        }
+    }
+
+    /// A limiter whose counters live in Redis.
+    pub fn redis(manager: redis::aio::ConnectionManager) -> Self {
+        Self {
+            backend: LimiterBackend::Redis(manager),
+        }
+    }
+
+    /// The current count of `key` and the seconds until its window ends.
+    pub async fn current(&self, key: &str, window: Duration) -> Result<(u32, u64)> {
+        match &self.backend {
+            LimiterBackend::Local(cache) => Ok(match cache.get(key).await {
+                Some(entry) => {
+                    let (count, started) = *entry
+                        .lock()
+                        .map_err(|_| Error::internal("poisoned limiter"))?;
+                    let left = window.saturating_sub(started.elapsed());
+                    if left.is_zero() {
+                        (0, 0)
+                    } else {
+                        (count, left.as_secs().max(1))
+                    }
+                }
+                None => (0, 0),
+            }),
+            LimiterBackend::Redis(manager) => {
+                let mut conn = manager.clone();
+                let key = format!("agentdesk:rl:{key}");
+                let (count, ttl): (Option<u32>, i64) = redis::pipe()
+                    .get(&key)
+                    .ttl(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_error)?;
+                Ok((count.unwrap_or(0), ttl.max(1) as u64))
+            }
+        }
+    }
+
+    /// Adds one to `key` (starting a window if none is open) and returns the new count.
+    pub async fn hit(&self, key: &str, window: Duration) -> Result<u32> {
+        match &self.backend {
+            LimiterBackend::Local(cache) => {
+                let entry = cache
+                    .get_with(key.to_owned(), async {
+                        Arc::new(std::sync::Mutex::new((0, Instant::now())))
+                    })
+                    .await;
+                let mut guard = entry
+                    .lock()
+                    .map_err(|_| Error::internal("poisoned limiter"))?;
+                if guard.1.elapsed() >= window {
+                    *guard = (0, Instant::now());
+                }
+                guard.0 += 1;
+                Ok(guard.0)
+            }
+            LimiterBackend::Redis(manager) => {
+                let mut conn = manager.clone();
+                let key = format!("agentdesk:rl:{key}");
+                let (count,): (u32,) = redis::pipe()
+                    .incr(&key, 1u32)
+                    .cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(window.as_secs().max(1))
+                    .arg("NX")
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_error)?;
+                Ok(count)
+            }
+        }
+    }
+
+    /// Clears `key` (after a successful login).
+    pub async fn reset(&self, key: &str) -> Result<()> {
+        match &self.backend {
+            LimiterBackend::Local(cache) => {
+                cache.invalidate(key).await;
+                Ok(())
+            }
+            LimiterBackend::Redis(manager) => {
+                let mut conn = manager.clone();
+                conn.del::<_, ()>(format!("agentdesk:rl:{key}"))
+                    .await
+                    .map_err(redis_error)
+            }
+        }
+    }
+}
+
+/// Connects to Redis: a connection manager (reconnects by itself) and the client for pub/sub.
+pub async fn connect_redis(url: &str) -> Result<(redis::aio::ConnectionManager, redis::Client)> {
+    let client = redis::Client::open(url).map_err(|e| Error::Config {
+        key: "redis_url".into(),
+        message: e.to_string(),
+    })?;
+    let manager = tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager())
+        .await
+        .map_err(|_| Error::Unavailable("redis did not answer within 5 s".into()))?
+        .map_err(redis_error)?;
+    Ok((manager, client))
+}
+
+/// Pings Redis (for `/readyz`).
+pub async fn ping_redis(manager: &redis::aio::ConnectionManager) -> Result<()> {
+    let mut conn = manager.clone();
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        redis::cmd("PING").query_async::<String>(&mut conn),
+    )
+    .await
+    .map_err(|_| Error::Unavailable("redis did not answer within 2 s".into()))?
+    .map(|_| ())
+    .map_err(redis_error)
+}
+
+fn redis_error(e: redis::RedisError) -> Error {
+    Error::Unavailable(format!("redis: {e}"))
+}

@@ -1,0 +1,447 @@
+//! Settings from the environment (`AGENTDESK_*`) and an optional `agentdesk.toml`; the
+//! environment wins. Everything is validated at start, and an error names the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+
+/// A secret string: never printed by `Debug`, masked when serialised.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"********\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str("********")
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, coloured.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The raw settings as read; [`Settings::load`] validates them into this same type.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address of the HTTP API.
+    pub bind: SocketAddr,
+    /// Address of a standalone worker's health and metrics endpoints.
+    pub worker_bind: SocketAddr,
+    /// SQLite database, stored files and generated secrets live here.
+    pub data_dir: PathBuf,
+    /// `sqlite://...` or `postgres://...`; defaults to SQLite in the data directory.
+    pub database_url: Option<Secret>,
+    /// Connections in the database pool (PostgreSQL) or reader pool (SQLite).
+    pub database_max_connections: u32,
+    /// `redis://...`; unset means in-process cache, rate limits and invalidation.
+    pub redis_url: Option<Secret>,
+    /// `file://...` or `s3://bucket/prefix`.
+    pub storage_url: Option<String>,
+    /// Signing key for access tokens; generated once into the data directory when unset.
+    pub jwt_secret: Option<Secret>,
+    /// Create this admin at start if no user has that email.
+    pub admin_email: Option<String>,
+    /// The password of `admin_email`.
+    pub admin_password: Option<Secret>,
+    /// `all`, `none`, or a comma list of agent names whose workers run in this process.
+    pub agents: String,
+    /// Upload limit for documents and recordings, in MiB.
+    pub max_upload_mb: u64,
+    /// Limit for JSON and form request bodies, in KiB.
+    pub max_json_kb: u64,
+    /// Tracing filter (`info`, `agentdesk=debug,tower_http=info`, ...).
+    pub log: String,
+    /// `pretty` or `json`; defaults to pretty on a terminal and json otherwise.
+    pub log_format: Option<LogFormat>,
+    /// Lifetime of an access token, in seconds.
+    pub access_token_ttl_secs: u64,
+    /// Lifetime of a refresh token (and its session, sliding), in seconds.
+    pub refresh_token_ttl_secs: u64,
+    /// Failed logins per email within the window before 429.
+    pub login_max_failures_per_email: u32,
+    /// Failed logins per client IP within the window before 429.
+    pub login_max_failures_per_ip: u32,
+    /// The window of the login rate limits, in seconds.
+    pub login_window_secs: u64,
+    /// Comma list of origins allowed by CORS (`*` for any); empty disables CORS.
+    pub cors_origins: String,
+    /// Trust `X-Forwarded-For` for the client IP (only behind a proxy you run).
+    pub trust_forwarded_for: bool,
+    /// Time limit of a request, in seconds.
+    pub request_timeout_secs: u64,
+    /// How long a graceful shutdown waits for in-flight work, in seconds.
+    pub shutdown_timeout_secs: u64,
+    /// How long an authenticated session stays cached in an instance before it is checked again.
+    pub session_cache_ttl_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            worker_bind: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            database_max_connections: 10,
+            redis_url: None,
+            storage_url: None,
+            jwt_secret: None,
+            admin_email: None,
+            admin_password: None,
+            agents: "all".into(),
+            max_upload_mb: 50,
+            max_json_kb: 1024,
+            log: "info".into(),
+            log_format: None,
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_secs: 14 * 24 * 3600,
+            login_max_failures_per_email: 5,
+            login_max_failures_per_ip: 50,
+            login_window_secs: 15 * 60,
+            cors_origins: String::new(),
+            trust_forwarded_for: false,
+            request_timeout_secs: 30,
+            shutdown_timeout_secs: 30,
+            session_cache_ttl_secs: 5,
+        }
+    }
+}
+
+/// Which database the URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// An embedded SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+impl Settings {
+    /// Reads `agentdesk.toml` (or the file named by `AGENTDESK_CONFIG`) and the environment,
+    /// then validates.
+    pub fn load() -> Result<Self> {
+        let path = std::env::var("AGENTDESK_CONFIG").unwrap_or_else(|_| "agentdesk.toml".into());
+        let explicit = std::env::var_os("AGENTDESK_CONFIG").is_some();
+        if explicit && !Path::new(&path).exists() {
+            return Err(Error::Config {
+                key: "config".into(),
+                message: format!("file {path} does not exist"),
+            });
+        }
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Settings::default()))
+                .merge(Toml::file(&path))
+                .merge(Env::prefixed("AGENTDESK_").ignore(&["config"]).split("__")),
+        )
+    }
+
+    /// Builds settings from a figment (tests use this to avoid the process environment).
+    pub fn from_figment(figment: Figment) -> Result<Self> {
+        let settings: Settings = figment.extract().map_err(|e| {
+            let key = e.path.join(".");
+            let key = if key.is_empty() {
+                e.metadata
+                    .as_ref()
+                    .map(|m| m.name.to_string())
+                    .unwrap_or_default()
+            } else {
+                key
+            };
+            Error::Config {
+                key,
+                message: e.kind.to_string(),
+            }
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |key: &str, message: String| {
+            Err(Error::Config {
+                key: key.into(),
+                message,
+            })
+        };
+        match self.database_url() {
+            u if u.starts_with("sqlite:")
+                || u.starts_with("postgres://")
+                || u.starts_with("postgresql://") => {}
+            _ => {
+                return bad(
+                    "database_url",
+                    "must start with sqlite: or postgres://".into(),
+                );
+            }
+        }
+        if let Some(redis) = &self.redis_url {
+            if !(redis.expose().starts_with("redis://") || redis.expose().starts_with("rediss://"))
+            {
+                return bad("redis_url", "must start with redis:// or rediss://".into());
+            }
+        }
+        let storage = self.storage_url();
+        if !(storage.starts_with("file://") || storage.starts_with("s3://")) {
+            return bad("storage_url", "must start with file:// or s3://".into());
+        }
+        if !(1..=10_240).contains(&self.max_upload_mb) {
+            return bad(
+                "max_upload_mb",
+                format!("{} is out of range 1..=10240", self.max_upload_mb),
+            );
+        }
+        if !(1..=65_536).contains(&self.max_json_kb) {
+            return bad(
+                "max_json_kb",
+                format!("{} is out of range 1..=65536", self.max_json_kb),
+            );
+        }
+        if !(1..=200).contains(&self.database_max_connections) {
+            return bad(
+                "database_max_connections",
+                "must be between 1 and 200".into(),
+            );
+        }
+        if !(30..=86_400).contains(&self.access_token_ttl_secs) {
+            return bad(
+                "access_token_ttl_secs",
+                "must be between 30 and 86400".into(),
+            );
+        }
+        if self.refresh_token_ttl_secs < self.access_token_ttl_secs {
+            return bad(
+                "refresh_token_ttl_secs",
+                "must not be shorter than access_token_ttl_secs".into(),
+            );
+        }
+        if self.login_max_failures_per_email == 0
+            || self.login_max_failures_per_ip == 0
+            || self.login_window_secs == 0
+        {
+            return bad(
+                "login_max_failures_per_email",
+                "login limits and window must be positive".into(),
+            );
+        }
+        if self.request_timeout_secs == 0 {
+            return bad("request_timeout_secs", "must be positive".into());
+        }
+        if self.session_cache_ttl_secs > 60 {
+            return bad(
+                "session_cache_ttl_secs",
+                "must be at most 60 so that revocations take effect".into(),
+            );
+        }
+        if let Some(secret) = &self.jwt_secret {
+            if secret.expose().len() < 32 {
+                return bad("jwt_secret", "must be at least 32 characters".into());
+            }
+        }
+        match (&self.admin_email, &self.admin_password) {
+            (Some(_), None) => {
+                return bad(
+                    "admin_password",
+                    "is required when admin_email is set".into(),
+                );
+            }
+            (None, Some(_)) => {
+                return bad(
+                    "admin_email",
+                    "is required when admin_password is set".into(),
+                );
+            }
+            _ => {}
+        }
+        if let Err(e) = tracing_filter_check(&self.log) {
+            return bad("log", e);
+        }
+        Ok(())
+    }
+
+    /// The database URL, defaulting to SQLite in the data directory.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().to_owned(),
+            None => format!("sqlite://{}/agentdesk.db", self.data_dir.display()),
+        }
+    }
+
+    /// Which database the URL names.
+    pub fn database_kind(&self) -> DatabaseKind {
+        if self.database_url().starts_with("sqlite:") {
+            DatabaseKind::Sqlite
+        } else {
+            DatabaseKind::Postgres
+        }
+    }
+
+    /// The storage URL, defaulting to a `files` folder in the data directory.
+    pub fn storage_url(&self) -> String {
+        self.storage_url
+            .clone()
+            .unwrap_or_else(|| format!("file://{}/files", self.data_dir.display()))
+    }
+
+    /// The CORS origins, parsed from the comma list.
+    pub fn cors_origins(&self) -> Vec<String> {
+        self.cors_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The request time limit.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// The graceful-shutdown deadline.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// The configuration as JSON, with every secret masked (for `agentdesk config check`).
+    pub fn masked(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert(
+                "database_url".into(),
+                serde_json::Value::String(mask_url(&self.database_url())),
+            );
+            if let Some(redis) = &self.redis_url {
+                obj.insert(
+                    "redis_url".into(),
+                    serde_json::Value::String(mask_url(redis.expose())),
+                );
+            }
+            obj.insert(
+                "storage_url".into(),
+                serde_json::Value::String(self.storage_url()),
+            );
+        }
+        value
+    }
+}
+
+/// Hides the password of a URL such as `postgres://user:pw@host/db`.
+pub fn mask_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("********"));
+            url.to_string()
+        }
+        _ => raw.to_owned(),
+    }
+}
+
+/// A light syntax check of a tracing filter, so that a typo stops the start instead of
+/// silently logging nothing. Directives are `target=level` or `level`, comma separated.
+fn tracing_filter_check(filter: &str) -> std::result::Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = directive.rsplit('=').next().unwrap_or(directive);
+        let has_target = directive.contains('=');
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str())
+            && !(has_target && level.is_empty())
+        {
+            if has_target
+                || directive
+                    .chars()
+                    .any(|c| !(c.is_alphanumeric() || c == '_' || c == ':'))
+            {
+                return Err(format!("`{directive}` is not a valid filter directive"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(pairs: &[(&str, &str)]) -> Result<Settings> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        for (k, v) in pairs {
+            figment = figment.merge((k.to_string(), v.to_string()));
+        }
+        Settings::from_figment(figment)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = with(&[]).unwrap();
+        assert_eq!(s.database_kind(), DatabaseKind::Sqlite);
+        assert_eq!(s.database_url(), "sqlite://./data/agentdesk.db");
+        assert_eq!(s.storage_url(), "file://./data/files");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = with(&[("max_upload_mb", "0")]).unwrap_err();
+        assert!(
+            matches!(err, Error::Config { ref key, .. } if key == "max_upload_mb"),
+            "{err}"
+        );
+        let err = with(&[("database_url", "mysql://x")]).unwrap_err();
+        assert!(
+            matches!(err, Error::Config { ref key, .. } if key == "database_url"),
+            "{err}"
+        );
+        let err = with(&[("jwt_secret", "short")]).unwrap_err();
+        assert!(
+            matches!(err, Error::Config { ref key, .. } if key == "jwt_secret"),
+            "{err}"
+        );
+        let err = with(&[("admin_email", "a@b.c")]).unwrap_err();
+        assert!(
+            matches!(err, Error::Config { ref key, .. } if key == "admin_password"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let s = with(&[
+            ("database_url", "postgres://u:hunter2@h/db"),
+            ("jwt_secret", "x".repeat(40).as_str()),
+        ])
+        .unwrap();
+        let text = s.masked().to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains(&"x".repeat(40)), "{text}");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

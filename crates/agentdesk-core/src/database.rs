@@ -1,0 +1,194 @@
+//! The database: SQLite by default, PostgreSQL from a `postgres://` URL, chosen at run time.
+//!
+//! On SQLite there is one writer connection and a pool of read-only readers, in WAL mode with a
+//! busy timeout and foreign keys on; write transactions begin `IMMEDIATE`, so two writers queue
+//! instead of failing with `database is locked`. On PostgreSQL both handles are the same pool.
+
+use std::time::Duration;
+
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+
+use crate::config::{DatabaseKind, Settings};
+use crate::error::{Error, Result};
+use crate::migration::Migrator;
+
+/// The application's database handles.
+#[derive(Clone, Debug)]
+pub struct Database {
+    kind: DatabaseKind,
+    writer: DatabaseConnection,
+    reader: DatabaseConnection,
+}
+
+impl Database {
+    /// Connects according to the settings; creates the SQLite file and its folder if missing.
+    pub async fn connect(settings: &Settings) -> Result<Self> {
+        let url = settings.database_url();
+        match settings.database_kind() {
+            DatabaseKind::Sqlite => {
+                if let Some(parent) = sqlite_path(&url)
+                    .and_then(|p| std::path::Path::new(&p).parent().map(|p| p.to_owned()))
+                {
+                    if !parent.as_os_str().is_empty() {
+                        std::fs::create_dir_all(&parent).map_err(|e| Error::Config {
+                            key: "database_url".into(),
+                            message: format!("cannot create {}: {e}", parent.display()),
+                        })?;
+                    }
+                }
+                let writer = sea_orm::Database::connect(sqlite_options(&url, 1, false))
+                    .await
+                    .map_err(connect_error)?;
+                // The writer creates the file and switches it to WAL before readers open it.
+                let reader = sea_orm::Database::connect(sqlite_options(
+                    &url,
+                    settings.database_max_connections.max(2),
+                    true,
+                ))
+                .await
+                .map_err(connect_error)?;
+                Ok(Self {
+                    kind: DatabaseKind::Sqlite,
+                    writer,
+                    reader,
+                })
+            }
+            DatabaseKind::Postgres => {
+                let mut options = ConnectOptions::new(url);
+                options
+                    .max_connections(settings.database_max_connections)
+                    .min_connections(1)
+                    .connect_timeout(Duration::from_secs(5))
+                    .acquire_timeout(Duration::from_secs(10))
+                    .sqlx_logging(false);
+                let pool = sea_orm::Database::connect(options)
+                    .await
+                    .map_err(connect_error)?;
+                Ok(Self {
+                    kind: DatabaseKind::Postgres,
+                    writer: pool.clone(),
+                    reader: pool,
+                })
+            }
+        }
+    }
+
+    /// Which database this is.
+    pub fn kind(&self) -> DatabaseKind {
+        self.kind
+    }
+
+    /// SeaORM's name for the backend (for building statements).
+    pub fn backend(&self) -> DatabaseBackend {
+        self.writer.get_database_backend()
+    }
+
+    /// The handle for writes (and reads that must see the latest write).
+    pub fn writer(&self) -> &DatabaseConnection {
+        &self.writer
+    }
+
+    /// The handle for reads.
+    pub fn reader(&self) -> &DatabaseConnection {
+        &self.reader
+    }
+
+    /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite).
+    pub async fn begin(&self) -> Result<DatabaseTransaction> {
+        let options = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        };
+        Ok(self.writer.begin_with_options(options).await?)
+    }
+
+    /// Applies pending migrations. Safe to run twice, and from two instances at once: on
+    /// PostgreSQL the migrations run under an advisory lock, on SQLite under the write lock.
+    pub async fn migrate(&self) -> Result<()> {
+        match self.kind {
+            DatabaseKind::Postgres => {
+                let txn = self.writer.begin().await?;
+                txn.execute_raw(Statement::from_string(
+                    DatabaseBackend::Postgres,
+                    "SELECT pg_advisory_xact_lock(7263501)",
+                ))
+                .await?;
+                Migrator::up(&txn, None).await?;
+                txn.commit().await?;
+            }
+            DatabaseKind::Sqlite => {
+                let txn = self.begin().await?;
+                Migrator::up(&txn, None).await?;
+                txn.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<()> {
+        self.reader.ping().await?;
+        if self.kind == DatabaseKind::Sqlite {
+            self.writer.ping().await?;
+        }
+        Ok(())
+    }
+
+    /// Pool use for the metrics gauges: (connections open, connections idle) of the main pool.
+    pub fn pool_stats(&self) -> (u32, u32) {
+        match self.kind {
+            DatabaseKind::Sqlite => {
+                let pool = self.reader.get_sqlite_connection_pool();
+                (pool.size(), pool.num_idle() as u32)
+            }
+            DatabaseKind::Postgres => {
+                let pool = self.writer.get_postgres_connection_pool();
+                (pool.size(), pool.num_idle() as u32)
+            }
+        }
+    }
+
+    /// Closes every connection (at shutdown, so SQLite checkpoints its WAL).
+    pub async fn close(self) {
+        let _ = self.reader.close().await;
+        if self.kind == DatabaseKind::Sqlite {
+            let _ = self.writer.close().await;
+        }
+    }
+}
+
+fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && path != ":memory:").then(|| path.to_owned())
+}
+
+fn sqlite_options(url: &str, max_connections: u32, read_only: bool) -> ConnectOptions {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(max_connections)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(move |opts| {
+            opts.create_if_missing(!read_only)
+                .read_only(read_only)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+                .pragma("temp_store", "memory")
+        });
+    options
+}
+
+fn connect_error(err: sea_orm::DbErr) -> Error {
+    Error::Unavailable(format!("cannot connect to the database: {err}"))
+}

@@ -1,0 +1,133 @@
+//! The core's error type. Every variant carries a stable machine-readable code; the HTTP layer
+//! decides the status. Internal causes are kept for the log and never shown to a client.
+
+use serde::Serialize;
+
+/// One invalid field of a request, as listed in problem+json `errors`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    /// The field's name as the client sent it (dotted for nested fields).
+    pub field: String,
+    /// What is wrong with it, in words.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A field error for `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything that can go wrong in the core.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Well-formed input that breaks a rule; the fields say which.
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    /// A malformed parameter or value that is not a single field's fault.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Wrong email or password (never says which).
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    /// A correct password for a deactivated account.
+    #[error("this account is disabled")]
+    AccountDisabled,
+    /// A missing, malformed, expired or revoked token.
+    #[error("{0}")]
+    InvalidToken(&'static str),
+    /// Authenticated, but not allowed to do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such record (or one outside the caller's scope).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The request clashes with the current state (a duplicate email, say).
+    #[error("{0}")]
+    Conflict(String),
+    /// An `If-Match` precondition did not hold.
+    #[error("the resource has changed since it was read")]
+    PreconditionFailed,
+    /// Too many attempts; try again after the given number of seconds.
+    #[error("too many attempts, try again in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until the limit resets.
+        retry_after_secs: u64,
+    },
+    /// A dependency (database, Redis) did not answer.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    /// Invalid configuration: names the key and what is wrong.
+    #[error("configuration key `{key}`: {message}")]
+    Config {
+        /// The configuration key (e.g. `max_upload_mb`).
+        key: String,
+        /// What is wrong with its value.
+        message: String,
+    },
+    /// A database error that is not the client's fault.
+    #[error("database error: {0}")]
+    Database(#[from] sea_orm::DbErr),
+    /// Anything else that is our fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The stable, snake_case code clients can match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Validation(_) => "validation_failed",
+            Error::BadRequest(_) => "bad_request",
+            Error::InvalidCredentials => "invalid_credentials",
+            Error::AccountDisabled => "account_disabled",
+            Error::InvalidToken(_) => "invalid_token",
+            Error::Forbidden(_) => "forbidden",
+            Error::NotFound(_) => "not_found",
+            Error::Conflict(_) => "conflict",
+            Error::PreconditionFailed => "precondition_failed",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Unavailable(_) => "service_unavailable",
+            Error::Config { .. } => "invalid_configuration",
+            Error::Database(_) | Error::Internal(_) => "internal_error",
+        }
+    }
+
+    /// Whether trying the same thing again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::RateLimited { .. } | Error::Unavailable(_) | Error::Database(_)
+        )
+    }
+
+    /// A validation error with a single field.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Validation(vec![FieldError::new(field, message)])
+    }
+
+    /// An internal error from anything displayable.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        Error::Internal(cause.to_string())
+    }
+}
+
+/// The core's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Maps a unique-constraint violation to a conflict, by the constraint's name, so that the check
+/// is the database's own and cannot race. `names` are matched against the driver's message:
+/// PostgreSQL names the index (`ux_users_email_key`), SQLite the columns (`users.email_key`).
+/// Other errors pass through unchanged.
+pub fn map_unique(err: sea_orm::DbErr, names: &[&str], message: &str) -> Error {
+    if let Some(sea_orm::SqlErr::UniqueConstraintViolation(detail)) = err.sql_err() {
+        if names.iter().any(|name| detail.contains(name)) {
+            return Error::Conflict(message.to_owned());
+        }
+    }
+    Error::Database(err)
+}

@@ -1,0 +1,42 @@
+//! One set of migrations for SQLite and PostgreSQL. DDL is written once with type placeholders
+//! that [`ddl`] fills in per backend, so the two schemas cannot drift apart.
+
+use sea_orm_migration::prelude::*;
+
+mod m0001_users_sessions;
+
+/// Applies the schema, in order. A migration, once released, is never edited: add a new one.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m0001_users_sessions::Migration)]
+    }
+}
+
+/// Fills the type placeholders of a DDL script for the backend and runs each statement.
+///
+/// `{uuid}` UUID / BLOB, `{ts}` TIMESTAMPTZ / TEXT, `{bool}` BOOLEAN / INTEGER, `{json}` JSONB / TEXT,
+/// `{true}` / `{false}` boolean literals, `{bigint}` BIGINT / INTEGER.
+pub(crate) async fn ddl(manager: &SchemaManager<'_>, script: &str) -> Result<(), DbErr> {
+    let postgres = manager.get_database_backend() == sea_orm::DatabaseBackend::Postgres;
+    let types: [(&str, &str, &str); 7] = [
+        ("{uuid}", "UUID", "BLOB"),
+        ("{ts}", "TIMESTAMPTZ", "TEXT"),
+        ("{bool}", "BOOLEAN", "INTEGER"),
+        ("{json}", "JSONB", "TEXT"),
+        ("{true}", "TRUE", "1"),
+        ("{false}", "FALSE", "0"),
+        ("{bigint}", "BIGINT", "INTEGER"),
+    ];
+    let mut sql = script.to_owned();
+    for (placeholder, pg, lite) in types {
+        sql = sql.replace(placeholder, if postgres { pg } else { lite });
+    }
+    let conn = manager.get_connection();
+    for statement in sql.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
+        conn.execute_unprepared(statement).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! The business rules. Services take plain arguments and return domain types; they know nothing
+//! of HTTP.
+
+pub mod auth;
+pub mod users;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::{Caches, RateLimiter};
+use crate::config::Settings;
+use crate::database::Database;
+use crate::error::{Error, Result};
+use crate::security::{PasswordHasherPool, TokenSigner};
+
+/// Who made a request, from where: stored with sessions (and audit events).
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    /// The request's `X-Request-Id`.
+    pub request_id: String,
+    /// The client's IP address.
+    pub ip: Option<String>,
+    /// The client's `User-Agent`.
+    pub user_agent: Option<String>,
+}
+
+/// Everything the services need, built once at start and shared (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct Core {
+    /// The validated settings.
+    pub settings: Arc<Settings>,
+    /// The database.
+    pub db: Database,
+    /// Password hashing off the runtime.
+    pub hasher: PasswordHasherPool,
+    /// Access-token signing.
+    pub signer: TokenSigner,
+    /// Session cache and the invalidation bus.
+    pub caches: Caches,
+    /// Login rate-limit counters.
+    pub limiter: RateLimiter,
+    /// Redis, when configured.
+    pub redis: Option<redis::aio::ConnectionManager>,
+}
+
+impl Core {
+    /// Connects to everything the settings name and migrates the database.
+    pub async fn start(settings: Settings) -> Result<Self> {
+        let db = Database::connect(&settings).await?;
+        db.migrate().await?;
+        let redis = match &settings.redis_url {
+            Some(url) => Some(crate::cache::connect_redis(url.expose()).await?),
+            None => None,
+        };
+        let secret = jwt_secret(&settings)?;
+        let window = Duration::from_secs(settings.login_window_secs);
+        let limiter = match &redis {
+            Some((manager, _)) => RateLimiter::redis(manager.clone()),
+            None => RateLimiter::local(window),
+        };
+        let caches = Caches::new(
+            Duration::from_secs(settings.session_cache_ttl_secs.max(1)),
+            redis.clone(),
+            &db,
+        );
+        caches.spawn_listener();
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Ok(Self {
+            signer: TokenSigner::new(secret.as_bytes(), settings.access_token_ttl_secs),
+            hasher: PasswordHasherPool::new(cpus),
+            redis: redis.map(|(manager, _)| manager),
+            settings: Arc::new(settings),
+            db,
+            caches,
+            limiter,
+        })
+    }
+
+    /// Checks the database and Redis; the error names the failed check.
+    pub async fn ready(&self) -> std::result::Result<(), (&'static str, String)> {
+        self.db
+            .ping()
+            .await
+            .map_err(|e| ("database", e.to_string()))?;
+        if let Some(redis) = &self.redis {
+            crate::cache::ping_redis(redis)
+                .await
+                .map_err(|e| ("redis", e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The JWT secret: configured, or generated once into the data directory (mode 0600).
+fn jwt_secret(settings: &Settings) -> Result<String> {
+    if let Some(secret) = &settings.jwt_secret {
+        return Ok(secret.expose().to_owned());
+    }
+    let path = settings.data_dir.join("jwt_secret");
+    let config_error = |e: std::io::Error| Error::Config {
+        key: "data_dir".into(),
+        message: format!("{}: {e}", path.display()),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(secret) if secret.trim().len() >= 32 => Ok(secret.trim().to_owned()),
+        Ok(_) => Err(Error::Config {
+            key: "jwt_secret".into(),
+            message: format!("{} holds a secret that is too short", path.display()),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&settings.data_dir).map_err(config_error)?;
+            let secret = crate::security::random_hex(32);
+            match write_private(&path, &secret) {
+                Ok(()) => Ok(secret),
+                // Another instance sharing the data directory won the race: use its secret.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => jwt_secret(settings),
+                Err(e) => Err(config_error(e)),
+            }
+        }
+        Err(e) => Err(config_error(e)),
+    }
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(contents.as_bytes())
+}

@@ -1,0 +1,210 @@
+//! The agentdesk binary: one executable for the API (`serve`), standalone agent workers
+//! (`worker`), migrations, user administration, the OpenAPI document and config checks.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use agentdesk_api::{Application, shutdown_signal};
+use agentdesk_core::config::{LogFormat, Settings};
+use agentdesk_core::database::Database;
+use clap::{Parser, Subcommand};
+
+/// agentdesk: the self-hosted backend for client-service teams.
+#[derive(Debug, Parser)]
+#[command(name = "agentdesk", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP API (and, later, the in-process agent workers); migrates at start.
+    Serve,
+    /// Run the workers of the named agents only, as an independent process.
+    Worker {
+        /// Comma list of agent names.
+        #[arg(long, value_delimiter = ',')]
+        agents: Vec<String>,
+    },
+    /// Apply pending migrations and exit.
+    Migrate,
+    /// Manage users from the command line.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create a user, or reset an existing one's password, role and activity.
+    Create {
+        /// The user's email.
+        #[arg(long)]
+        email: String,
+        /// The password (at least 12 characters, not a common one).
+        #[arg(long, env = "AGENTDESK_NEW_PASSWORD")]
+        password: String,
+        /// The role (`admin`, `member`, or another role name).
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// Display name.
+        #[arg(long, default_value = "Administrator")]
+        full_name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration and print it with secrets masked.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        return match serde_json::to_string_pretty(&agentdesk_api::openapi()) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let settings = match Settings::load() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::Config {
+        command: ConfigCommand::Check,
+    } = cli.command
+    {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&settings.masked()).unwrap_or_default()
+        );
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(&settings);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "agentdesk stopped with an error");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => {
+            let app = Application::build(settings).await?;
+            if let Some((email, password)) = &app.generated_admin {
+                // Printed once, on the first start of an empty database.
+                println!(
+                    "\n  Created the first admin. Log in at http://{}/docs with:\n    email:    {email}\n    password: {password}\n  (shown only now; change it after logging in)\n",
+                    app.local_addr()
+                );
+            }
+            tracing::info!(addr = %app.local_addr(), startup_ms = app.startup.as_millis() as u64, "agentdesk is listening");
+            app.run_until(shutdown_signal()).await?;
+            tracing::info!("agentdesk stopped");
+        }
+        Command::Worker { agents } => {
+            anyhow::bail!(
+                "no agent has a worker yet (asked for: {}); agent workers arrive with the agent runtime",
+                agents.join(",")
+            );
+        }
+        Command::Migrate => {
+            let db = Database::connect(&settings).await?;
+            db.migrate().await?;
+            db.close().await;
+            println!("migrations applied");
+        }
+        Command::Admin {
+            command:
+                AdminCommand::Create {
+                    email,
+                    password,
+                    role,
+                    full_name,
+                },
+        } => {
+            let core = agentdesk_core::Core::start(settings).await?;
+            let user = core
+                .upsert_user(&email, &password, &full_name, &role)
+                .await
+                .map_err(describe)?;
+            println!(
+                "user {} ({}) is ready with role {}",
+                user.email, user.id, user.role
+            );
+        }
+        Command::Openapi | Command::Config { .. } => {}
+    }
+    Ok(())
+}
+
+fn describe(e: agentdesk_core::Error) -> anyhow::Error {
+    match e {
+        agentdesk_core::Error::Validation(errors) => {
+            anyhow::anyhow!(
+                errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        }
+        other => other.into(),
+    }
+}
+
+fn init_tracing(settings: &Settings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&settings.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let format = settings
+        .log_format
+        .unwrap_or(if std::io::stdout().is_terminal() {
+            LogFormat::Pretty
+        } else {
+            LogFormat::Json
+        });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
