@@ -22,7 +22,6 @@ use crate::database::Database;
 use crate::error::{Error, Result};
 use crate::models::user::User;
 
-const REDIS_CHANNEL: &str = "agentdesk:invalidate";
 const PG_CHANNEL: &str = "agentdesk_invalidate";
 
 /// What changed, so that caches can drop what depends on it.
@@ -50,7 +49,11 @@ pub struct AuthContext {
 #[derive(Clone)]
 enum Remote {
     None,
-    Redis(redis::aio::ConnectionManager, redis::Client),
+    Redis {
+        manager: redis::aio::ConnectionManager,
+        client: redis::Client,
+        channel: String,
+    },
     Postgres(Database),
 }
 
@@ -75,10 +78,15 @@ impl Caches {
     pub fn new(
         session_ttl: Duration,
         redis: Option<(redis::aio::ConnectionManager, redis::Client)>,
+        redis_prefix: &str,
         db: &Database,
     ) -> Self {
         let remote = match redis {
-            Some((manager, client)) => Remote::Redis(manager, client),
+            Some((manager, client)) => Remote::Redis {
+                manager,
+                client,
+                channel: format!("{redis_prefix}:invalidate"),
+            },
             None if db.backend() == DatabaseBackend::Postgres => Remote::Postgres(db.clone()),
             None => Remote::None,
         };
@@ -119,9 +127,11 @@ impl Caches {
         };
         let sent = match &self.remote {
             Remote::None => Ok(()),
-            Remote::Redis(manager, _) => {
+            Remote::Redis {
+                manager, channel, ..
+            } => {
                 let mut conn = manager.clone();
-                conn.publish::<_, _, i64>(REDIS_CHANNEL, payload)
+                conn.publish::<_, _, i64>(channel.as_str(), payload)
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string())
@@ -161,9 +171,11 @@ impl Caches {
     pub fn spawn_listener(&self) {
         match self.remote.clone() {
             Remote::None => {}
-            Remote::Redis(_, client) => {
+            Remote::Redis {
+                client, channel, ..
+            } => {
                 let this = self.clone();
-                tokio::spawn(async move { this.listen_redis(client).await });
+                tokio::spawn(async move { this.listen_redis(client, channel).await });
             }
             Remote::Postgres(db) => {
                 let this = self.clone();
@@ -172,11 +184,11 @@ impl Caches {
         }
     }
 
-    async fn listen_redis(self, client: redis::Client) {
+    async fn listen_redis(self, client: redis::Client, channel: String) {
         loop {
             match client.get_async_pubsub().await {
                 Ok(mut pubsub) => {
-                    if let Err(e) = pubsub.subscribe(REDIS_CHANNEL).await {
+                    if let Err(e) = pubsub.subscribe(channel.as_str()).await {
                         tracing::warn!(error = %e, "redis subscribe failed");
                     } else {
                         // Anything may have changed while we were not listening.
@@ -241,14 +253,14 @@ pub struct RateLimiter {
 #[derive(Clone)]
 enum LimiterBackend {
     Local(Cache<String, Arc<std::sync::Mutex<(u32, Instant)>>>),
-    Redis(redis::aio::ConnectionManager),
+    Redis(redis::aio::ConnectionManager, String),
 }
 
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.backend {
             LimiterBackend::Local(_) => "RateLimiter(local)",
-            LimiterBackend::Redis(_) => "RateLimiter(redis)",
+            LimiterBackend::Redis(..) => "RateLimiter(redis)",
         })
     }
 }
@@ -266,10 +278,10 @@ impl RateLimiter {
         }
     }
 
-    /// A limiter whose counters live in Redis.
-    pub fn redis(manager: redis::aio::ConnectionManager) -> Self {
+    /// A limiter whose counters live in Redis, under `<prefix>:rl:`.
+    pub fn redis(manager: redis::aio::ConnectionManager, prefix: &str) -> Self {
         Self {
-            backend: LimiterBackend::Redis(manager),
+            backend: LimiterBackend::Redis(manager, format!("{prefix}:rl:")),
         }
     }
 
@@ -290,9 +302,9 @@ impl RateLimiter {
                 }
                 None => (0, 0),
             }),
-            LimiterBackend::Redis(manager) => {
+            LimiterBackend::Redis(manager, prefix) => {
                 let mut conn = manager.clone();
-                let key = format!("agentdesk:rl:{key}");
+                let key = format!("{prefix}{key}");
                 let (count, ttl): (Option<u32>, i64) = redis::pipe()
                     .get(&key)
                     .ttl(&key)
@@ -322,9 +334,9 @@ impl RateLimiter {
                 guard.0 += 1;
                 Ok(guard.0)
             }
-            LimiterBackend::Redis(manager) => {
+            LimiterBackend::Redis(manager, prefix) => {
                 let mut conn = manager.clone();
-                let key = format!("agentdesk:rl:{key}");
+                let key = format!("{prefix}{key}");
                 let (count,): (u32,) = redis::pipe()
                     .incr(&key, 1u32)
                     .cmd("EXPIRE")
@@ -347,9 +359,9 @@ impl RateLimiter {
                 cache.invalidate(key).await;
                 Ok(())
             }
-            LimiterBackend::Redis(manager) => {
+            LimiterBackend::Redis(manager, prefix) => {
                 let mut conn = manager.clone();
-                conn.del::<_, ()>(format!("agentdesk:rl:{key}"))
+                conn.del::<_, ()>(format!("{prefix}{key}"))
                     .await
                     .map_err(redis_error)
             }

@@ -65,6 +65,8 @@ pub struct Settings {
     pub database_max_connections: u32,
     /// `redis://...`; unset means in-process cache, rate limits and invalidation.
     pub redis_url: Option<Secret>,
+    /// Prefix of every Redis key and channel, so that several deployments can share one Redis.
+    pub redis_prefix: String,
     /// `file://...` or `s3://bucket/prefix`.
     pub storage_url: Option<String>,
     /// Signing key for access tokens; generated once into the data directory when unset.
@@ -114,6 +116,7 @@ impl Default for Settings {
             database_url: None,
             database_max_connections: 10,
             redis_url: None,
+            redis_prefix: "agentdesk".into(),
             storage_url: None,
             jwt_secret: None,
             admin_email: None,
@@ -209,6 +212,15 @@ impl Settings {
             {
                 return bad("redis_url", "must start with redis:// or rediss://".into());
             }
+        }
+        if self.redis_prefix.is_empty()
+            || self.redis_prefix.len() > 64
+            || self.redis_prefix.contains(char::is_whitespace)
+        {
+            return bad(
+                "redis_prefix",
+                "must be 1 to 64 characters without spaces".into(),
+            );
         }
         let storage = self.storage_url();
         if !(storage.starts_with("file://") || storage.starts_with("s3://")) {

@@ -55,12 +55,13 @@ impl Core {
         let secret = jwt_secret(&settings)?;
         let window = Duration::from_secs(settings.login_window_secs);
         let limiter = match &redis {
-            Some((manager, _)) => RateLimiter::redis(manager.clone()),
+            Some((manager, _)) => RateLimiter::redis(manager.clone(), &settings.redis_prefix),
             None => RateLimiter::local(window),
         };
         let caches = Caches::new(
             Duration::from_secs(settings.session_cache_ttl_secs.max(1)),
             redis.clone(),
+            &settings.redis_prefix,
             &db,
         );
         caches.spawn_listener();

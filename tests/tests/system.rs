@@ -1,0 +1,329 @@
+//! System routes, middleware and the problem+json net.
+
+use agentdesk_tests::{TestApp, eventually};
+use reqwest::Method;
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn health_ready_version() {
+    let app = TestApp::spawn().await;
+    let r = app.request(Method::GET, "/healthz", None, None).await;
+    r.expect(200, None);
+    assert_eq!(r.json, json!({"status": "ok"}));
+    app.request(Method::GET, "/readyz", None, None)
+        .await
+        .expect(200, None);
+    let r = app.request(Method::GET, "/version", None, None).await;
+    r.expect(200, None);
+    assert_eq!(r.json["version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template_and_status() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    app.get("/api/v1/users/00000000-0000-0000-0000-000000000000", &token)
+        .await
+        .expect(404, Some("not_found"));
+    let r = app.request(Method::GET, "/metrics", None, None).await;
+    r.expect(200, None);
+    assert!(r.text.contains("http_requests_total"), "{}", r.text);
+    assert!(
+        r.text.contains(r#"route="/api/v1/users/{id}""#),
+        "metrics are labelled by route template: {}",
+        r.text
+    );
+    assert!(r.text.contains(r#"status="404""#));
+    assert!(r.text.contains("http_request_duration_seconds_bucket"));
+    assert!(r.text.contains("db_pool_connections"));
+}
+
+#[tokio::test]
+async fn openapi_covers_every_route_and_docs_are_served_offline() {
+    let app = TestApp::spawn().await;
+    let r = app.request(Method::GET, "/openapi.json", None, None).await;
+    r.expect(200, None);
+    assert!(
+        r.json["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1"))
+    );
+    let paths = r.json["paths"].as_object().expect("paths");
+    for (path, method) in [
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/version", "get"),
+        ("/metrics", "get"),
+        ("/api/v1/auth/login", "post"),
+        ("/api/v1/auth/token", "post"),
+        ("/api/v1/auth/refresh", "post"),
+        ("/api/v1/auth/logout", "post"),
+        ("/api/v1/auth/me", "get"),
+        ("/api/v1/auth/password", "post"),
+        ("/api/v1/users", "get"),
+        ("/api/v1/users", "post"),
+        ("/api/v1/users/{id}", "get"),
+        ("/api/v1/users/{id}", "patch"),
+        ("/api/v1/users/{id}", "delete"),
+        ("/api/v1/users/{id}/grants", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} is missing from the OpenAPI document"
+        );
+    }
+    let schemes = &r.json["components"]["securitySchemes"];
+    assert_eq!(
+        schemes["oauth2"]["flows"]["password"]["tokenUrl"],
+        "/api/v1/auth/token"
+    );
+    assert!(r.json["components"]["schemas"]["Problem"].is_object());
+
+    let docs = app
+        .client
+        .get(format!("{}/docs/", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), 200);
+    let html = docs.text().await.unwrap();
+    assert!(html.contains("swagger"), "the docs page is Swagger UI");
+    assert!(
+        !html.contains("cdn.") && !html.contains("unpkg"),
+        "no CDN: the docs work offline"
+    );
+    let bundle = app
+        .client
+        .get(format!("{}/docs/swagger-ui-bundle.js", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        bundle.status(),
+        200,
+        "the UI's assets are served from the binary"
+    );
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_when_safe_and_generated_otherwise() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .header("x-request-id", "abc-123_XYZ.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123_XYZ.9");
+    for bad in [
+        "a".repeat(129),
+        "has space".into(),
+        "quote\"".into(),
+        "<script>".into(),
+    ] {
+        let r = app
+            .client
+            .get(format!("{}/healthz", app.base))
+            .header("x-request-id", bad.as_str())
+            .send()
+            .await
+            .unwrap();
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_ne!(id, bad);
+        assert!(
+            uuid::Uuid::parse_str(&id).is_ok(),
+            "a generated id is a UUID: {id}"
+        );
+    }
+    let r = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn axum_rejections_and_unknown_routes_are_problem_json() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    app.request(Method::GET, "/nope", None, None)
+        .await
+        .expect(404, Some("not_found"));
+    app.request(Method::GET, "/api/v1/nope", Some(&token), None)
+        .await
+        .expect(404, Some("not_found"));
+    let r = app.request(Method::DELETE, "/healthz", None, None).await;
+    r.expect(405, Some("method_not_allowed"));
+    assert!(r.header("allow").is_some());
+    app.request(Method::PUT, "/api/v1/auth/login", None, Some(json!({})))
+        .await
+        .expect(405, Some("method_not_allowed"));
+
+    let url = format!("{}/api/v1/auth/login", app.base);
+    // Malformed JSON: 400.
+    let r = TestApp::read(
+        app.client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body("{\"email\":")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.expect(400, Some("malformed_json"));
+    // Wrong media type: 415.
+    let r = TestApp::read(
+        app.client
+            .post(&url)
+            .header("content-type", "text/plain")
+            .body("hi")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.expect(415, Some("unsupported_media_type"));
+    let r = TestApp::read(app.client.post(&url).body("{}").send().await.unwrap()).await;
+    r.expect(415, Some("unsupported_media_type"));
+    // Missing field and wrong type: 422 naming the field.
+    let r = app
+        .request(
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"email": "a@b.c"})),
+        )
+        .await;
+    r.expect(422, Some("validation_failed"));
+    assert_eq!(r.json["errors"][0]["field"], "password");
+    let r = app
+        .request(
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"email": 5, "password": "x"})),
+        )
+        .await;
+    r.expect(422, Some("validation_failed"));
+    assert_eq!(r.json["errors"][0]["field"], "email");
+    // A JSON body that is not an object.
+    app.request(
+        Method::POST,
+        "/api/v1/auth/login",
+        None,
+        Some(json!([1, 2])),
+    )
+    .await
+    .expect(422, Some("validation_failed"));
+    // Too large: 413.
+    let big = format!(
+        "{{\"email\":\"{}\",\"password\":\"x\"}}",
+        "a".repeat(2 * 1024 * 1024)
+    );
+    let r = TestApp::read(
+        app.client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(big)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.expect(413, Some("payload_too_large"));
+    // Bad query parameters: 400.
+    app.get("/api/v1/users?limit=abc", &token)
+        .await
+        .expect(400, Some("invalid_parameter"));
+    app.get("/api/v1/users?limit=0", &token)
+        .await
+        .expect(400, Some("bad_request"));
+    app.get("/api/v1/users?limit=201", &token)
+        .await
+        .expect(400, Some("bad_request"));
+    app.get("/api/v1/users?cursor=%%%", &token)
+        .await
+        .expect(400, Some("bad_request"));
+    app.get("/api/v1/users?is_active=maybe", &token)
+        .await
+        .expect(400, Some("invalid_parameter"));
+}
+
+#[tokio::test]
+async fn security_headers_and_no_store_on_api_responses() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .login("admin@test.local", agentdesk_tests::ADMIN_PASSWORD)
+        .await;
+    r.expect(200, None);
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert_eq!(
+        r.header("cache-control"),
+        Some("no-store"),
+        "tokens must not be cached"
+    );
+    assert!(r.header("content-security-policy").is_some());
+}
+
+#[tokio::test]
+async fn cors_is_off_by_default_and_configurable() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .client
+        .request(Method::OPTIONS, format!("{}/api/v1/auth/me", app.base))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+
+    let app = TestApp::spawn_with(&[("cors_origins", json!("https://app.example.com"))]).await;
+    let r = app
+        .client
+        .request(Method::OPTIONS, format!("{}/api/v1/auth/me", app.base))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let r = app
+        .client
+        .request(Method::OPTIONS, format!("{}/api/v1/auth/me", app.base))
+        .header("origin", "https://evil.example.com")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
+async fn graceful_shutdown_stops_accepting() {
+    let app = TestApp::spawn().await;
+    let base = app.base.clone();
+    let client = app.client.clone();
+    app.request(Method::GET, "/healthz", None, None)
+        .await
+        .expect(200, None);
+    app.stop().await;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let client = client.clone();
+            let base = base.clone();
+            async move { client.get(format!("{base}/healthz")).send().await.is_err() }
+        })
+        .await,
+        "the server no longer accepts connections after shutdown"
+    );
+}
