@@ -149,10 +149,10 @@ impl IntoResponse for ApiError {
                     _ => None,
                 };
                 let mut response = problem_response(status, code, detail, errors);
-                if let Some(secs) = retry_after {
-                    if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {
-                        response.headers_mut().insert(header::RETRY_AFTER, value);
-                    }
+                if let Some(secs) = retry_after
+                    && let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string())
+                {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
                 }
                 response
             }

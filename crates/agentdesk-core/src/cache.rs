@@ -195,10 +195,10 @@ impl Caches {
                         self.apply(&Invalidation::All).await;
                         let mut messages = pubsub.on_message();
                         while let Some(msg) = messages.next().await {
-                            if let Ok(payload) = msg.get_payload::<String>() {
-                                if let Ok(what) = serde_json::from_str::<Invalidation>(&payload) {
-                                    self.apply(&what).await;
-                                }
+                            if let Ok(payload) = msg.get_payload::<String>()
+                                && let Ok(what) = serde_json::from_str::<Invalidation>(&payload)
+                            {
+                                self.apply(&what).await;
                             }
                         }
                     }

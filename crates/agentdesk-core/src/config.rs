@@ -207,11 +207,10 @@ impl Settings {
                 );
             }
         }
-        if let Some(redis) = &self.redis_url {
-            if !(redis.expose().starts_with("redis://") || redis.expose().starts_with("rediss://"))
-            {
-                return bad("redis_url", "must start with redis:// or rediss://".into());
-            }
+        if let Some(redis) = &self.redis_url
+            && !(redis.expose().starts_with("redis://") || redis.expose().starts_with("rediss://"))
+        {
+            return bad("redis_url", "must start with redis:// or rediss://".into());
         }
         if self.redis_prefix.is_empty()
             || self.redis_prefix.len() > 64
@@ -274,10 +273,10 @@ impl Settings {
                 "must be at most 60 so that revocations take effect".into(),
             );
         }
-        if let Some(secret) = &self.jwt_secret {
-            if secret.expose().len() < 32 {
-                return bad("jwt_secret", "must be at least 32 characters".into());
-            }
+        if let Some(secret) = &self.jwt_secret
+            && secret.expose().len() < 32
+        {
+            return bad("jwt_secret", "must be at least 32 characters".into());
         }
         match (&self.admin_email, &self.admin_password) {
             (Some(_), None) => {
@@ -382,19 +381,21 @@ pub fn mask_url(raw: &str) -> String {
 /// silently logging nothing. Directives are `target=level` or `level`, comma separated.
 fn tracing_filter_check(filter: &str) -> std::result::Result<(), String> {
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let is_target = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || c == ':' || c == '-')
+    };
     for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        let level = directive.rsplit('=').next().unwrap_or(directive);
-        let has_target = directive.contains('=');
-        if !LEVELS.contains(&level.to_ascii_lowercase().as_str())
-            && !(has_target && level.is_empty())
-        {
-            if has_target
-                || directive
-                    .chars()
-                    .any(|c| !(c.is_alphanumeric() || c == '_' || c == ':'))
-            {
-                return Err(format!("`{directive}` is not a valid filter directive"));
+        let ok = match directive.split_once('=') {
+            Some((target, level)) => {
+                is_target(target) && LEVELS.contains(&level.to_ascii_lowercase().as_str())
             }
+            // A bare word is a level, or a target enabled at every level.
+            None => is_target(directive),
+        };
+        if !ok {
+            return Err(format!("`{directive}` is not a valid filter directive"));
         }
     }
     Ok(())
@@ -437,6 +438,12 @@ mod tests {
             matches!(err, Error::Config { ref key, .. } if key == "jwt_secret"),
             "{err}"
         );
+        let err = with(&[("log", "info,sqlx=loud")]).unwrap_err();
+        assert!(
+            matches!(err, Error::Config { ref key, .. } if key == "log"),
+            "{err}"
+        );
+        assert!(with(&[("log", "info,agentdesk_api=debug")]).is_ok());
         let err = with(&[("admin_email", "a@b.c")]).unwrap_err();
         assert!(
             matches!(err, Error::Config { ref key, .. } if key == "admin_password"),

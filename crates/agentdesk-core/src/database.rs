@@ -33,13 +33,12 @@ impl Database {
             DatabaseKind::Sqlite => {
                 if let Some(parent) = sqlite_path(&url)
                     .and_then(|p| std::path::Path::new(&p).parent().map(|p| p.to_owned()))
+                    && !parent.as_os_str().is_empty()
                 {
-                    if !parent.as_os_str().is_empty() {
-                        std::fs::create_dir_all(&parent).map_err(|e| Error::Config {
-                            key: "database_url".into(),
-                            message: format!("cannot create {}: {e}", parent.display()),
-                        })?;
-                    }
+                    std::fs::create_dir_all(&parent).map_err(|e| Error::Config {
+                        key: "database_url".into(),
+                        message: format!("cannot create {}: {e}", parent.display()),
+                    })?;
                 }
                 let writer = sea_orm::Database::connect(sqlite_options(&url, 1, false))
                     .await

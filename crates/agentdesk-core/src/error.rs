@@ -124,10 +124,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// PostgreSQL names the index (`ux_users_email_key`), SQLite the columns (`users.email_key`).
 /// Other errors pass through unchanged.
 pub fn map_unique(err: sea_orm::DbErr, names: &[&str], message: &str) -> Error {
-    if let Some(sea_orm::SqlErr::UniqueConstraintViolation(detail)) = err.sql_err() {
-        if names.iter().any(|name| detail.contains(name)) {
-            return Error::Conflict(message.to_owned());
-        }
+    if let Some(sea_orm::SqlErr::UniqueConstraintViolation(detail)) = err.sql_err()
+        && names.iter().any(|name| detail.contains(name))
+    {
+        return Error::Conflict(message.to_owned());
     }
     Error::Database(err)
 }

@@ -1,0 +1,337 @@
+//! The binary's subcommands, run as a operator would run them.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use agentdesk_tests::{Backend, TestEnv, backend};
+
+fn agentdesk(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentdesk"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(dir)
+        .args(args);
+    cmd.env("AGENTDESK_DATA_DIR", dir.join("data"))
+        .env("AGENTDESK_LOG_FORMAT", "json");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("agentdesk runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn config_check_masks_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = agentdesk(
+        dir.path(),
+        &[
+            (
+                "AGENTDESK_DATABASE_URL",
+                "postgres://app:hunter2hunter2@db.internal/agentdesk",
+            ),
+            (
+                "AGENTDESK_JWT_SECRET",
+                "jwt-secret-jwt-secret-jwt-secret-42",
+            ),
+            ("AGENTDESK_REDIS_URL", "redis://:redispass@cache:6379"),
+        ],
+        &["config", "check"],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("configuration is valid"));
+    assert!(
+        all.contains("db.internal"),
+        "non-secret parts are shown: {all}"
+    );
+    for secret in ["hunter2hunter2", "jwt-secret-jwt-secret", "redispass"] {
+        assert!(!all.contains(secret), "{secret} leaked: {all}");
+    }
+}
+
+#[test]
+fn bad_configuration_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (key, value, named) in [
+        ("AGENTDESK_MAX_UPLOAD_MB", "lots", "max_upload_mb"),
+        ("AGENTDESK_MAX_UPLOAD_MB", "0", "max_upload_mb"),
+        ("AGENTDESK_DATABASE_URL", "mysql://x/y", "database_url"),
+        ("AGENTDESK_BIND", "not-an-address", "bind"),
+        ("AGENTDESK_STORAGE_URL", "ftp://x", "storage_url"),
+        ("AGENTDESK_REDIS_URL", "http://x", "redis_url"),
+        ("AGENTDESK_LOG_FORMAT", "xml", "log_format"),
+        ("AGENTDESK_JWT_SECRET", "short", "jwt_secret"),
+        ("AGENTDESK_NO_SUCH_KEY", "1", "no_such_key"),
+    ] {
+        let out = agentdesk(dir.path(), &[(key, value)], &["config", "check"]);
+        assert_eq!(out.status.code(), Some(2), "{key}={value}: {}", text(&out));
+        assert!(
+            text(&out).contains(named),
+            "{key}={value} should name {named}: {}",
+            text(&out)
+        );
+    }
+    // The same keys in agentdesk.toml, and env wins over the file.
+    std::fs::write(dir.path().join("agentdesk.toml"), "max_upload_mb = 77\n").unwrap();
+    let out = agentdesk(dir.path(), &[], &["config", "check"]);
+    assert!(
+        text(&out).contains("\"max_upload_mb\": 77"),
+        "{}",
+        text(&out)
+    );
+    let out = agentdesk(
+        dir.path(),
+        &[("AGENTDESK_MAX_UPLOAD_MB", "88")],
+        &["config", "check"],
+    );
+    assert!(
+        text(&out).contains("\"max_upload_mb\": 88"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(
+        dir.path().join("agentdesk.toml"),
+        "max_upload_mb = \"many\"\n",
+    )
+    .unwrap();
+    let out = agentdesk(dir.path(), &[], &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("max_upload_mb"), "{}", text(&out));
+}
+
+#[test]
+fn migrate_is_safe_to_run_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let out = agentdesk(dir.path(), &[], &["migrate"]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert!(dir.path().join("data/agentdesk.db").exists());
+}
+
+#[tokio::test]
+async fn migrate_from_two_processes_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = TestEnv::new().await;
+    let url = if backend() == Backend::Postgres {
+        // The template is already migrated; a brand-new empty database shows the race.
+        let base = env.database_url().rsplit_once('/').unwrap().0.to_owned();
+        let name = format!("agentdesk_race_{}", uuid_simple());
+        psql_exec(&base, &format!("CREATE DATABASE {name}")).await;
+        format!("{base}/{name}")
+    } else {
+        format!("sqlite://{}/race.db", dir.path().display())
+    };
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_agentdesk"))
+            .env_clear()
+            .env("AGENTDESK_DATA_DIR", dir.path().join("data"))
+            .env("AGENTDESK_DATABASE_URL", &url)
+            .arg("migrate")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", text(&a));
+    assert!(b.status.success(), "{}", text(&b));
+    if backend() == Backend::Postgres {
+        let base = url.rsplit_once('/').unwrap().0.to_owned();
+        let name = url.rsplit_once('/').unwrap().1.to_owned();
+        psql_exec(&base, &format!("DROP DATABASE {name} WITH (FORCE)")).await;
+    }
+}
+
+fn uuid_simple() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+async fn psql_exec(base: &str, sql: &str) {
+    use sea_orm::ConnectionTrait;
+    let conn = sea_orm::Database::connect(format!("{base}/postgres"))
+        .await
+        .unwrap();
+    conn.execute_unprepared(sql).await.unwrap();
+    conn.close().await.unwrap();
+}
+
+#[test]
+fn admin_create_creates_then_resets() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = agentdesk(
+        dir.path(),
+        &[],
+        &[
+            "admin",
+            "create",
+            "--email",
+            "ops@example.com",
+            "--password",
+            "first-long-password",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("ops@example.com"));
+    assert!(
+        !text(&out).contains("first-long-password"),
+        "the password is never echoed"
+    );
+    // The same email in another case resets that user.
+    let out = agentdesk(
+        dir.path(),
+        &[],
+        &[
+            "admin",
+            "create",
+            "--email",
+            "OPS@example.com",
+            "--password",
+            "second-long-password",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("ops@example.com"), "{}", text(&out));
+    let out = agentdesk(
+        dir.path(),
+        &[],
+        &[
+            "admin",
+            "create",
+            "--email",
+            "m@example.com",
+            "--password",
+            "member-long-password",
+            "--role",
+            "member",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("role member"));
+    // Demoting the only admin would lock everyone out.
+    let out = agentdesk(
+        dir.path(),
+        &[],
+        &[
+            "admin",
+            "create",
+            "--email",
+            "ops@example.com",
+            "--password",
+            "third-long-password",
+            "--role",
+            "member",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("last active admin"), "{}", text(&out));
+    let out = agentdesk(
+        dir.path(),
+        &[],
+        &[
+            "admin",
+            "create",
+            "--email",
+            "weak@example.com",
+            "--password",
+            "short",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("password"), "{}", text(&out));
+    let out = agentdesk(
+        dir.path(),
+        &[],
+        &[
+            "admin",
+            "create",
+            "--email",
+            "not-an-email",
+            "--password",
+            "long-enough-password",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("email"), "{}", text(&out));
+}
+
+#[test]
+fn openapi_prints_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = agentdesk(dir.path(), &[], &["openapi"]);
+    assert!(out.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doc["paths"]["/api/v1/auth/login"].is_object());
+}
+
+/// First start on an empty database prints a generated admin once; SIGTERM stops it cleanly.
+#[test]
+fn serve_prints_the_first_admin_once_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let run = |dir: &std::path::Path| {
+        let child = Command::new(env!("CARGO_BIN_EXE_agentdesk"))
+            .env_clear()
+            .current_dir(dir)
+            .env("AGENTDESK_DATA_DIR", dir.join("data"))
+            .env("AGENTDESK_BIND", format!("127.0.0.1:{port}"))
+            .arg("serve")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the server starts"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SIGTERM.
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "graceful stop exits 0: {}",
+            text(&out)
+        );
+        text(&out)
+    };
+    let first = run(dir.path());
+    assert!(
+        first.contains("admin@localhost") && first.contains("password:"),
+        "{first}"
+    );
+    let second = run(dir.path());
+    assert!(!second.contains("password:"), "printed only once: {second}");
+    assert!(dir.path().join("data/jwt_secret").exists());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
