@@ -1,11 +1,14 @@
 //! Extractors that speak problem+json even when axum rejects a request, and the
-//! authentication guards handlers name: [`AuthUser`] (any logged-in user) and [`AdminUser`].
+//! authentication and authorization guards handlers name: [`AuthUser`] (any logged-in user) and
+//! [`Authorized`] (a caller whom a grant allows the route's resource and action).
 
+use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
 
 use agentdesk_core::RequestMeta;
 use agentdesk_core::cache::AuthContext;
 use agentdesk_core::models::user::User;
+use agentdesk_core::services::permissions::{Actor, Need, Permit};
 use axum::extract::rejection::{FormRejection, JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -207,11 +210,52 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
-/// An authenticated administrator.
-#[derive(Debug, Clone)]
-pub struct AdminUser(pub AuthContext);
+/// What a route requires: a resource, an action, and whether a grant for some clients suffices.
+pub trait Requirement: Send + Sync + 'static {
+    /// The resource (`users`, `clients`, `agent:pdf_processing`, ...).
+    const RESOURCE: &'static str;
+    /// The action.
+    const ACTION: &'static str;
+    /// Whether the permit must cover all clients.
+    const NEED: Need;
+}
 
-impl FromRequestParts<AppState> for AdminUser {
+macro_rules! requirements {
+    ($($(#[$doc:meta])* $name:ident = $resource:literal, $action:literal, $need:ident;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $name;
+        impl Requirement for $name {
+            const RESOURCE: &'static str = $resource;
+            const ACTION: &'static str = $action;
+            const NEED: Need = Need::$need;
+        }
+    )*};
+}
+
+requirements! {
+    /// `users:read`.
+    UsersRead = "users", "read", AllClients;
+    /// `users:write`.
+    UsersWrite = "users", "write", AllClients;
+    /// `permissions:read`.
+    PermissionsRead = "permissions", "read", AllClients;
+    /// `permissions:write`.
+    PermissionsWrite = "permissions", "write", AllClients;
+    /// `audit:read`, within the caller's client scope.
+    AuditRead = "audit", "read", SomeClients;
+    /// `audit:read` over the whole chain (verification).
+    AuditReadAll = "audit", "read", AllClients;
+    /// `audit:export`, within the caller's client scope.
+    AuditExport = "audit", "export", SomeClients;
+}
+
+/// An authenticated caller whom a live grant (or the admin role) allows `R`. A handler that
+/// names it cannot run without the check; a refusal is a 403 with a `denied` audit event.
+#[derive(Debug, Clone)]
+pub struct Authorized<R>(pub Permit, pub PhantomData<R>);
+
+impl<R: Requirement> FromRequestParts<AppState> for Authorized<R> {
     type Rejection = ApiError;
 
     async fn from_request_parts(
@@ -219,12 +263,17 @@ impl FromRequestParts<AppState> for AdminUser {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let AuthUser(ctx) = AuthUser::from_request_parts(parts, state).await?;
-        if !ctx.user.is_admin() {
-            return Err(ApiError::Core(agentdesk_core::Error::Forbidden(
-                "this requires the admin role".into(),
-            )));
-        }
-        Ok(Self(ctx))
+        let Ok(Meta(meta)) = Meta::from_request_parts(parts, state).await;
+        let permit = state
+            .core
+            .authorize(
+                Actor::from_request(&ctx, meta),
+                R::RESOURCE,
+                R::ACTION,
+                R::NEED,
+            )
+            .await?;
+        Ok(Self(permit, PhantomData))
     }
 }
 

@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use agentdesk_core::config::Settings;
+use agentdesk_core::services::permissions::{ActionInfo, Catalog, ResourceInfo};
 use agentdesk_core::{Core, Result};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -59,6 +60,37 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// The manifests of every agent this binary carries.
+pub fn agent_manifests() -> Vec<agentdesk_agent_sdk::Manifest> {
+    vec![
+        agentdesk_agent_client_management::manifest(),
+        agentdesk_agent_pdf_processing::manifest(),
+        agentdesk_agent_reports_analysis::manifest(),
+        agentdesk_agent_audio_recording::manifest(),
+    ]
+}
+
+/// The permission catalog: the core's resources plus one `agent:<name>` per agent manifest.
+pub fn catalog() -> Catalog {
+    Catalog::new(
+        agent_manifests()
+            .into_iter()
+            .map(|m| ResourceInfo {
+                resource: m.resource(),
+                description: m.description.to_owned(),
+                actions: m
+                    .actions
+                    .iter()
+                    .map(|a| ActionInfo {
+                        name: a.name.to_owned(),
+                        description: a.description.to_owned(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    )
 }
 
 /// The OpenAPI document with every route.
@@ -144,7 +176,7 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self> {
         let started = Instant::now();
         let bind = settings.bind;
-        let core = Core::start(settings).await?;
+        let core = Core::start(settings).await?.with_catalog(catalog());
         let generated_admin = core.bootstrap_admin().await?;
         let listener =
             TcpListener::bind(bind)

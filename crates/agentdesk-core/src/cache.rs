@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::database::Database;
 use crate::error::{Error, Result};
+use crate::models::grant::Grant;
 use crate::models::user::User;
 
 const PG_CHANNEL: &str = "agentdesk_invalidate";
@@ -61,6 +62,7 @@ enum Remote {
 #[derive(Clone)]
 pub struct Caches {
     sessions: Cache<Uuid, AuthContext>,
+    grants: Cache<Uuid, Arc<Vec<Grant>>>,
     remote: Remote,
     local: broadcast::Sender<Invalidation>,
 }
@@ -95,9 +97,14 @@ impl Caches {
             .time_to_live(session_ttl)
             .support_invalidation_closures()
             .build();
+        let grants = Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(Duration::from_secs(30))
+            .build();
         let (local, _) = broadcast::channel(1024);
         Self {
             sessions,
+            grants,
             remote,
             local,
         }
@@ -111,6 +118,16 @@ impl Caches {
     /// Caches a verified session.
     pub async fn put_session(&self, ctx: AuthContext) {
         self.sessions.insert(ctx.session_id, ctx).await;
+    }
+
+    /// A user's cached effective grants.
+    pub async fn grants(&self, user_id: Uuid) -> Option<Arc<Vec<Grant>>> {
+        self.grants.get(&user_id).await
+    }
+
+    /// Caches a user's effective grants.
+    pub async fn put_grants(&self, user_id: Uuid, grants: Arc<Vec<Grant>>) {
+        self.grants.insert(user_id, grants).await;
     }
 
     /// Listens to invalidations (for caches that live outside this struct, such as grants).
@@ -161,8 +178,12 @@ impl Caches {
                 let _ = self
                     .sessions
                     .invalidate_entries_if(move |_, ctx| ctx.user.id == user_id);
+                self.grants.invalidate(&user_id).await;
             }
-            Invalidation::All => self.sessions.invalidate_all(),
+            Invalidation::All => {
+                self.sessions.invalidate_all();
+                self.grants.invalidate_all();
+            }
         }
         let _ = self.local.send(what.clone());
     }

@@ -34,6 +34,11 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Print the OpenAPI document.
     Openapi,
     /// Configuration.
@@ -60,6 +65,12 @@ enum AdminCommand {
         #[arg(long, default_value = "Administrator")]
         full_name: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain; exits 1 and names the first bad `seq` when it is broken.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,6 +177,19 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 "user {} ({}) is ready with role {}",
                 user.email, user.id, user.role
             );
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let core = agentdesk_core::Core::start(settings).await?;
+            let report = core.verify_audit().await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.valid {
+                anyhow::bail!(
+                    "the audit chain is broken at seq {}",
+                    report.first_invalid_seq.unwrap_or_default()
+                );
+            }
         }
         Command::Openapi | Command::Config { .. } => {}
     }

@@ -1,5 +1,6 @@
 //! `/auth`: login, OAuth2 password flow, refresh, logout, me, password change.
 
+use agentdesk_core::models::grant::Grant;
 use agentdesk_core::models::user::User;
 use agentdesk_core::services::auth::TokenPair;
 use axum::extract::State;
@@ -119,9 +120,12 @@ pub struct RefreshRequest {
 #[tracing::instrument(skip_all)]
 async fn refresh(
     State(state): State<AppState>,
+    Meta(meta): Meta,
     AppJson(body): AppJson<RefreshRequest>,
 ) -> ApiResult<AppJson<TokenPair>> {
-    Ok(AppJson(state.core.refresh(&body.refresh_token).await?))
+    Ok(AppJson(
+        state.core.refresh(&body.refresh_token, &meta).await?,
+    ))
 }
 
 /// End the session: its refresh and access tokens are refused from now on.
@@ -135,9 +139,13 @@ async fn refresh(
 async fn logout(
     State(state): State<AppState>,
     AuthUser(caller): AuthUser,
+    Meta(meta): Meta,
     AppJson(body): AppJson<RefreshRequest>,
 ) -> ApiResult<StatusCode> {
-    state.core.logout(&caller, &body.refresh_token).await?;
+    state
+        .core
+        .logout(&caller, &body.refresh_token, &meta)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -147,7 +155,7 @@ pub struct Me {
     /// The caller.
     pub user: User,
     /// Effective grants, direct and through the role.
-    pub grants: Vec<serde_json::Value>,
+    pub grants: Vec<Grant>,
 }
 
 /// Who am I?
@@ -157,11 +165,12 @@ pub struct Me {
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
     ))]
 #[tracing::instrument(skip_all)]
-async fn me(AuthUser(caller): AuthUser) -> AppJson<Me> {
-    AppJson(Me {
+async fn me(State(state): State<AppState>, AuthUser(caller): AuthUser) -> ApiResult<AppJson<Me>> {
+    let grants = state.core.effective_grants(&caller.user).await?;
+    Ok(AppJson(Me {
         user: caller.user,
-        grants: Vec::new(),
-    })
+        grants,
+    }))
 }
 
 /// A password change.
@@ -184,11 +193,12 @@ pub struct PasswordChange {
 async fn change_password(
     State(state): State<AppState>,
     AuthUser(caller): AuthUser,
+    Meta(meta): Meta,
     AppJson(body): AppJson<PasswordChange>,
 ) -> ApiResult<StatusCode> {
     state
         .core
-        .change_password(&caller, &body.current_password, &body.new_password)
+        .change_password(&caller, &body.current_password, &body.new_password, &meta)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,6 +1,8 @@
 //! Version 1 of the HTTP API, mounted at `/api/v1`.
 
+pub mod audit;
 pub mod auth;
+pub mod permissions;
 pub mod users;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -12,4 +14,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(auth::routes())
         .merge(users::routes())
+        .merge(permissions::routes())
+        .merge(audit::routes())
 }

@@ -1,5 +1,6 @@
-//! `/users`: administrators manage users (grants on `users` come with the permissions work).
+//! `/users`: user management, behind grants on `users` (`read`, `write`).
 
+use agentdesk_core::models::grant::Grant;
 use agentdesk_core::models::user::User;
 use agentdesk_core::pagination::{Page, PageRequest};
 use agentdesk_core::services::users::{NewUser, UserFilter, UserPatch};
@@ -13,7 +14,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::extractors::{AdminUser, AppJson, AppQuery};
+use crate::extractors::{AppJson, AppQuery, Authorized, UsersRead, UsersWrite};
 use crate::problem::{ApiResult, Problem};
 
 /// The routes of `/users`.
@@ -68,7 +69,7 @@ impl From<Page<User>> for UserPage {
 #[tracing::instrument(skip_all)]
 async fn list(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    Authorized(permit, _): Authorized<UsersRead>,
     AppQuery(query): AppQuery<ListQuery>,
 ) -> ApiResult<AppJson<UserPage>> {
     let page = PageRequest::parse(query.limit, query.cursor.as_deref())?;
@@ -77,7 +78,9 @@ async fn list(
         role: query.role,
         is_active: query.is_active,
     };
-    Ok(AppJson(state.core.list_users(&filter, page).await?.into()))
+    Ok(AppJson(
+        state.core.list_users(&permit, &filter, page).await?.into(),
+    ))
 }
 
 /// A new user.
@@ -103,17 +106,20 @@ pub struct CreateUser {
 #[tracing::instrument(skip_all)]
 async fn create(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    Authorized(permit, _): Authorized<UsersWrite>,
     AppJson(body): AppJson<CreateUser>,
 ) -> ApiResult<impl IntoResponse> {
     let user = state
         .core
-        .create_user(NewUser {
-            email: body.email,
-            password: body.password,
-            full_name: body.full_name,
-            role: body.role,
-        })
+        .create_user(
+            &permit,
+            NewUser {
+                email: body.email,
+                password: body.password,
+                full_name: body.full_name,
+                role: body.role,
+            },
+        )
         .await?;
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/users/{}", user.id)) {
@@ -137,10 +143,12 @@ pub fn parse_id(raw: &str, what: &'static str) -> Result<Uuid, agentdesk_core::E
 #[tracing::instrument(skip_all)]
 async fn get(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    Authorized(permit, _): Authorized<UsersRead>,
     Path(id): Path<String>,
 ) -> ApiResult<AppJson<User>> {
-    Ok(AppJson(state.core.get_user(parse_id(&id, "user")?).await?))
+    Ok(AppJson(
+        state.core.get_user(&permit, parse_id(&id, "user")?).await?,
+    ))
 }
 
 /// A change to a user; absent fields stay.
@@ -169,7 +177,7 @@ pub struct UpdateUser {
 #[tracing::instrument(skip_all)]
 async fn update(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    Authorized(permit, _): Authorized<UsersWrite>,
     Path(id): Path<String>,
     AppJson(body): AppJson<UpdateUser>,
 ) -> ApiResult<AppJson<User>> {
@@ -180,7 +188,7 @@ async fn update(
         is_active: body.is_active,
         password: body.password,
     };
-    Ok(AppJson(state.core.update_user(id, patch).await?))
+    Ok(AppJson(state.core.update_user(&permit, id, patch).await?))
 }
 
 /// Deactivate a user: they can no longer log in and their sessions end; their history stays.
@@ -194,10 +202,13 @@ async fn update(
 #[tracing::instrument(skip_all)]
 async fn delete(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    Authorized(permit, _): Authorized<UsersWrite>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.core.deactivate_user(parse_id(&id, "user")?).await?;
+    state
+        .core
+        .deactivate_user(&permit, parse_id(&id, "user")?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -205,15 +216,19 @@ async fn delete(
 #[utoipa::path(get, path = "/api/v1/users/{id}/grants", tag = "users", params(("id" = String, Path, description = "User id")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Effective grants", body = Vec<serde_json::Value>),
+        (status = 200, description = "Effective grants", body = Vec<Grant>),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
     ))]
 #[tracing::instrument(skip_all)]
 async fn grants(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    Authorized(permit, _): Authorized<UsersRead>,
     Path(id): Path<String>,
-) -> ApiResult<AppJson<Vec<serde_json::Value>>> {
-    state.core.get_user(parse_id(&id, "user")?).await?;
-    Ok(AppJson(Vec::new()))
+) -> ApiResult<AppJson<Vec<Grant>>> {
+    Ok(AppJson(
+        state
+            .core
+            .user_grants(&permit, parse_id(&id, "user")?)
+            .await?,
+    ))
 }

@@ -4,6 +4,7 @@
 use sea_orm_migration::prelude::*;
 
 mod m0001_users_sessions;
+mod m0002_permissions_audit;
 
 /// Applies the schema, in order. A migration, once released, is never edited: add a new one.
 pub struct Migrator;
@@ -11,7 +12,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m0001_users_sessions::Migration)]
+        vec![
+            Box::new(m0001_users_sessions::Migration),
+            Box::new(m0002_permissions_audit::Migration),
+        ]
     }
 }
 

@@ -1,4 +1,6 @@
 //! Database entities (SeaORM) and the domain types the services return.
 
+pub mod audit;
+pub mod grant;
 pub mod session;
 pub mod user;

@@ -10,6 +10,7 @@ use sea_orm::{
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::audit::{AuditRecord, Outcome, append};
 use super::{Core, RequestMeta};
 use crate::cache::{AuthContext, Invalidation};
 use crate::error::{Error, Result};
@@ -55,20 +56,26 @@ impl Core {
         meta: &RequestMeta,
     ) -> Result<TokenPair> {
         let window = self.login_window();
+        let failed = |reason: &str, user: Option<&user::Model>| {
+            let mut record = AuditRecord::new("auth.login_failed", Outcome::Denied, meta)
+                .actor_email(email.trim())
+                .changes(serde_json::json!({"reason": reason}));
+            if let Some(user) = user {
+                record = record.actor(&User::from(user.clone()));
+            }
+            record
+        };
         let (email_key, ip_key) = limiter_keys(email, meta.ip.as_deref());
         let (email_count, email_left) = self.limiter.current(&email_key, window).await?;
-        if email_count >= self.settings.login_max_failures_per_email {
-            return Err(Error::RateLimited {
-                retry_after_secs: email_left,
-            });
-        }
-        if let Some(ip_key) = &ip_key {
+        let mut limited =
+            (email_count >= self.settings.login_max_failures_per_email).then_some(email_left);
+        if let (None, Some(ip_key)) = (limited, &ip_key) {
             let (ip_count, ip_left) = self.limiter.current(ip_key, window).await?;
-            if ip_count >= self.settings.login_max_failures_per_ip {
-                return Err(Error::RateLimited {
-                    retry_after_secs: ip_left,
-                });
-            }
+            limited = (ip_count >= self.settings.login_max_failures_per_ip).then_some(ip_left);
+        }
+        if let Some(retry_after_secs) = limited {
+            self.audit_alone(failed("rate_limited", None)).await?;
+            return Err(Error::RateLimited { retry_after_secs });
         }
 
         let found = match Email::parse(email) {
@@ -89,15 +96,19 @@ impl Core {
         };
         let user = match (found, verified) {
             (Some(user), true) => user,
-            _ => {
+            (found, _) => {
                 self.limiter.hit(&email_key, window).await?;
                 if let Some(ip_key) = &ip_key {
                     self.limiter.hit(ip_key, window).await?;
                 }
+                self.audit_alone(failed("invalid_credentials", found.as_ref()))
+                    .await?;
                 return Err(Error::InvalidCredentials);
             }
         };
         if !user.is_active {
+            self.audit_alone(failed("account_disabled", Some(&user)))
+                .await?;
             return Err(Error::AccountDisabled);
         }
         self.limiter.reset(&email_key).await?;
@@ -110,9 +121,17 @@ impl Core {
             .filter(user::Column::Id.eq(user.id))
             .exec(&txn)
             .await?;
-        txn.commit().await?;
         let mut user = User::from(user);
         user.last_login_at = Some(now);
+        append(
+            &txn,
+            self.db.kind(),
+            AuditRecord::new("auth.login", Outcome::Success, meta)
+                .actor(&user)
+                .resource("session", session_id),
+        )
+        .await?;
+        txn.commit().await?;
         self.token_pair(user, session_id, refresh, now)
     }
 
@@ -185,7 +204,7 @@ impl Core {
     /// Exchanges a refresh token for a new pair. The old token stops working; presenting it
     /// again is taken as theft and revokes the whole session.
     #[tracing::instrument(skip_all, err(level = "info"))]
-    pub async fn refresh(&self, token: &str) -> Result<TokenPair> {
+    pub async fn refresh(&self, token: &str, meta: &RequestMeta) -> Result<TokenPair> {
         const INVALID: Error = Error::InvalidToken("the refresh token is invalid or expired");
         let now = Utc::now();
         let hash = hash_token(token);
@@ -205,6 +224,18 @@ impl Core {
             .await?;
         if marked.rows_affected == 0 {
             revoke_session(&txn, stored.session_id, now, "refresh token reuse").await?;
+            let mut record = AuditRecord::new("auth.refresh_reuse", Outcome::Denied, meta)
+                .resource("session", stored.session_id)
+                .changes(serde_json::json!({"reason": "a used refresh token was presented again; session revoked"}));
+            if let Some(owner) = session::Entity::find_by_id(stored.session_id)
+                .one(&txn)
+                .await?
+            {
+                if let Some(user) = user::Entity::find_by_id(owner.user_id).one(&txn).await? {
+                    record = record.actor(&User::from(user));
+                }
+            }
+            append(&txn, self.db.kind(), record).await?;
             txn.commit().await?;
             self.caches
                 .invalidate(Invalidation::Session(stored.session_id))
@@ -232,14 +263,28 @@ impl Core {
         active.expires_at = Set(now + self.refresh_ttl());
         let session = active.update(&txn).await?;
         let refresh = self.add_refresh_token(&txn, session.id, now).await?;
+        let user = User::from(user);
+        append(
+            &txn,
+            self.db.kind(),
+            AuditRecord::new("auth.refresh", Outcome::Success, meta)
+                .actor(&user)
+                .resource("session", session.id),
+        )
+        .await?;
         txn.commit().await?;
-        self.token_pair(user.into(), session.id, refresh, now)
+        self.token_pair(user, session.id, refresh, now)
     }
 
     /// Revokes the session that `refresh_token` belongs to, when it is the caller's; otherwise
     /// the caller's current session. Either way the caller's tokens stop working.
     #[tracing::instrument(skip_all, fields(user.id = %caller.user.id))]
-    pub async fn logout(&self, caller: &AuthContext, refresh_token: &str) -> Result<()> {
+    pub async fn logout(
+        &self,
+        caller: &AuthContext,
+        refresh_token: &str,
+        meta: &RequestMeta,
+    ) -> Result<()> {
         let now = Utc::now();
         let txn = self.db.begin().await?;
         let owned = match refresh_token::Entity::find_by_id(hash_token(refresh_token))
@@ -255,6 +300,14 @@ impl Core {
         };
         let session_id = owned.unwrap_or(caller.session_id);
         revoke_session(&txn, session_id, now, "logout").await?;
+        append(
+            &txn,
+            self.db.kind(),
+            AuditRecord::new("auth.logout", Outcome::Success, meta)
+                .actor(&caller.user)
+                .resource("session", session_id),
+        )
+        .await?;
         txn.commit().await?;
         self.caches
             .invalidate(Invalidation::Session(session_id))
@@ -269,12 +322,18 @@ impl Core {
         caller: &AuthContext,
         current: &str,
         new: &str,
+        meta: &RequestMeta,
     ) -> Result<()> {
         let user = user::Entity::find_by_id(caller.user.id)
             .one(self.db.reader())
             .await?
             .ok_or(Error::NotFound("user"))?;
         if !self.hasher.verify(current, &user.password_hash).await? {
+            let record = AuditRecord::new("auth.password_change", Outcome::Denied, meta)
+                .actor(&caller.user)
+                .resource("user", user.id)
+                .changes(serde_json::json!({"reason": "wrong current password"}));
+            self.audit_alone(record).await?;
             return Err(Error::invalid("current_password", "is not correct"));
         }
         let new = NewPassword::parse(new).map_err(|m| Error::invalid("new_password", m))?;
@@ -301,6 +360,11 @@ impl Core {
             "password changed",
         )
         .await?;
+        let record = AuditRecord::new("auth.password_change", Outcome::Success, meta)
+            .actor(&caller.user)
+            .resource("user", user.id)
+            .changes(serde_json::json!({"before": {}, "after": {"password": "[changed]"}}));
+        append(&txn, self.db.kind(), record).await?;
         txn.commit().await?;
         self.caches.invalidate(Invalidation::User(user.id)).await;
         Ok(())

@@ -1,7 +1,9 @@
 //! The business rules. Services take plain arguments and return domain types; they know nothing
 //! of HTTP.
 
+pub mod audit;
 pub mod auth;
+pub mod permissions;
 pub mod users;
 
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use crate::config::Settings;
 use crate::database::Database;
 use crate::error::{Error, Result};
 use crate::security::{PasswordHasherPool, TokenSigner};
+use permissions::Catalog;
 
 /// Who made a request, from where: stored with sessions (and audit events).
 #[derive(Debug, Clone, Default)]
@@ -22,6 +25,17 @@ pub struct RequestMeta {
     pub ip: Option<String>,
     /// The client's `User-Agent`.
     pub user_agent: Option<String>,
+}
+
+impl RequestMeta {
+    /// Meta for work that no HTTP request started (the command line, start-up).
+    pub fn system(origin: &str) -> Self {
+        Self {
+            request_id: origin.to_owned(),
+            ip: None,
+            user_agent: None,
+        }
+    }
 }
 
 /// Everything the services need, built once at start and shared (cheap to clone).
@@ -41,6 +55,8 @@ pub struct Core {
     pub limiter: RateLimiter,
     /// Redis, when configured.
     pub redis: Option<redis::aio::ConnectionManager>,
+    /// The permission catalog: core resources plus the agents'.
+    pub catalog: Arc<Catalog>,
 }
 
 impl Core {
@@ -76,7 +92,14 @@ impl Core {
             db,
             caches,
             limiter,
+            catalog: Arc::new(Catalog::default()),
         })
+    }
+
+    /// Replaces the permission catalog (the API adds the agents' resources at start).
+    pub fn with_catalog(mut self, catalog: Catalog) -> Self {
+        self.catalog = Arc::new(catalog);
+        self
     }
 
     /// Checks the database and Redis; the error names the failed check.

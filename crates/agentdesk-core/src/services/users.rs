@@ -1,15 +1,19 @@
-//! Users: create, list, read, change, deactivate; the first admin at start.
+//! Users: create, list, read, change, deactivate; the first admin at start. Every change is
+//! audited in its own transaction; only admins may create admins or change an admin.
 
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
     QuerySelect, Set,
-    sea_query::{Expr, ExprTrait, Func},
+    sea_query::{Expr, ExprTrait, Func, LikeExpr},
 };
+use serde_json::json;
 use uuid::Uuid;
 
-use super::Core;
+use super::audit::{AuditRecord, Outcome, append, diff};
 use super::auth::revoke_user_sessions;
+use super::permissions::Permit;
+use super::{Core, RequestMeta};
 use crate::cache::Invalidation;
 use crate::error::{Error, Result, map_unique};
 use crate::models::user::{self, ROLE_ADMIN, ROLE_MEMBER, User};
@@ -56,7 +60,7 @@ pub struct UserPatch {
 const EMAIL_TAKEN: &str = "a user with this email already exists";
 const EMAIL_UNIQUE: [&str; 2] = ["ux_users_email_key", "users.email_key"];
 
-/// Escapes `%`, `_` and `\` for a `LIKE ... ESCAPE '\'` pattern.
+/// Escapes `%`, `_` and `\` for a `LIKE ... ESCAPE '\'` pattern, lowercased, wrapped in `%`.
 pub fn like_pattern(q: &str) -> String {
     let mut out = String::with_capacity(q.len() + 2);
     out.push('%');
@@ -70,10 +74,35 @@ pub fn like_pattern(q: &str) -> String {
     out
 }
 
+/// A case-insensitive substring match on a column.
+pub fn contains_ci(
+    column: impl sea_orm::sea_query::IntoColumnRef,
+    q: &str,
+) -> sea_orm::sea_query::SimpleExpr {
+    Expr::expr(Func::lower(Expr::col(column))).like(LikeExpr::new(like_pattern(q)).escape('\\'))
+}
+
+fn public(user: &User) -> serde_json::Value {
+    serde_json::to_value(user).unwrap_or_default()
+}
+
 impl Core {
-    /// Creates a user. 409 when the email exists (case-insensitively); 422 for bad fields.
+    /// Creates a user (`users:write`). 409 when the email exists (case-insensitively); 422 for
+    /// bad fields; only an admin may create an admin.
     #[tracing::instrument(skip_all, err(level = "info"))]
-    pub async fn create_user(&self, new: NewUser) -> Result<User> {
+    pub async fn create_user(&self, permit: &Permit, new: NewUser) -> Result<User> {
+        permit.require("users", "write")?;
+        if new.role.as_deref() == Some(ROLE_ADMIN) && !permit.user().is_admin() {
+            let reason = "only an admin may create an admin".to_owned();
+            return Err(self
+                .deny(permit.actor(), "users", "write", None, reason)
+                .await);
+        }
+        self.insert_user(new, permit.audit("user.create", Outcome::Success))
+            .await
+    }
+
+    async fn insert_user(&self, new: NewUser, audit: AuditRecord) -> Result<User> {
         let mut errors = FieldErrors::new();
         let email = errors.check("email", Email::parse(&new.email));
         let password = errors.check("password", NewPassword::parse(&new.password));
@@ -103,16 +132,28 @@ impl Core {
             last_login_at: Set(None),
         };
         let txn = self.db.begin().await?;
-        let created = model
-            .insert(&txn)
-            .await
-            .map_err(|e| map_unique(e, &EMAIL_UNIQUE, EMAIL_TAKEN))?;
+        let created = User::from(
+            model
+                .insert(&txn)
+                .await
+                .map_err(|e| map_unique(e, &EMAIL_UNIQUE, EMAIL_TAKEN))?,
+        );
+        let record = audit
+            .resource("user", created.id)
+            .changes(json!({"before": null, "after": public(&created)}));
+        append(&txn, self.db.kind(), record).await?;
         txn.commit().await?;
-        Ok(created.into())
+        Ok(created)
     }
 
-    /// One user by id.
-    pub async fn get_user(&self, id: Uuid) -> Result<User> {
+    /// One user by id (`users:read`).
+    pub async fn get_user(&self, permit: &Permit, id: Uuid) -> Result<User> {
+        permit.require("users", "read")?;
+        self.find_user(id).await
+    }
+
+    /// One user by id, for the core's own use.
+    pub(crate) async fn find_user(&self, id: Uuid) -> Result<User> {
         user::Entity::find_by_id(id)
             .one(self.db.reader())
             .await?
@@ -120,21 +161,31 @@ impl Core {
             .ok_or(Error::NotFound("user"))
     }
 
-    /// A page of users, newest first.
-    pub async fn list_users(&self, filter: &UserFilter, page: PageRequest) -> Result<Page<User>> {
+    /// A user's effective grants (`users:read`).
+    pub async fn user_grants(
+        &self,
+        permit: &Permit,
+        id: Uuid,
+    ) -> Result<Vec<crate::models::grant::Grant>> {
+        permit.require("users", "read")?;
+        let user = self.find_user(id).await?;
+        self.effective_grants(&user).await
+    }
+
+    /// A page of users, newest first (`users:read`).
+    pub async fn list_users(
+        &self,
+        permit: &Permit,
+        filter: &UserFilter,
+        page: PageRequest,
+    ) -> Result<Page<User>> {
+        permit.require("users", "read")?;
         let mut condition = Condition::all();
         if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
-            let pattern = like_pattern(q);
             condition = condition.add(
                 Condition::any()
-                    .add(
-                        Expr::col(user::Column::EmailKey)
-                            .like(sea_orm::sea_query::LikeExpr::new(pattern.clone()).escape('\\')),
-                    )
-                    .add(
-                        Expr::expr(Func::lower(Expr::col(user::Column::FullName)))
-                            .like(sea_orm::sea_query::LikeExpr::new(pattern).escape('\\')),
-                    ),
+                    .add(contains_ci(user::Column::EmailKey, q))
+                    .add(contains_ci(user::Column::FullName, q)),
             );
         }
         if let Some(role) = &filter.role {
@@ -155,11 +206,42 @@ impl Core {
         Ok(Page::from_rows(rows, page, |u| u.id).map(User::from))
     }
 
-    /// Changes a user. A role change, deactivation or new password takes effect on the user's
-    /// next request on every instance; deactivation and a new password revoke their sessions.
-    /// The last active admin cannot be demoted or deactivated (409).
+    /// Changes a user (`users:write`). A role change, deactivation or new password takes effect
+    /// on the user's next request on every instance; deactivation and a new password revoke
+    /// their sessions. The last active admin cannot be demoted or deactivated (409); only an
+    /// admin may change an admin or make someone one.
     #[tracing::instrument(skip_all, fields(user.id = %id), err(level = "info"))]
-    pub async fn update_user(&self, id: Uuid, patch: UserPatch) -> Result<User> {
+    pub async fn update_user(&self, permit: &Permit, id: Uuid, patch: UserPatch) -> Result<User> {
+        permit.require("users", "write")?;
+        if !permit.user().is_admin() {
+            let target = self.find_user(id).await?;
+            if target.is_admin() || patch.role.as_deref() == Some(ROLE_ADMIN) {
+                let reason = "only an admin may change an admin or grant the admin role".to_owned();
+                return Err(self
+                    .deny(
+                        permit.actor(),
+                        "users",
+                        "write",
+                        Some(id.to_string()),
+                        reason,
+                    )
+                    .await);
+            }
+        }
+        let action = if patch.is_active == Some(false)
+            && patch.full_name.is_none()
+            && patch.role.is_none()
+            && patch.password.is_none()
+        {
+            "user.deactivate"
+        } else {
+            "user.update"
+        };
+        self.change_user(id, patch, permit.audit(action, Outcome::Success))
+            .await
+    }
+
+    async fn change_user(&self, id: Uuid, patch: UserPatch, audit: AuditRecord) -> Result<User> {
         let mut errors = FieldErrors::new();
         let full_name = patch
             .full_name
@@ -202,7 +284,8 @@ impl Core {
             }
         }
         let deactivated = current.is_active && patch.is_active == Some(false);
-        let mut active: user::ActiveModel = current.clone().into();
+        let before = User::from(current.clone());
+        let mut active: user::ActiveModel = current.into();
         if let Some(name) = full_name.flatten() {
             active.full_name = Set(name);
         }
@@ -216,7 +299,7 @@ impl Core {
             active.password_hash = Set(hash.clone());
         }
         active.updated_at = Set(now);
-        let updated = active.update(&txn).await?;
+        let updated = User::from(active.update(&txn).await?);
         if deactivated || hash.is_some() {
             let reason = if deactivated {
                 "user deactivated"
@@ -225,14 +308,25 @@ impl Core {
             };
             revoke_user_sessions(&txn, id, None, now, reason).await?;
         }
+        let mut changes = diff(&public(&before), &public(&updated), &[]);
+        if hash.is_some() {
+            changes["after"]["password"] = json!("[changed]");
+        }
+        append(
+            &txn,
+            self.db.kind(),
+            audit.resource("user", id).changes(changes),
+        )
+        .await?;
         txn.commit().await?;
         self.caches.invalidate(Invalidation::User(id)).await;
-        Ok(updated.into())
+        Ok(updated)
     }
 
-    /// Deactivates a user (their history stays).
-    pub async fn deactivate_user(&self, id: Uuid) -> Result<()> {
+    /// Deactivates a user (`users:write`); their history stays.
+    pub async fn deactivate_user(&self, permit: &Permit, id: Uuid) -> Result<()> {
         self.update_user(
+            permit,
             id,
             UserPatch {
                 is_active: Some(false),
@@ -256,25 +350,32 @@ impl Core {
             .filter(user::Column::EmailKey.eq(parsed.key()))
             .one(self.db.reader())
             .await?;
+        let meta = RequestMeta::system("cli");
         match existing {
             None => {
-                self.create_user(NewUser {
+                let new = NewUser {
                     email: email.into(),
                     password: password.into(),
                     full_name: full_name.into(),
                     role: Some(role.into()),
-                })
+                };
+                self.insert_user(
+                    new,
+                    AuditRecord::new("user.create", Outcome::Success, &meta),
+                )
                 .await
             }
             Some(user) => {
-                self.update_user(
+                let patch = UserPatch {
+                    role: Some(role.into()),
+                    is_active: Some(true),
+                    password: Some(password.into()),
+                    full_name: None,
+                };
+                self.change_user(
                     user.id,
-                    UserPatch {
-                        role: Some(role.into()),
-                        is_active: Some(true),
-                        password: Some(password.into()),
-                        full_name: None,
-                    },
+                    patch,
+                    AuditRecord::new("user.update", Outcome::Success, &meta),
                 )
                 .await
             }
@@ -285,6 +386,11 @@ impl Core {
     /// and no user at all, creates `admin@localhost` with a random password and returns it so
     /// that it can be printed once.
     pub async fn bootstrap_admin(&self) -> Result<Option<(String, String)>> {
+        let audit = AuditRecord::new(
+            "user.create",
+            Outcome::Success,
+            &RequestMeta::system("bootstrap"),
+        );
         if let (Some(email), Some(password)) =
             (&self.settings.admin_email, &self.settings.admin_password)
         {
@@ -298,15 +404,13 @@ impl Core {
                 .await?
                 > 0;
             if !exists {
-                let created = self
-                    .create_user(NewUser {
-                        email: email.clone(),
-                        password: password.expose().to_owned(),
-                        full_name: "Administrator".into(),
-                        role: Some(ROLE_ADMIN.into()),
-                    })
-                    .await;
-                match created {
+                let new = NewUser {
+                    email: email.clone(),
+                    password: password.expose().to_owned(),
+                    full_name: "Administrator".into(),
+                    role: Some(ROLE_ADMIN.into()),
+                };
+                match self.insert_user(new, audit).await {
                     Ok(_) | Err(Error::Conflict(_)) => {}
                     Err(Error::Validation(errors)) => {
                         let message = errors
@@ -328,15 +432,13 @@ impl Core {
             return Ok(None);
         }
         let password = crate::security::random_hex(12);
-        let created = self
-            .create_user(NewUser {
-                email: "admin@localhost".into(),
-                password: password.clone(),
-                full_name: "Administrator".into(),
-                role: Some(ROLE_ADMIN.into()),
-            })
-            .await;
-        match created {
+        let new = NewUser {
+            email: "admin@localhost".into(),
+            password: password.clone(),
+            full_name: "Administrator".into(),
+            role: Some(ROLE_ADMIN.into()),
+        };
+        match self.insert_user(new, audit).await {
             Ok(user) => Ok(Some((user.email, password))),
             // Another instance created it first.
             Err(Error::Conflict(_)) => Ok(None),

@@ -1,0 +1,541 @@
+//! The audit log: one event per state change, denied request and login attempt, written in the
+//! same transaction as the change. Events form a hash chain in `seq` order: each event's hash is
+//! SHA-256 over its canonical encoding and the previous hash, so a changed, inserted or deleted
+//! row is detectable. `seq` comes from a single-writer lock (SQLite's write lock, a transaction
+//! advisory lock on PostgreSQL), so it is gapless under any number of concurrent writers.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use futures::Stream;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, Statement,
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{Core, RequestMeta};
+use crate::config::DatabaseKind;
+use crate::error::{Error, Result};
+use crate::models::audit::{self, AuditEvent};
+use crate::models::user::User;
+
+/// The `prev_hash` of the first event.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+const AUDIT_LOCK_KEY: i64 = 7_263_502;
+
+/// Outcome of an audited request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It happened.
+    Success,
+    /// It was refused (permission, credentials, rate limit).
+    Denied,
+    /// It failed.
+    Error,
+}
+
+impl Outcome {
+    /// The stored word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Denied => "denied",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// An event to append; the chain fields are filled in by [`append`].
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    /// Dotted action name.
+    pub action: String,
+    /// Outcome.
+    pub outcome: Outcome,
+    /// Who did it.
+    pub actor_id: Option<Uuid>,
+    /// Their email.
+    pub actor_email: Option<String>,
+    /// Kind of record.
+    pub resource_type: Option<String>,
+    /// The record.
+    pub resource_id: Option<String>,
+    /// Its client.
+    pub client_id: Option<Uuid>,
+    /// Before/after of changed fields, or other detail; never secrets.
+    pub changes: Option<Value>,
+    /// Request id, IP and user agent.
+    pub meta: RequestMeta,
+}
+
+impl AuditRecord {
+    /// A new record for `action`.
+    pub fn new(action: &str, outcome: Outcome, meta: &RequestMeta) -> Self {
+        Self {
+            action: action.to_owned(),
+            outcome,
+            actor_id: None,
+            actor_email: None,
+            resource_type: None,
+            resource_id: None,
+            client_id: None,
+            changes: None,
+            meta: meta.clone(),
+        }
+    }
+
+    /// Sets the actor.
+    pub fn actor(mut self, user: &User) -> Self {
+        self.actor_id = Some(user.id);
+        self.actor_email = Some(user.email.clone());
+        self
+    }
+
+    /// Sets the actor's email only (an anonymous attempt).
+    pub fn actor_email(mut self, email: &str) -> Self {
+        self.actor_email = Some(email.chars().take(254).collect());
+        self
+    }
+
+    /// Sets the record acted on.
+    pub fn resource(mut self, kind: &str, id: impl ToString) -> Self {
+        self.resource_type = Some(kind.to_owned());
+        self.resource_id = Some(id.to_string());
+        self
+    }
+
+    /// Sets the kind of record only.
+    pub fn resource_type(mut self, kind: &str) -> Self {
+        self.resource_type = Some(kind.to_owned());
+        self
+    }
+
+    /// Sets the client.
+    pub fn client(mut self, client_id: Option<Uuid>) -> Self {
+        self.client_id = client_id;
+        self
+    }
+
+    /// Sets the changes.
+    pub fn changes(mut self, changes: Value) -> Self {
+        self.changes = Some(changes);
+        self
+    }
+}
+
+/// `{"before": {...}, "after": {...}}` of the top-level fields that differ. Keys in `secret`
+/// are never copied; a changed secret shows as `"[changed]"`.
+pub fn diff(before: &Value, after: &Value, secret: &[&str]) -> Value {
+    let empty = serde_json::Map::new();
+    let b = before.as_object().unwrap_or(&empty);
+    let a = after.as_object().unwrap_or(&empty);
+    let mut keys: Vec<&String> = b.keys().chain(a.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let (mut out_b, mut out_a) = (serde_json::Map::new(), serde_json::Map::new());
+    for key in keys {
+        if matches!(key.as_str(), "updated_at" | "version") {
+            continue;
+        }
+        let (vb, va) = (
+            b.get(key).unwrap_or(&Value::Null),
+            a.get(key).unwrap_or(&Value::Null),
+        );
+        if vb != va {
+            if secret.contains(&key.as_str()) {
+                out_a.insert(key.clone(), Value::String("[changed]".into()));
+            } else {
+                out_b.insert(key.clone(), vb.clone());
+                out_a.insert(key.clone(), va.clone());
+            }
+        }
+    }
+    serde_json::json!({"before": out_b, "after": out_a})
+}
+
+/// JSON with object keys sorted at every level, so the encoding does not depend on map order.
+fn canonical_json(value: &Value) -> String {
+    fn sort(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let sorted: BTreeMap<&String, Value> =
+                    map.iter().map(|(k, v)| (k, sort(v))).collect();
+                Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    sort(value).to_string()
+}
+
+/// The hash of an event: SHA-256 over `prev_hash` and a length-prefixed encoding of every field.
+pub fn event_hash(e: &AuditEvent) -> String {
+    let fields: [Option<String>; 15] = [
+        Some(e.id.to_string()),
+        Some(e.seq.to_string()),
+        Some(e.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        e.actor_id.map(|v| v.to_string()),
+        e.actor_email.clone(),
+        Some(e.action.clone()),
+        e.resource_type.clone(),
+        e.resource_id.clone(),
+        e.client_id.map(|v| v.to_string()),
+        Some(e.outcome.clone()),
+        e.ip.clone(),
+        e.user_agent.clone(),
+        e.request_id.clone(),
+        e.changes.as_ref().map(canonical_json),
+        Some(e.prev_hash.clone()),
+    ];
+    let mut hasher = Sha256::new();
+    hasher.update(b"agentdesk-audit-v1");
+    for field in fields {
+        match field {
+            // A null and an empty string encode differently.
+            None => hasher.update(u64::MAX.to_be_bytes()),
+            Some(text) => {
+                hasher.update((text.len() as u64).to_be_bytes());
+                hasher.update(text.as_bytes());
+            }
+        }
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Appends an event inside `conn`'s transaction. On PostgreSQL it takes the chain's advisory
+/// lock (held to commit); on SQLite the transaction already holds the write lock.
+pub async fn append(
+    conn: &impl ConnectionTrait,
+    kind: DatabaseKind,
+    record: AuditRecord,
+) -> Result<AuditEvent> {
+    if kind == DatabaseKind::Postgres {
+        conn.execute_raw(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [AUDIT_LOCK_KEY.into()],
+        ))
+        .await?;
+    }
+    let last = audit::Entity::find()
+        .order_by_desc(audit::Column::Seq)
+        .limit(1)
+        .one(conn)
+        .await?;
+    let (seq, prev_hash) = match last {
+        Some(last) => (last.seq + 1, last.hash),
+        None => (1, GENESIS_HASH.to_owned()),
+    };
+    let mut event = AuditEvent {
+        id: Uuid::now_v7(),
+        seq,
+        // Stored to the microsecond on every backend, so hash what is stored.
+        at: Utc::now().trunc_subsecs(6),
+        actor_id: record.actor_id,
+        actor_email: record.actor_email,
+        action: record.action,
+        resource_type: record.resource_type,
+        resource_id: record.resource_id,
+        client_id: record.client_id,
+        outcome: record.outcome.as_str().to_owned(),
+        ip: record.meta.ip,
+        user_agent: record
+            .meta
+            .user_agent
+            .map(|ua| ua.chars().take(512).collect()),
+        request_id: Some(record.meta.request_id).filter(|r| !r.is_empty()),
+        changes: record.changes,
+        prev_hash,
+        hash: String::new(),
+    };
+    event.hash = event_hash(&event);
+    audit::ActiveModel {
+        id: Set(event.id),
+        seq: Set(event.seq),
+        at: Set(event.at),
+        actor_id: Set(event.actor_id),
+        actor_email: Set(event.actor_email.clone()),
+        action: Set(event.action.clone()),
+        resource_type: Set(event.resource_type.clone()),
+        resource_id: Set(event.resource_id.clone()),
+        client_id: Set(event.client_id),
+        outcome: Set(event.outcome.clone()),
+        ip: Set(event.ip.clone()),
+        user_agent: Set(event.user_agent.clone()),
+        request_id: Set(event.request_id.clone()),
+        changes: Set(event.changes.clone()),
+        prev_hash: Set(event.prev_hash.clone()),
+        hash: Set(event.hash.clone()),
+    }
+    .insert(conn)
+    .await?;
+    Ok(event)
+}
+
+/// Filters of the event list and export.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only this actor.
+    pub actor_id: Option<Uuid>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// Only this kind of record.
+    pub resource_type: Option<String>,
+    /// Only this record.
+    pub resource_id: Option<String>,
+    /// Only this client.
+    pub client_id: Option<Uuid>,
+    /// Only this outcome.
+    pub outcome: Option<String>,
+    /// From this time on (inclusive).
+    pub from: Option<DateTime<Utc>>,
+    /// Before this time (exclusive).
+    pub to: Option<DateTime<Utc>>,
+    /// Only events of these clients (the caller's scope); `None` means every event.
+    pub scope: Option<Vec<Uuid>>,
+}
+
+impl AuditFilter {
+    fn condition(&self) -> Condition {
+        let mut c = Condition::all();
+        if let Some(v) = self.actor_id {
+            c = c.add(audit::Column::ActorId.eq(v));
+        }
+        if let Some(v) = &self.action {
+            c = c.add(audit::Column::Action.eq(v.clone()));
+        }
+        if let Some(v) = &self.resource_type {
+            c = c.add(audit::Column::ResourceType.eq(v.clone()));
+        }
+        if let Some(v) = &self.resource_id {
+            c = c.add(audit::Column::ResourceId.eq(v.clone()));
+        }
+        if let Some(v) = self.client_id {
+            c = c.add(audit::Column::ClientId.eq(v));
+        }
+        if let Some(v) = &self.outcome {
+            c = c.add(audit::Column::Outcome.eq(v.clone()));
+        }
+        if let Some(v) = self.from {
+            c = c.add(audit::Column::At.gte(v));
+        }
+        if let Some(v) = self.to {
+            c = c.add(audit::Column::At.lt(v));
+        }
+        if let Some(scope) = &self.scope {
+            c = c.add(audit::Column::ClientId.is_in(scope.clone()));
+        }
+        c
+    }
+}
+
+/// The result of walking the chain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Verification {
+    /// Whether every event is intact and in place.
+    pub valid: bool,
+    /// How many events were checked.
+    pub checked: u64,
+    /// The first `seq` where the chain breaks (changed, missing or inserted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_invalid_seq: Option<i64>,
+}
+
+impl Core {
+    /// Writes one event in a transaction of its own (for denied requests and failed logins).
+    pub async fn audit_alone(&self, record: AuditRecord) -> Result<()> {
+        let txn = self.db.begin().await?;
+        append(&txn, self.db.kind(), record).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// A page of events, newest first; the cursor is the last `seq` seen.
+    pub async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        limit: u64,
+        before_seq: Option<i64>,
+    ) -> Result<(Vec<AuditEvent>, Option<i64>)> {
+        let mut condition = filter.condition();
+        if let Some(seq) = before_seq {
+            condition = condition.add(audit::Column::Seq.lt(seq));
+        }
+        let mut rows = audit::Entity::find()
+            .filter(condition)
+            .order_by_desc(audit::Column::Seq)
+            .limit(limit + 1)
+            .all(self.db.reader())
+            .await?;
+        let more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        let next = if more {
+            rows.last().map(|r| r.seq)
+        } else {
+            None
+        };
+        Ok((rows.into_iter().map(AuditEvent::from).collect(), next))
+    }
+
+    /// One event, if in the caller's scope.
+    pub async fn get_audit(&self, id: Uuid, scope: Option<&[Uuid]>) -> Result<AuditEvent> {
+        let event = audit::Entity::find_by_id(id)
+            .one(self.db.reader())
+            .await?
+            .ok_or(Error::NotFound("audit event"))?;
+        if let Some(scope) = scope {
+            if !event.client_id.is_some_and(|c| scope.contains(&c)) {
+                return Err(Error::NotFound("audit event"));
+            }
+        }
+        Ok(event.into())
+    }
+
+    /// Walks the whole chain in `seq` order, in batches, and reports the first break.
+    pub async fn verify_audit(&self) -> Result<Verification> {
+        const BATCH: u64 = 1000;
+        let mut checked = 0u64;
+        let mut expected_seq = 1i64;
+        let mut prev_hash = GENESIS_HASH.to_owned();
+        loop {
+            let rows = audit::Entity::find()
+                .filter(audit::Column::Seq.gte(expected_seq))
+                .order_by_asc(audit::Column::Seq)
+                .limit(BATCH)
+                .all(self.db.reader())
+                .await?;
+            let done = (rows.len() as u64) < BATCH;
+            for row in rows {
+                let event = AuditEvent::from(row);
+                let intact = event.seq == expected_seq
+                    && event.prev_hash == prev_hash
+                    && event_hash(&event) == event.hash;
+                if !intact {
+                    return Ok(Verification {
+                        valid: false,
+                        checked,
+                        first_invalid_seq: Some(expected_seq),
+                    });
+                }
+                checked += 1;
+                expected_seq += 1;
+                prev_hash = event.hash;
+            }
+            if done {
+                return Ok(Verification {
+                    valid: true,
+                    checked,
+                    first_invalid_seq: None,
+                });
+            }
+        }
+    }
+
+    /// Every event matching the filter, oldest first, fetched in batches so that memory stays
+    /// constant however many there are.
+    pub fn stream_audit(
+        &self,
+        filter: AuditFilter,
+    ) -> impl Stream<Item = Result<AuditEvent>> + Send + 'static {
+        const BATCH: u64 = 500;
+        let db = self.db.clone();
+        let state = (
+            db,
+            filter,
+            0i64,
+            Vec::<AuditEvent>::new().into_iter(),
+            false,
+        );
+        futures::stream::unfold(
+            state,
+            |(db, filter, after, mut buffer, finished)| async move {
+                if let Some(event) = buffer.next() {
+                    return Some((Ok(event), (db, filter, after, buffer, finished)));
+                }
+                if finished {
+                    return None;
+                }
+                let rows = audit::Entity::find()
+                    .filter(filter.condition().add(audit::Column::Seq.gt(after)))
+                    .order_by_asc(audit::Column::Seq)
+                    .limit(BATCH)
+                    .all(db.reader())
+                    .await;
+                match rows {
+                    Err(e) => Some((
+                        Err(Error::from(e)),
+                        (db, filter, after, Vec::new().into_iter(), true),
+                    )),
+                    Ok(rows) => {
+                        let finished = (rows.len() as u64) < BATCH;
+                        let after = rows.last().map(|r| r.seq).unwrap_or(after);
+                        let mut buffer = rows
+                            .into_iter()
+                            .map(AuditEvent::from)
+                            .collect::<Vec<_>>()
+                            .into_iter();
+                        let first = buffer.next()?;
+                        Some((Ok(first), (db, filter, after, buffer, finished)))
+                    }
+                }
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_lists_changed_fields_and_hides_secrets() {
+        let d = diff(
+            &serde_json::json!({"a": 1, "b": 2, "password_hash": "x", "updated_at": "t1"}),
+            &serde_json::json!({"a": 1, "b": 3, "password_hash": "y", "updated_at": "t2"}),
+            &["password_hash"],
+        );
+        assert_eq!(
+            d,
+            serde_json::json!({"before": {"b": 2}, "after": {"b": 3, "password_hash": "[changed]"}})
+        );
+    }
+
+    #[test]
+    fn hash_changes_with_any_field() {
+        let e = AuditEvent {
+            id: Uuid::now_v7(),
+            seq: 1,
+            at: Utc::now().trunc_subsecs(6),
+            actor_id: None,
+            actor_email: Some("a@b.c".into()),
+            action: "auth.login".into(),
+            resource_type: None,
+            resource_id: None,
+            client_id: None,
+            outcome: "success".into(),
+            ip: None,
+            user_agent: None,
+            request_id: None,
+            changes: Some(serde_json::json!({"b": 1, "a": [1, {"y": 1, "x": 2}]})),
+            prev_hash: GENESIS_HASH.into(),
+            hash: String::new(),
+        };
+        let h = event_hash(&e);
+        let mut other = e.clone();
+        other.outcome = "denied".into();
+        assert_ne!(event_hash(&other), h);
+        let mut other = e.clone();
+        other.actor_email = Some(String::new());
+        assert_ne!(event_hash(&other), h);
+        let mut other = e.clone();
+        other.actor_email = None;
+        assert_ne!(event_hash(&other), h, "null and empty differ");
+        let mut same = e.clone();
+        same.changes = Some(serde_json::json!({"a": [1, {"x": 2, "y": 1}], "b": 1}));
+        assert_eq!(event_hash(&same), h, "key order does not matter");
+    }
+}
