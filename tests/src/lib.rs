@@ -340,6 +340,53 @@ impl TestApp {
     }
 }
 
+/// A logged-in user for tests.
+#[derive(Debug, Clone)]
+pub struct Persona {
+    /// Their id.
+    pub id: String,
+    /// Their email.
+    pub email: String,
+    /// Their password.
+    pub password: String,
+    /// An access token.
+    pub token: String,
+    /// A refresh token of the same session.
+    pub refresh: String,
+}
+
+impl TestApp {
+    /// Creates a grant as the admin; `body` is the grant JSON.
+    pub async fn grant(&self, admin_token: &str, body: Value) -> Value {
+        let reply = self
+            .post("/api/v1/permissions/grants", admin_token, body)
+            .await;
+        reply.expect(201, None);
+        reply.json
+    }
+
+    /// A new user with `role`, given `grants` (each a grant body without the subject), logged in.
+    pub async fn persona(&self, admin_token: &str, role: &str, grants: &[Value]) -> Persona {
+        let email = unique_email(role);
+        let password = "persona-password-42".to_owned();
+        let user = self.create_user(admin_token, &email, &password, role).await;
+        let id = user["id"].as_str().expect("id").to_owned();
+        for grant in grants {
+            let mut body = grant.clone();
+            body["user_id"] = json!(id);
+            self.grant(admin_token, body).await;
+        }
+        let (token, refresh) = self.tokens(&email, &password).await;
+        Persona {
+            id,
+            email,
+            password,
+            token,
+            refresh,
+        }
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {

@@ -1,0 +1,469 @@
+//! The audit log: what is recorded, secrets never, queries and paging, the hash chain under
+//! concurrent writers, tamper detection, streamed export and client scope.
+
+use agentdesk_core::RequestMeta;
+use agentdesk_core::services::audit::{AuditRecord, Outcome};
+use agentdesk_tests::{ADMIN_PASSWORD, TestApp, unique_email};
+use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
+use serde_json::{Value, json};
+
+async fn events(app: &TestApp, token: &str, query: &str) -> Vec<Value> {
+    let r = app
+        .get(&format!("/api/v1/audit/events?limit=200&{query}"), token)
+        .await;
+    r.expect(200, None);
+    r.json["items"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn logins_changes_and_denials_are_recorded_without_secrets() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    app.login("admin@test.local", "wrong-password-123")
+        .await
+        .expect(401, None);
+    app.login("ghost@test.local", "another-wrong-pass")
+        .await
+        .expect(401, None);
+    let email = unique_email("aud");
+    let user = app
+        .create_user(&admin, &email, "secret-password-77", "member")
+        .await;
+    let uid = user["id"].as_str().unwrap();
+    app.patch(
+        &format!("/api/v1/users/{uid}"),
+        &admin,
+        json!({"full_name": "Renamed", "password": "reset-password-88"}),
+    )
+    .await
+    .expect(200, None);
+    let (member, _) = app.tokens(&email, "reset-password-88").await;
+    app.get("/api/v1/users", &member).await.expect(403, None);
+
+    let all = events(&app, &admin, "").await;
+    let text = serde_json::to_string(&all).unwrap();
+    for secret in [
+        "wrong-password-123",
+        "another-wrong-pass",
+        "secret-password-77",
+        "reset-password-88",
+        ADMIN_PASSWORD,
+        "argon2",
+        &admin,
+        &member,
+    ] {
+        assert!(
+            !text.contains(secret),
+            "a secret is in the audit log: {secret}"
+        );
+    }
+    let actions: Vec<&str> = all.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    for expected in [
+        "auth.login",
+        "auth.login_failed",
+        "user.create",
+        "user.update",
+        "users.read",
+    ] {
+        assert!(actions.contains(&expected), "{expected} in {actions:?}");
+    }
+    let failed = events(&app, &admin, "action=auth.login_failed").await;
+    assert_eq!(failed.len(), 2);
+    assert!(failed.iter().all(|e| e["outcome"] == "denied"));
+    assert!(
+        failed
+            .iter()
+            .any(|e| e["actor_email"] == "ghost@test.local" && e["actor_id"].is_null())
+    );
+    let update = &events(
+        &app,
+        &admin,
+        &format!("action=user.update&resource_id={uid}"),
+    )
+    .await[0];
+    assert_eq!(update["changes"]["before"]["full_name"], "Test User");
+    assert_eq!(update["changes"]["after"]["full_name"], "Renamed");
+    assert_eq!(update["changes"]["after"]["password"], "[changed]");
+    assert_eq!(update["resource_type"], "user");
+    assert!(update["request_id"].as_str().is_some_and(|r| !r.is_empty()));
+    assert!(update["ip"].as_str().is_some());
+    let denied = events(&app, &admin, "outcome=denied&action=users.read").await;
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0]["actor_email"], email.as_str());
+    // One event by id.
+    let id = update["id"].as_str().unwrap();
+    let one = app.get(&format!("/api/v1/audit/events/{id}"), &admin).await;
+    one.expect(200, None);
+    assert_eq!(&one.json, update);
+    app.get(
+        "/api/v1/audit/events/0190b3b0-0000-7000-8000-000000000001",
+        &admin,
+    )
+    .await
+    .expect(404, Some("not_found"));
+}
+
+#[tokio::test]
+async fn a_change_that_rolls_back_leaves_no_event() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let before = events(&app, &admin, "action=user.create").await.len();
+    app.post(
+        "/api/v1/users",
+        &admin,
+        json!({"email": "admin@test.local", "password": "some-long-password", "full_name": "Dup"}),
+    )
+    .await
+    .expect(409, Some("conflict"));
+    assert_eq!(
+        events(&app, &admin, "action=user.create").await.len(),
+        before
+    );
+}
+
+#[tokio::test]
+async fn filters_and_paging_newest_first() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    for _ in 0..5 {
+        app.login("admin@test.local", ADMIN_PASSWORD)
+            .await
+            .expect(200, None);
+    }
+    let logins = events(&app, &admin, "action=auth.login").await;
+    assert_eq!(logins.len(), 6);
+    let seqs: Vec<i64> = logins.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {seqs:?}"
+    );
+    let mut paged = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let r = app
+            .get(
+                &format!("/api/v1/audit/events?action=auth.login&limit=4&cursor={cursor}"),
+                &admin,
+            )
+            .await;
+        r.expect(200, None);
+        paged.extend(
+            r.json["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["seq"].as_i64().unwrap()),
+        );
+        match r.json["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(paged, seqs);
+    let me = app.get("/api/v1/auth/me", &admin).await;
+    let uid = me.json["user"]["id"].as_str().unwrap();
+    assert_eq!(
+        events(&app, &admin, &format!("actor_id={uid}&action=auth.login"))
+            .await
+            .len(),
+        6
+    );
+    let future = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .to_rfc3339()
+        .replace('+', "%2B");
+    assert_eq!(
+        events(&app, &admin, &format!("from={future}")).await.len(),
+        0
+    );
+    assert_eq!(
+        events(&app, &admin, &format!("to={future}&action=auth.login"))
+            .await
+            .len(),
+        6
+    );
+    assert_eq!(
+        events(&app, &admin, "resource_type=session&action=auth.login")
+            .await
+            .len(),
+        6
+    );
+    app.get("/api/v1/audit/events?outcome=maybe", &admin)
+        .await
+        .expect(400, Some("invalid_parameter"));
+    app.get("/api/v1/audit/events?from=yesterday", &admin)
+        .await
+        .expect(400, Some("invalid_parameter"));
+    app.get("/api/v1/audit/events?actor_id=nope", &admin)
+        .await
+        .expect(400, Some("invalid_parameter"));
+    app.get("/api/v1/audit/events?cursor=bogus", &admin)
+        .await
+        .expect(400, Some("bad_request"));
+    app.get("/api/v1/audit/events?limit=1000", &admin)
+        .await
+        .expect(400, Some("bad_request"));
+}
+
+#[tokio::test]
+async fn the_chain_holds_under_eight_concurrent_writers() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let core = app.core.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let meta = RequestMeta {
+                    request_id: format!("w{w}-{i}"),
+                    ..Default::default()
+                };
+                core.audit_alone(AuditRecord::new("test.write", Outcome::Success, &meta))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    // HTTP writers at the same time.
+    let mut http = Vec::new();
+    for i in 0..8 {
+        let body = json!({"role": format!("r{i}"), "resource": "users", "actions": ["read"]});
+        http.push(app.post("/api/v1/permissions/grants", &admin, body));
+    }
+    for r in futures::future::join_all(http).await {
+        r.expect(201, None);
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let r = app.get("/api/v1/audit/verify", &admin).await;
+    r.expect(200, None);
+    assert_eq!(r.json["valid"], true, "{}", r.text);
+    let checked = r.json["checked"].as_u64().unwrap();
+    assert!(checked >= 8 * 25 + 8);
+    let latest = app.get("/api/v1/audit/events?limit=1", &admin).await.json["items"].clone();
+    assert_eq!(
+        latest[0]["seq"].as_u64().unwrap(),
+        checked,
+        "seq has no gaps: the last seq is the count"
+    );
+}
+
+async fn raw(app: &TestApp, sql: &str) -> Result<u64, sea_orm::DbErr> {
+    let conn = app.core.db.writer();
+    conn.execute_raw(Statement::from_string(
+        conn.get_database_backend(),
+        sql.to_owned(),
+    ))
+    .await
+    .map(|r| r.rows_affected())
+}
+
+#[tokio::test]
+async fn the_database_refuses_to_change_events_and_verify_finds_tampering() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    for _ in 0..3 {
+        app.login("admin@test.local", ADMIN_PASSWORD)
+            .await
+            .expect(200, None);
+    }
+    assert!(
+        raw(
+            &app,
+            "UPDATE audit_events SET outcome = 'denied' WHERE seq = 2"
+        )
+        .await
+        .is_err(),
+        "UPDATE is refused"
+    );
+    assert!(
+        raw(&app, "DELETE FROM audit_events WHERE seq = 2")
+            .await
+            .is_err(),
+        "DELETE is refused"
+    );
+    let r = app.get("/api/v1/audit/verify", &admin).await;
+    assert_eq!(r.json["valid"], true);
+
+    // Someone with direct database access disables the guard and edits a row.
+    let postgres = app.core.db.backend() == DatabaseBackend::Postgres;
+    if postgres {
+        raw(
+            &app,
+            "ALTER TABLE audit_events DISABLE TRIGGER audit_events_immutable",
+        )
+        .await
+        .unwrap();
+    } else {
+        raw(&app, "DROP TRIGGER audit_events_no_update")
+            .await
+            .unwrap();
+        raw(&app, "DROP TRIGGER audit_events_no_delete")
+            .await
+            .unwrap();
+    }
+    raw(
+        &app,
+        "UPDATE audit_events SET actor_email = 'someone-else@test.local' WHERE seq = 3",
+    )
+    .await
+    .unwrap();
+    let r = app.get("/api/v1/audit/verify", &admin).await;
+    r.expect(200, None);
+    assert_eq!(r.json["valid"], false);
+    assert_eq!(r.json["first_invalid_seq"], 3);
+    assert_eq!(r.json["checked"], 2);
+
+    // A deleted row is found too.
+    let app2 = TestApp::spawn().await;
+    let admin2 = app2.admin_token().await;
+    for _ in 0..3 {
+        app2.login("admin@test.local", ADMIN_PASSWORD)
+            .await
+            .expect(200, None);
+    }
+    if postgres {
+        raw(
+            &app2,
+            "ALTER TABLE audit_events DISABLE TRIGGER audit_events_immutable",
+        )
+        .await
+        .unwrap();
+    } else {
+        raw(&app2, "DROP TRIGGER audit_events_no_delete")
+            .await
+            .unwrap();
+    }
+    raw(&app2, "DELETE FROM audit_events WHERE seq = 2")
+        .await
+        .unwrap();
+    let r = app2.get("/api/v1/audit/verify", &admin2).await;
+    assert_eq!(r.json["valid"], false);
+    assert_eq!(r.json["first_invalid_seq"], 2);
+}
+
+#[tokio::test]
+async fn export_streams_csv_and_jsonl() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    for _ in 0..3 {
+        app.login("admin@test.local", ADMIN_PASSWORD)
+            .await
+            .expect(200, None);
+    }
+    let r = app
+        .client
+        .get(format!(
+            "{}/api/v1/audit/export?format=jsonl&action=auth.login",
+            app.base
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    assert!(
+        r.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("attachment")
+    );
+    let body = r.text().await.unwrap();
+    let lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert!(
+        lines
+            .windows(2)
+            .all(|w| w[0]["seq"].as_i64() < w[1]["seq"].as_i64()),
+        "oldest first"
+    );
+
+    let r = app
+        .client
+        .get(format!("{}/api/v1/audit/export?format=csv", app.base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let body = r.text().await.unwrap();
+    let mut lines = body.lines();
+    assert!(lines.next().unwrap().starts_with("id,seq,at,actor_id"));
+    let rows = lines.count();
+    let all = events(&app, &admin, "").await;
+    assert!(rows >= 4 && rows <= all.len(), "{rows} rows");
+    app.get("/api/v1/audit/export?format=xml", &admin)
+        .await
+        .expect(400, Some("invalid_parameter"));
+    let exports = events(&app, &admin, "action=audit.export").await;
+    assert_eq!(exports.len(), 2, "each export is itself recorded");
+}
+
+#[tokio::test]
+async fn client_limited_audit_readers_see_only_their_clients() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let client_a = uuid::Uuid::now_v7();
+    let client_b = uuid::Uuid::now_v7();
+    for (client, n) in [(client_a, 2), (client_b, 3)] {
+        for _ in 0..n {
+            let record =
+                AuditRecord::new("client.update", Outcome::Success, &RequestMeta::default())
+                    .resource("client", client)
+                    .client(Some(client));
+            app.core.audit_alone(record).await.unwrap();
+        }
+    }
+    let reader = app.persona(&admin, "member", &[json!({"resource": "audit", "actions": ["read", "export"], "client_ids": [client_a]})]).await;
+    let seen = events(&app, &reader.token, "").await;
+    assert_eq!(
+        seen.len(),
+        2,
+        "only client A's events, filtered in the query"
+    );
+    assert!(
+        seen.iter()
+            .all(|e| e["client_id"] == client_a.to_string().as_str())
+    );
+    let paged = app.get("/api/v1/audit/events?limit=1", &reader.token).await;
+    assert_eq!(
+        paged.json["items"].as_array().unwrap().len(),
+        1,
+        "pages stay full"
+    );
+    assert!(paged.json["next_cursor"].is_string());
+    let b_event = &events(&app, &admin, &format!("client_id={client_b}")).await[0];
+    app.get(
+        &format!("/api/v1/audit/events/{}", b_event["id"].as_str().unwrap()),
+        &reader.token,
+    )
+    .await
+    .expect(404, Some("not_found"));
+    assert_eq!(
+        events(&app, &reader.token, &format!("client_id={client_b}"))
+            .await
+            .len(),
+        0
+    );
+    app.get("/api/v1/audit/verify", &reader.token)
+        .await
+        .expect(403, Some("forbidden"));
+    let r = app
+        .client
+        .get(format!("{}/api/v1/audit/export?format=jsonl", app.base))
+        .bearer_auth(&reader.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap().lines().count(), 2);
+}
