@@ -135,6 +135,7 @@ fn main() -> ExitCode {
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Serve => {
+            let shutdown = shutdown_signal();
             let app = Application::build(settings).await?;
             if let Some((email, password)) = &app.generated_admin {
                 // Printed once, on the first start of an empty database.
@@ -144,7 +145,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 );
             }
             tracing::info!(addr = %app.local_addr(), startup_ms = app.startup.as_millis() as u64, "agentdesk is listening");
-            app.run_until(shutdown_signal()).await?;
+            app.run_until(shutdown).await?;
             tracing::info!("agentdesk stopped");
         }
         Command::Worker { agents } => {

@@ -335,3 +335,44 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+#[tokio::test]
+async fn audit_verify_reports_a_broken_chain() {
+    use sea_orm::ConnectionTrait;
+    let dir = tempfile::tempdir().unwrap();
+    for email in ["a@example.com", "b@example.com", "c@example.com"] {
+        let out = agentdesk(
+            dir.path(),
+            &[],
+            &[
+                "admin",
+                "create",
+                "--email",
+                email,
+                "--password",
+                "a-long-password-1",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = agentdesk(dir.path(), &[], &["audit", "verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("\"valid\": true"), "{}", text(&out));
+
+    let url = format!("sqlite://{}/data/agentdesk.db", dir.path().display());
+    let conn = sea_orm::Database::connect(url).await.unwrap();
+    conn.execute_unprepared("DROP TRIGGER audit_events_no_update")
+        .await
+        .unwrap();
+    conn.execute_unprepared("UPDATE audit_events SET action = 'user.nothing' WHERE seq = 2")
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let out = agentdesk(dir.path(), &[], &["audit", "verify"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("\"first_invalid_seq\": 2"),
+        "{}",
+        text(&out)
+    );
+}

@@ -61,17 +61,16 @@ pub struct EventQuery {
 
 impl EventQuery {
     fn filter(&self, scope: Option<Vec<Uuid>>) -> Result<AuditFilter, ApiError> {
-        if let Some(outcome) = &self.outcome {
-            if ![Outcome::Success, Outcome::Denied, Outcome::Error]
+        if let Some(outcome) = &self.outcome
+            && ![Outcome::Success, Outcome::Denied, Outcome::Error]
                 .iter()
                 .any(|o| o.as_str() == outcome)
-            {
-                return Err(ApiError::http(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_parameter",
-                    "outcome must be success, denied or error",
-                ));
-            }
+        {
+            return Err(ApiError::http(
+                StatusCode::BAD_REQUEST,
+                "invalid_parameter",
+                "outcome must be success, denied or error",
+            ));
         }
         Ok(AuditFilter {
             actor_id: self.actor_id,

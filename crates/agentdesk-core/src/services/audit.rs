@@ -387,10 +387,10 @@ impl Core {
             .one(self.db.reader())
             .await?
             .ok_or(Error::NotFound("audit event"))?;
-        if let Some(scope) = scope {
-            if !event.client_id.is_some_and(|c| scope.contains(&c)) {
-                return Err(Error::NotFound("audit event"));
-            }
+        if let Some(scope) = scope
+            && !event.client_id.is_some_and(|c| scope.contains(&c))
+        {
+            return Err(Error::NotFound("audit event"));
         }
         Ok(event.into())
     }

@@ -230,10 +230,9 @@ impl Core {
             if let Some(owner) = session::Entity::find_by_id(stored.session_id)
                 .one(&txn)
                 .await?
+                && let Some(user) = user::Entity::find_by_id(owner.user_id).one(&txn).await?
             {
-                if let Some(user) = user::Entity::find_by_id(owner.user_id).one(&txn).await? {
-                    record = record.actor(&User::from(user));
-                }
+                record = record.actor(&User::from(user));
             }
             append(&txn, self.db.kind(), record).await?;
             txn.commit().await?;

@@ -575,14 +575,13 @@ impl Core {
         if new.expires_at.is_some_and(|at| at <= Utc::now()) {
             errors.push(FieldError::new("expires_at", "must be in the future"));
         }
-        if let Some(uid) = new.user_id {
-            if user::Entity::find_by_id(uid)
+        if let Some(uid) = new.user_id
+            && user::Entity::find_by_id(uid)
                 .one(self.db.reader())
                 .await?
                 .is_none()
-            {
-                errors.push(FieldError::new("user_id", "no such user"));
-            }
+        {
+            errors.push(FieldError::new("user_id", "no such user"));
         }
         if !errors.is_empty() {
             return Err(Error::Validation(errors));

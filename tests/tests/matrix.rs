@@ -1,0 +1,302 @@
+//! The authorization matrix: every route of the OpenAPI document, called as an admin, as a
+//! member with no grant, as a member with the route's grant, and as a member whose grant is
+//! limited to another client. The expected status of each cell is written here as a table; a
+//! route without a row (or a row without a route) fails the test.
+
+use std::collections::BTreeSet;
+
+use agentdesk_tests::{Persona, TestApp, unique_email};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// Not applicable: the resource is not about clients, so a grant cannot be limited to some.
+const NA: u16 = 0;
+
+struct Row {
+    method: &'static str,
+    path: &'static str,
+    /// The grant the "right" persona gets (and, limited to another client, the fourth persona).
+    grant: Option<(&'static str, &'static [&'static str])>,
+    /// admin, no grant, right grant, grant for another client.
+    expect: [u16; 4],
+}
+
+const fn row(
+    method: &'static str,
+    path: &'static str,
+    grant: Option<(&'static str, &'static [&'static str])>,
+    expect: [u16; 4],
+) -> Row {
+    Row {
+        method,
+        path,
+        grant,
+        expect,
+    }
+}
+
+const TABLE: &[Row] = &[
+    row("get", "/healthz", None, [200, 200, 200, 200]),
+    row("get", "/readyz", None, [200, 200, 200, 200]),
+    row("get", "/version", None, [200, 200, 200, 200]),
+    row("get", "/metrics", None, [200, 200, 200, 200]),
+    row("post", "/api/v1/auth/login", None, [200, 200, 200, 200]),
+    row("post", "/api/v1/auth/token", None, [200, 200, 200, 200]),
+    row("post", "/api/v1/auth/refresh", None, [200, 200, 200, 200]),
+    row("post", "/api/v1/auth/logout", None, [204, 204, 204, 204]),
+    row("get", "/api/v1/auth/me", None, [200, 200, 200, 200]),
+    row("post", "/api/v1/auth/password", None, [204, 204, 204, 204]),
+    row(
+        "get",
+        "/api/v1/users",
+        Some(("users", &["read"])),
+        [200, 403, 200, NA],
+    ),
+    row(
+        "post",
+        "/api/v1/users",
+        Some(("users", &["write"])),
+        [201, 403, 201, NA],
+    ),
+    row(
+        "get",
+        "/api/v1/users/{id}",
+        Some(("users", &["read"])),
+        [200, 403, 200, NA],
+    ),
+    row(
+        "patch",
+        "/api/v1/users/{id}",
+        Some(("users", &["write"])),
+        [200, 403, 200, NA],
+    ),
+    row(
+        "delete",
+        "/api/v1/users/{id}",
+        Some(("users", &["write"])),
+        [204, 403, 204, NA],
+    ),
+    row(
+        "get",
+        "/api/v1/users/{id}/grants",
+        Some(("users", &["read"])),
+        [200, 403, 200, NA],
+    ),
+    row(
+        "get",
+        "/api/v1/permissions/catalog",
+        None,
+        [200, 200, 200, 200],
+    ),
+    row(
+        "get",
+        "/api/v1/permissions/grants",
+        Some(("permissions", &["read"])),
+        [200, 403, 200, NA],
+    ),
+    row(
+        "post",
+        "/api/v1/permissions/grants",
+        Some(("permissions", &["write"])),
+        [201, 403, 201, NA],
+    ),
+    row(
+        "delete",
+        "/api/v1/permissions/grants/{id}",
+        Some(("permissions", &["write"])),
+        [204, 403, 204, NA],
+    ),
+    row(
+        "post",
+        "/api/v1/permissions/check",
+        Some(("permissions", &["read"])),
+        [200, 403, 200, NA],
+    ),
+    row(
+        "get",
+        "/api/v1/audit/events",
+        Some(("audit", &["read"])),
+        [200, 403, 200, 200],
+    ),
+    row(
+        "get",
+        "/api/v1/audit/events/{id}",
+        Some(("audit", &["read"])),
+        [200, 403, 200, 404],
+    ),
+    row(
+        "get",
+        "/api/v1/audit/verify",
+        Some(("audit", &["read"])),
+        [200, 403, 200, 403],
+    ),
+    row(
+        "get",
+        "/api/v1/audit/export",
+        Some(("audit", &["export"])),
+        [200, 403, 200, 200],
+    ),
+];
+
+struct Ctx<'a> {
+    app: &'a TestApp,
+    admin: String,
+}
+
+impl Ctx<'_> {
+    /// A fresh member to act on.
+    async fn target(&self) -> String {
+        self.app
+            .create_user(
+                &self.admin,
+                &unique_email("target"),
+                "target-password-42",
+                "member",
+            )
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn call(&self, row: &Row, p: &Persona) -> u16 {
+        let app = self.app;
+        let t = p.token.as_str();
+        let reply = match (row.method, row.path) {
+            ("get", path) if !path.starts_with("/api/") => app.request(Method::GET, path, None, None).await,
+            ("post", "/api/v1/auth/login") => app.login(&p.email, &p.password).await,
+            ("post", "/api/v1/auth/token") => {
+                let form = [("username", p.email.as_str()), ("password", p.password.as_str())];
+                TestApp::read(app.client.post(format!("{}/api/v1/auth/token", app.base)).form(&form).send().await.unwrap()).await
+            }
+            ("post", "/api/v1/auth/refresh") => {
+                app.request(Method::POST, "/api/v1/auth/refresh", None, Some(json!({"refresh_token": p.refresh}))).await
+            }
+            ("post", "/api/v1/auth/logout") => app.post("/api/v1/auth/logout", t, json!({"refresh_token": p.refresh})).await,
+            ("get", "/api/v1/auth/me") => app.get("/api/v1/auth/me", t).await,
+            ("post", "/api/v1/auth/password") => {
+                app.post("/api/v1/auth/password", t, json!({"current_password": p.password, "new_password": "a-brand-new-password"})).await
+            }
+            ("get", "/api/v1/users") => app.get("/api/v1/users", t).await,
+            ("post", "/api/v1/users") => {
+                app.post("/api/v1/users", t, json!({"email": unique_email("new"), "password": "new-user-password", "full_name": "N"})).await
+            }
+            ("get", "/api/v1/users/{id}") => app.get(&format!("/api/v1/users/{}", self.target().await), t).await,
+            ("patch", "/api/v1/users/{id}") => app.patch(&format!("/api/v1/users/{}", self.target().await), t, json!({"full_name": "M"})).await,
+            ("delete", "/api/v1/users/{id}") => app.delete(&format!("/api/v1/users/{}", self.target().await), t).await,
+            ("get", "/api/v1/users/{id}/grants") => app.get(&format!("/api/v1/users/{}/grants", self.target().await), t).await,
+            ("get", "/api/v1/permissions/catalog") => app.get("/api/v1/permissions/catalog", t).await,
+            ("get", "/api/v1/permissions/grants") => app.get("/api/v1/permissions/grants", t).await,
+            ("post", "/api/v1/permissions/grants") => {
+                app.post("/api/v1/permissions/grants", t, json!({"role": "matrix", "resource": "permissions", "actions": ["write"]})).await
+            }
+            ("delete", "/api/v1/permissions/grants/{id}") => {
+                let grant = app.grant(&self.admin, json!({"role": "matrix", "resource": "users", "actions": ["read"]})).await;
+                app.delete(&format!("/api/v1/permissions/grants/{}", grant["id"].as_str().unwrap()), t).await
+            }
+            ("post", "/api/v1/permissions/check") => {
+                app.post("/api/v1/permissions/check", t, json!({"user_id": self.target().await, "resource": "users", "action": "read"})).await
+            }
+            ("get", "/api/v1/audit/events") => app.get("/api/v1/audit/events", t).await,
+            ("get", "/api/v1/audit/events/{id}") => {
+                let target = self.target().await;
+                let events = app.get(&format!("/api/v1/audit/events?resource_id={target}"), &self.admin).await;
+                let id = events.json["items"][0]["id"].as_str().unwrap().to_owned();
+                app.get(&format!("/api/v1/audit/events/{id}"), t).await
+            }
+            ("get", "/api/v1/audit/verify") => app.get("/api/v1/audit/verify", t).await,
+            ("get", "/api/v1/audit/export") => app.get("/api/v1/audit/export?format=jsonl", t).await,
+            (method, path) => panic!("the matrix has a row for {method} {path} but no way to call it: add one to Ctx::call"),
+        };
+        if reply.status.is_client_error() {
+            assert_eq!(
+                reply.header("content-type"),
+                Some("application/problem+json"),
+                "{} {}: {}",
+                row.method,
+                row.path,
+                reply.text
+            );
+        }
+        reply.status.as_u16()
+    }
+}
+
+#[tokio::test]
+async fn every_route_has_a_row_and_every_row_its_route() {
+    let app = TestApp::spawn().await;
+    let doc = app
+        .request(Method::GET, "/openapi.json", None, None)
+        .await
+        .json;
+    let mut routes = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                routes.insert((method.clone(), path.clone()));
+            }
+        }
+    }
+    let rows: BTreeSet<(String, String)> = TABLE
+        .iter()
+        .map(|r| (r.method.to_owned(), r.path.to_owned()))
+        .collect();
+    let missing: Vec<_> = routes.difference(&rows).collect();
+    let stale: Vec<_> = rows.difference(&routes).collect();
+    assert!(
+        missing.is_empty(),
+        "routes without a row in the authorization matrix: {missing:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "rows for routes that do not exist: {stale:?}"
+    );
+}
+
+#[tokio::test]
+async fn authorization_matrix() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let ctx = Ctx {
+        app: &app,
+        admin: admin.clone(),
+    };
+    let other_client = uuid::Uuid::now_v7().to_string();
+    let mut failures = Vec::new();
+    for row in TABLE {
+        for (who, expected) in ["admin", "no grant", "right grant", "other client"]
+            .iter()
+            .zip(row.expect)
+        {
+            if expected == NA {
+                continue;
+            }
+            let grants: Vec<Value> = match (*who, row.grant) {
+                ("right grant", Some((resource, actions))) => {
+                    vec![json!({"resource": resource, "actions": actions})]
+                }
+                ("other client", Some((resource, actions))) => {
+                    vec![
+                        json!({"resource": resource, "actions": actions, "client_ids": [other_client]}),
+                    ]
+                }
+                _ => Vec::new(),
+            };
+            let role = if *who == "admin" { "admin" } else { "member" };
+            let persona = app.persona(&admin, role, &grants).await;
+            let got = ctx.call(row, &persona).await;
+            if got != expected {
+                failures.push(format!(
+                    "{} {} as {who}: expected {expected}, got {got}",
+                    row.method.to_uppercase(),
+                    row.path
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "authorization matrix mismatches:\n{}",
+        failures.join("\n")
+    );
+}
