@@ -467,3 +467,45 @@ async fn client_limited_audit_readers_see_only_their_clients() {
         .unwrap();
     assert_eq!(r.text().await.unwrap().lines().count(), 2);
 }
+
+#[tokio::test]
+async fn a_stale_chain_head_never_breaks_the_chain() {
+    use agentdesk_tests::TestEnv;
+    let env = TestEnv::new().await;
+    let a = env.spawn(&[]).await;
+    let b = env.spawn(&[]).await;
+    let write = |core: agentdesk_core::Core, rollback: bool| async move {
+        let txn = core.db.begin().await.unwrap();
+        core.append(
+            &txn,
+            AuditRecord::new("test.write", Outcome::Success, &RequestMeta::default()),
+        )
+        .await
+        .unwrap();
+        if rollback {
+            txn.rollback().await.unwrap();
+        } else {
+            txn.commit().await.unwrap();
+        }
+    };
+    // An append whose transaction rolls back leaves this process's cached head ahead of the table.
+    write(a.core.clone(), false).await;
+    write(a.core.clone(), true).await;
+    write(a.core.clone(), false).await;
+    // Two processes (instances) writing in turn each find the other's events.
+    for _ in 0..5 {
+        write(a.core.clone(), false).await;
+        write(b.core.clone(), false).await;
+    }
+    let report = a.core.verify_audit().await.unwrap();
+    assert!(report.valid, "{report:?}");
+    let admin = a.admin_token().await;
+    let last = a.get("/api/v1/audit/events?limit=1", &admin).await.json["items"][0]["seq"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        last,
+        a.core.verify_audit().await.unwrap().checked,
+        "no gaps"
+    );
+}

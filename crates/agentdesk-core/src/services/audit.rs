@@ -5,12 +5,13 @@
 //! advisory lock on PostgreSQL), so it is gapless under any number of concurrent writers.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use futures::Stream;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, Statement,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Statement,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -206,33 +207,52 @@ pub fn event_hash(e: &AuditEvent) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// Appends an event inside `conn`'s transaction. On PostgreSQL it takes the chain's advisory
-/// lock (held to commit); on SQLite the transaction already holds the write lock.
+/// The last event of the chain as this process last wrote or read it. Only a hint: the insert
+/// checks it against the table, so a stale head (another process wrote, or a transaction that
+/// appended rolled back) costs a re-read, never a broken chain.
+#[derive(Debug, Clone, Default)]
+pub struct ChainHead(Arc<Mutex<Option<(i64, String)>>>);
+
+impl ChainHead {
+    fn get(&self) -> Option<(i64, String)> {
+        self.0.lock().ok().and_then(|head| head.clone())
+    }
+
+    fn set(&self, seq: i64, hash: &str) {
+        if let Ok(mut head) = self.0.lock() {
+            *head = Some((seq, hash.to_owned()));
+        }
+    }
+}
+
+// Inserts only if ($15, $2 - 1) is still the chain's last event: one round trip when the cached
+// head is right. Parameters appear in order of first use, as SQLite numbers them.
+const CONDITIONAL_INSERT: &str = "INSERT INTO audit_events (id, seq, at, actor_id, actor_email, action, resource_type, \
+    resource_id, client_id, outcome, ip, user_agent, request_id, changes, prev_hash, hash) \
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 \
+    WHERE NOT EXISTS (SELECT 1 FROM audit_events WHERE seq >= $2) \
+    AND ($2 = 1 OR EXISTS (SELECT 1 FROM audit_events WHERE seq = $2 - 1 AND hash = $15))";
+
+/// Appends an event inside `conn`'s transaction. On PostgreSQL it first takes the chain's
+/// advisory lock (held to commit); on SQLite the write transaction already holds the lock.
 pub async fn append(
     conn: &impl ConnectionTrait,
     kind: DatabaseKind,
+    head: &ChainHead,
     record: AuditRecord,
 ) -> Result<AuditEvent> {
+    let backend = conn.get_database_backend();
     if kind == DatabaseKind::Postgres {
         conn.execute_raw(Statement::from_sql_and_values(
-            DatabaseBackend::Postgres,
+            backend,
             "SELECT pg_advisory_xact_lock($1)",
             [AUDIT_LOCK_KEY.into()],
         ))
         .await?;
     }
-    let last = audit::Entity::find()
-        .order_by_desc(audit::Column::Seq)
-        .limit(1)
-        .one(conn)
-        .await?;
-    let (seq, prev_hash) = match last {
-        Some(last) => (last.seq + 1, last.hash),
-        None => (1, GENESIS_HASH.to_owned()),
-    };
     let mut event = AuditEvent {
         id: Uuid::now_v7(),
-        seq,
+        seq: 0,
         // Stored to the microsecond on every backend, so hash what is stored.
         at: Utc::now().trunc_subsecs(6),
         actor_id: record.actor_id,
@@ -249,31 +269,57 @@ pub async fn append(
             .map(|ua| ua.chars().take(512).collect()),
         request_id: Some(record.meta.request_id).filter(|r| !r.is_empty()),
         changes: record.changes,
-        prev_hash,
+        prev_hash: String::new(),
         hash: String::new(),
     };
-    event.hash = event_hash(&event);
-    audit::ActiveModel {
-        id: Set(event.id),
-        seq: Set(event.seq),
-        at: Set(event.at),
-        actor_id: Set(event.actor_id),
-        actor_email: Set(event.actor_email.clone()),
-        action: Set(event.action.clone()),
-        resource_type: Set(event.resource_type.clone()),
-        resource_id: Set(event.resource_id.clone()),
-        client_id: Set(event.client_id),
-        outcome: Set(event.outcome.clone()),
-        ip: Set(event.ip.clone()),
-        user_agent: Set(event.user_agent.clone()),
-        request_id: Set(event.request_id.clone()),
-        changes: Set(event.changes.clone()),
-        prev_hash: Set(event.prev_hash.clone()),
-        hash: Set(event.hash.clone()),
+    let mut cached = head.get();
+    loop {
+        let (last_seq, last_hash) = match cached.take() {
+            Some(known) => known,
+            None => match audit::Entity::find()
+                .order_by_desc(audit::Column::Seq)
+                .limit(1)
+                .one(conn)
+                .await?
+            {
+                Some(last) => (last.seq, last.hash),
+                None => (0, GENESIS_HASH.to_owned()),
+            },
+        };
+        event.seq = last_seq + 1;
+        event.prev_hash = last_hash;
+        event.hash = event_hash(&event);
+        let values: Vec<sea_orm::Value> = vec![
+            event.id.into(),
+            event.seq.into(),
+            event.at.into(),
+            event.actor_id.into(),
+            event.actor_email.clone().into(),
+            event.action.clone().into(),
+            event.resource_type.clone().into(),
+            event.resource_id.clone().into(),
+            event.client_id.into(),
+            event.outcome.clone().into(),
+            event.ip.clone().into(),
+            event.user_agent.clone().into(),
+            event.request_id.clone().into(),
+            event.changes.clone().into(),
+            event.prev_hash.clone().into(),
+            event.hash.clone().into(),
+        ];
+        let inserted = conn
+            .execute_raw(Statement::from_sql_and_values(
+                backend,
+                CONDITIONAL_INSERT,
+                values,
+            ))
+            .await?;
+        if inserted.rows_affected() == 1 {
+            head.set(event.seq, &event.hash);
+            return Ok(event);
+        }
+        // The cached head was stale; the next turn reads it from the table (under the lock).
     }
-    .insert(conn)
-    .await?;
-    Ok(event)
 }
 
 /// Filters of the event list and export.
@@ -346,10 +392,19 @@ pub struct Verification {
 }
 
 impl Core {
+    /// Appends an event inside the caller's transaction, so it commits or rolls back with it.
+    pub async fn append(
+        &self,
+        conn: &impl ConnectionTrait,
+        record: AuditRecord,
+    ) -> Result<AuditEvent> {
+        append(conn, self.db.kind(), &self.audit_head, record).await
+    }
+
     /// Writes one event in a transaction of its own (for denied requests and failed logins).
     pub async fn audit_alone(&self, record: AuditRecord) -> Result<()> {
         let txn = self.db.begin().await?;
-        append(&txn, self.db.kind(), record).await?;
+        self.append(&txn, record).await?;
         txn.commit().await?;
         Ok(())
     }

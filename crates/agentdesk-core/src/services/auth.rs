@@ -10,7 +10,7 @@ use sea_orm::{
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::audit::{AuditRecord, Outcome, append};
+use super::audit::{AuditRecord, Outcome};
 use super::{Core, RequestMeta};
 use crate::cache::{AuthContext, Invalidation};
 use crate::error::{Error, Result};
@@ -123,9 +123,8 @@ impl Core {
             .await?;
         let mut user = User::from(user);
         user.last_login_at = Some(now);
-        append(
+        self.append(
             &txn,
-            self.db.kind(),
             AuditRecord::new("auth.login", Outcome::Success, meta)
                 .actor(&user)
                 .resource("session", session_id),
@@ -234,7 +233,7 @@ impl Core {
             {
                 record = record.actor(&User::from(user));
             }
-            append(&txn, self.db.kind(), record).await?;
+            self.append(&txn, record).await?;
             txn.commit().await?;
             self.caches
                 .invalidate(Invalidation::Session(stored.session_id))
@@ -263,9 +262,8 @@ impl Core {
         let session = active.update(&txn).await?;
         let refresh = self.add_refresh_token(&txn, session.id, now).await?;
         let user = User::from(user);
-        append(
+        self.append(
             &txn,
-            self.db.kind(),
             AuditRecord::new("auth.refresh", Outcome::Success, meta)
                 .actor(&user)
                 .resource("session", session.id),
@@ -299,9 +297,8 @@ impl Core {
         };
         let session_id = owned.unwrap_or(caller.session_id);
         revoke_session(&txn, session_id, now, "logout").await?;
-        append(
+        self.append(
             &txn,
-            self.db.kind(),
             AuditRecord::new("auth.logout", Outcome::Success, meta)
                 .actor(&caller.user)
                 .resource("session", session_id),
@@ -363,7 +360,7 @@ impl Core {
             .actor(&caller.user)
             .resource("user", user.id)
             .changes(serde_json::json!({"before": {}, "after": {"password": "[changed]"}}));
-        append(&txn, self.db.kind(), record).await?;
+        self.append(&txn, record).await?;
         txn.commit().await?;
         self.caches.invalidate(Invalidation::User(user.id)).await;
         Ok(())

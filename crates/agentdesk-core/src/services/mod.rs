@@ -57,6 +57,8 @@ pub struct Core {
     pub redis: Option<redis::aio::ConnectionManager>,
     /// The permission catalog: core resources plus the agents'.
     pub catalog: Arc<Catalog>,
+    /// This process's view of the audit chain's last event.
+    pub audit_head: audit::ChainHead,
 }
 
 impl Core {
@@ -93,6 +95,7 @@ impl Core {
             caches,
             limiter,
             catalog: Arc::new(Catalog::default()),
+            audit_head: audit::ChainHead::default(),
         })
     }
 

@@ -18,7 +18,7 @@ use sea_orm::{
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::audit::{AuditRecord, Outcome, append};
+use super::audit::{AuditRecord, Outcome};
 use super::{Core, RequestMeta};
 use crate::cache::{AuthContext, Invalidation};
 use crate::error::{Error, FieldError, Result};
@@ -625,9 +625,8 @@ impl Core {
         let txn = self.db.begin().await?;
         let created = Grant::from(model.insert(&txn).await?);
         let after = serde_json::to_value(&created).unwrap_or_default();
-        append(
+        self.append(
             &txn,
-            self.db.kind(),
             permit
                 .audit("permission.grant", Outcome::Success)
                 .resource("grant", created.id)
@@ -650,9 +649,8 @@ impl Core {
         let existing = Grant::from(existing);
         grant::Entity::delete_by_id(id).exec(&txn).await?;
         let before = serde_json::to_value(&existing).unwrap_or_default();
-        append(
+        self.append(
             &txn,
-            self.db.kind(),
             permit
                 .audit("permission.revoke", Outcome::Success)
                 .resource("grant", id)

@@ -10,7 +10,7 @@ use sea_orm::{
 use serde_json::json;
 use uuid::Uuid;
 
-use super::audit::{AuditRecord, Outcome, append, diff};
+use super::audit::{AuditRecord, Outcome, diff};
 use super::auth::revoke_user_sessions;
 use super::permissions::Permit;
 use super::{Core, RequestMeta};
@@ -141,7 +141,7 @@ impl Core {
         let record = audit
             .resource("user", created.id)
             .changes(json!({"before": null, "after": public(&created)}));
-        append(&txn, self.db.kind(), record).await?;
+        self.append(&txn, record).await?;
         txn.commit().await?;
         Ok(created)
     }
@@ -312,12 +312,8 @@ impl Core {
         if hash.is_some() {
             changes["after"]["password"] = json!("[changed]");
         }
-        append(
-            &txn,
-            self.db.kind(),
-            audit.resource("user", id).changes(changes),
-        )
-        .await?;
+        self.append(&txn, audit.resource("user", id).changes(changes))
+            .await?;
         txn.commit().await?;
         self.caches.invalidate(Invalidation::User(id)).await;
         Ok(updated)
