@@ -35,107 +35,39 @@ const fn row(
     }
 }
 
+#[rustfmt::skip]
 const TABLE: &[Row] = &[
-    row("get", "/healthz", None, [200, 200, 200, 200]),
-    row("get", "/readyz", None, [200, 200, 200, 200]),
-    row("get", "/version", None, [200, 200, 200, 200]),
-    row("get", "/metrics", None, [200, 200, 200, 200]),
-    row("post", "/api/v1/auth/login", None, [200, 200, 200, 200]),
-    row("post", "/api/v1/auth/token", None, [200, 200, 200, 200]),
-    row("post", "/api/v1/auth/refresh", None, [200, 200, 200, 200]),
-    row("post", "/api/v1/auth/logout", None, [204, 204, 204, 204]),
-    row("get", "/api/v1/auth/me", None, [200, 200, 200, 200]),
-    row("post", "/api/v1/auth/password", None, [204, 204, 204, 204]),
-    row(
-        "get",
-        "/api/v1/users",
-        Some(("users", &["read"])),
-        [200, 403, 200, NA],
-    ),
-    row(
-        "post",
-        "/api/v1/users",
-        Some(("users", &["write"])),
-        [201, 403, 201, NA],
-    ),
-    row(
-        "get",
-        "/api/v1/users/{id}",
-        Some(("users", &["read"])),
-        [200, 403, 200, NA],
-    ),
-    row(
-        "patch",
-        "/api/v1/users/{id}",
-        Some(("users", &["write"])),
-        [200, 403, 200, NA],
-    ),
-    row(
-        "delete",
-        "/api/v1/users/{id}",
-        Some(("users", &["write"])),
-        [204, 403, 204, NA],
-    ),
-    row(
-        "get",
-        "/api/v1/users/{id}/grants",
-        Some(("users", &["read"])),
-        [200, 403, 200, NA],
-    ),
-    row(
-        "get",
-        "/api/v1/permissions/catalog",
-        None,
-        [200, 200, 200, 200],
-    ),
-    row(
-        "get",
-        "/api/v1/permissions/grants",
-        Some(("permissions", &["read"])),
-        [200, 403, 200, NA],
-    ),
-    row(
-        "post",
-        "/api/v1/permissions/grants",
-        Some(("permissions", &["write"])),
-        [201, 403, 201, NA],
-    ),
-    row(
-        "delete",
-        "/api/v1/permissions/grants/{id}",
-        Some(("permissions", &["write"])),
-        [204, 403, 204, NA],
-    ),
-    row(
-        "post",
-        "/api/v1/permissions/check",
-        Some(("permissions", &["read"])),
-        [200, 403, 200, NA],
-    ),
-    row(
-        "get",
-        "/api/v1/audit/events",
-        Some(("audit", &["read"])),
-        [200, 403, 200, 200],
-    ),
-    row(
-        "get",
-        "/api/v1/audit/events/{id}",
-        Some(("audit", &["read"])),
-        [200, 403, 200, 404],
-    ),
-    row(
-        "get",
-        "/api/v1/audit/verify",
-        Some(("audit", &["read"])),
-        [200, 403, 200, 403],
-    ),
-    row(
-        "get",
-        "/api/v1/audit/export",
-        Some(("audit", &["export"])),
-        [200, 403, 200, 200],
-    ),
+    //   method    path                                      grant of the "right" persona           admin none right other-client
+    row("get",    "/healthz",                                None,                                  [200, 200, 200, 200]),
+    row("get",    "/readyz",                                 None,                                  [200, 200, 200, 200]),
+    row("get",    "/version",                                None,                                  [200, 200, 200, 200]),
+    row("get",    "/metrics",                                None,                                  [200, 200, 200, 200]),
+    row("post",   "/api/v1/auth/login",                      None,                                  [200, 200, 200, 200]),
+    row("post",   "/api/v1/auth/token",                      None,                                  [200, 200, 200, 200]),
+    row("post",   "/api/v1/auth/refresh",                    None,                                  [200, 200, 200, 200]),
+    row("post",   "/api/v1/auth/logout",                     None,                                  [204, 204, 204, 204]),
+    row("get",    "/api/v1/auth/me",                         None,                                  [200, 200, 200, 200]),
+    row("post",   "/api/v1/auth/password",                   None,                                  [204, 204, 204, 204]),
+    row("get",    "/api/v1/users",                           Some(("users", &["read"])),            [200, 403, 200, NA]),
+    row("post",   "/api/v1/users",                           Some(("users", &["write"])),           [201, 403, 201, NA]),
+    row("get",    "/api/v1/users/{id}",                      Some(("users", &["read"])),            [200, 403, 200, NA]),
+    row("patch",  "/api/v1/users/{id}",                      Some(("users", &["write"])),           [200, 403, 200, NA]),
+    row("delete", "/api/v1/users/{id}",                      Some(("users", &["write"])),           [204, 403, 204, NA]),
+    row("get",    "/api/v1/users/{id}/grants",               Some(("users", &["read"])),            [200, 403, 200, NA]),
+    row("get",    "/api/v1/clients",                         Some(("clients", &["read"])),          [200, 403, 200, 200]),
+    row("post",   "/api/v1/clients",                         Some(("clients", &["write"])),         [201, 403, 201, 403]),
+    row("get",    "/api/v1/clients/{id}",                    Some(("clients", &["read"])),          [200, 403, 200, 404]),
+    row("patch",  "/api/v1/clients/{id}",                    Some(("clients", &["write"])),         [200, 403, 200, 404]),
+    row("delete", "/api/v1/clients/{id}",                    Some(("clients", &["delete"])),        [204, 403, 204, 404]),
+    row("get",    "/api/v1/permissions/catalog",             None,                                  [200, 200, 200, 200]),
+    row("get",    "/api/v1/permissions/grants",              Some(("permissions", &["read"])),      [200, 403, 200, NA]),
+    row("post",   "/api/v1/permissions/grants",              Some(("permissions", &["write"])),     [201, 403, 201, NA]),
+    row("delete", "/api/v1/permissions/grants/{id}",         Some(("permissions", &["write"])),     [204, 403, 204, NA]),
+    row("post",   "/api/v1/permissions/check",               Some(("permissions", &["read"])),      [200, 403, 200, NA]),
+    row("get",    "/api/v1/audit/events",                    Some(("audit", &["read"])),            [200, 403, 200, 200]),
+    row("get",    "/api/v1/audit/events/{id}",               Some(("audit", &["read"])),            [200, 403, 200, 404]),
+    row("get",    "/api/v1/audit/verify",                    Some(("audit", &["read"])),            [200, 403, 200, 403]),
+    row("get",    "/api/v1/audit/export",                    Some(("audit", &["export"])),          [200, 403, 200, 200]),
 ];
 
 struct Ctx<'a> {
@@ -157,6 +89,20 @@ impl Ctx<'_> {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// A fresh client to act on.
+    async fn client(&self) -> String {
+        let r = self
+            .app
+            .post(
+                "/api/v1/clients",
+                &self.admin,
+                json!({"name": "Target client"}),
+            )
+            .await;
+        r.expect(201, None);
+        r.json["id"].as_str().unwrap().to_owned()
     }
 
     async fn call(&self, row: &Row, p: &Persona) -> u16 {
@@ -185,6 +131,13 @@ impl Ctx<'_> {
             ("patch", "/api/v1/users/{id}") => app.patch(&format!("/api/v1/users/{}", self.target().await), t, json!({"full_name": "M"})).await,
             ("delete", "/api/v1/users/{id}") => app.delete(&format!("/api/v1/users/{}", self.target().await), t).await,
             ("get", "/api/v1/users/{id}/grants") => app.get(&format!("/api/v1/users/{}/grants", self.target().await), t).await,
+            ("get", "/api/v1/clients") => app.get("/api/v1/clients", t).await,
+            ("post", "/api/v1/clients") => app.post("/api/v1/clients", t, json!({"name": "Matrix client"})).await,
+            ("get", "/api/v1/clients/{id}") => app.get(&format!("/api/v1/clients/{}", self.client().await), t).await,
+            ("patch", "/api/v1/clients/{id}") => {
+                app.patch(&format!("/api/v1/clients/{}", self.client().await), t, json!({"notes": "patched"})).await
+            }
+            ("delete", "/api/v1/clients/{id}") => app.delete(&format!("/api/v1/clients/{}", self.client().await), t).await,
             ("get", "/api/v1/permissions/catalog") => app.get("/api/v1/permissions/catalog", t).await,
             ("get", "/api/v1/permissions/grants") => app.get("/api/v1/permissions/grants", t).await,
             ("post", "/api/v1/permissions/grants") => {

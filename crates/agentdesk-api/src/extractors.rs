@@ -164,6 +164,46 @@ where
     }
 }
 
+/// A JSON body sent as `application/merge-patch+json` (RFC 7396) or `application/json`.
+#[derive(Debug, Clone)]
+pub struct MergePatch(pub serde_json::Value);
+
+impl<S: Send + Sync> FromRequest<S> for MergePatch {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if media != "application/merge-patch+json" && media != "application/json" {
+            return Err(ApiError::http(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/merge-patch+json or application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| body_rejection(e.status(), e.body_text()))?;
+        serde_json::from_slice(&bytes).map(Self).map_err(|e| {
+            ApiError::http(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not valid JSON: {e}"),
+            )
+        })
+    }
+}
+
 /// The authenticated caller. Every route but login, token, refresh and the system routes names
 /// this (or a guard built on it), so an unauthenticated request never reaches a service.
 #[derive(Debug, Clone)]
@@ -242,6 +282,12 @@ requirements! {
     PermissionsRead = "permissions", "read", AllClients;
     /// `permissions:write`.
     PermissionsWrite = "permissions", "write", AllClients;
+    /// `clients:read`, within the caller's client scope.
+    ClientsRead = "clients", "read", SomeClients;
+    /// `clients:write`, within the caller's client scope.
+    ClientsWrite = "clients", "write", SomeClients;
+    /// `clients:delete`, within the caller's client scope.
+    ClientsDelete = "clients", "delete", SomeClients;
     /// `audit:read`, within the caller's client scope.
     AuditRead = "audit", "read", SomeClients;
     /// `audit:read` over the whole chain (verification).

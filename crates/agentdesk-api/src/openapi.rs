@@ -14,6 +14,7 @@ use utoipa::{Modify, OpenApi};
         (name = "system", description = "Health, readiness, version, metrics"),
         (name = "auth", description = "Login, tokens, sessions"),
         (name = "users", description = "User management"),
+        (name = "clients", description = "Customer records"),
         (name = "permissions", description = "Grants, the catalog, checks"),
         (name = "audit", description = "The tamper-evident audit log"),
     )

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod clients;
 pub mod permissions;
 pub mod users;
 
@@ -14,6 +15,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(auth::routes())
         .merge(users::routes())
+        .merge(clients::routes())
         .merge(permissions::routes())
         .merge(audit::routes())
 }

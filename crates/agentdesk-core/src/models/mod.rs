@@ -1,6 +1,7 @@
 //! Database entities (SeaORM) and the domain types the services return.
 
 pub mod audit;
+pub mod client;
 pub mod grant;
 pub mod session;
 pub mod user;

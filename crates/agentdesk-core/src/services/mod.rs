@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod clients;
 pub mod permissions;
 pub mod users;
 

@@ -1,0 +1,786 @@
+//! Clients: the customer records. Every read and write is scoped by the caller's permit: a
+//! list filters by the permit's clients inside the SQL query, and a record outside the scope is
+//! a 404 that leaves a `denied` audit event. Updates are JSON merge patches (RFC 7396) checked
+//! against the version the caller read (`If-Match`).
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, SubsecRound, Utc};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, LikeExpr, Query};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, Statement,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::Core;
+use super::audit::{Outcome, diff};
+use super::permissions::{ClientScope, Permit};
+use super::users::like_pattern;
+use crate::error::{Error, FieldError, Result, map_unique};
+use crate::models::client::{self, Client, STATUSES};
+use crate::pagination::{DEFAULT_LIMIT, MAX_LIMIT};
+use crate::validators::Email;
+
+/// The fields a caller may set.
+pub const EDITABLE: [&str; 8] = [
+    "name", "email", "phone", "company", "status", "tags", "notes", "metadata",
+];
+const EMAIL_TAKEN: &str = "a client with this email already exists";
+const EMAIL_UNIQUE: [&str; 2] = ["ux_clients_email_key", "clients.email_key"];
+const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// A client's fields, validated and normalised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientFields {
+    /// Name.
+    pub name: String,
+    /// Email (valid).
+    pub email: Option<String>,
+    /// Phone as entered.
+    pub phone: Option<String>,
+    /// Company.
+    pub company: Option<String>,
+    /// Status.
+    pub status: String,
+    /// Tags, trimmed and deduplicated.
+    pub tags: Vec<String>,
+    /// Notes.
+    pub notes: Option<String>,
+    /// Metadata object.
+    pub metadata: Value,
+}
+
+fn opt_text(doc: &Value, field: &str, max: usize, errors: &mut Vec<FieldError>) -> Option<String> {
+    match doc.get(field) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            let s = s.trim();
+            if s.chars().count() > max {
+                errors.push(FieldError::new(
+                    field,
+                    format!("must be at most {max} characters"),
+                ));
+                None
+            } else if s.is_empty() {
+                None
+            } else {
+                Some(s.to_owned())
+            }
+        }
+        Some(_) => {
+            errors.push(FieldError::new(field, "must be a string or null"));
+            None
+        }
+    }
+}
+
+impl ClientFields {
+    /// Validates a JSON object of client fields; unknown or read-only fields are errors.
+    pub fn from_json(doc: &Value) -> Result<Self> {
+        let Some(obj) = doc.as_object() else {
+            return Err(Error::invalid("", "the body must be a JSON object"));
+        };
+        let mut errors = Vec::new();
+        for key in obj.keys() {
+            if !EDITABLE.contains(&key.as_str()) {
+                errors.push(FieldError::new(
+                    key.clone(),
+                    "is not a field of a client, or cannot be changed",
+                ));
+            }
+        }
+        let name = match doc.get("name") {
+            Some(Value::String(s)) if !s.trim().is_empty() && s.trim().chars().count() <= 200 => {
+                s.trim().to_owned()
+            }
+            Some(Value::String(s)) if !s.trim().is_empty() => {
+                errors.push(FieldError::new("name", "must be at most 200 characters"));
+                String::new()
+            }
+            _ => {
+                errors.push(FieldError::new("name", "is required (1 to 200 characters)"));
+                String::new()
+            }
+        };
+        let email = opt_text(doc, "email", 254, &mut errors).and_then(|e| match Email::parse(&e) {
+            Ok(e) => Some(e.as_str().to_owned()),
+            Err(m) => {
+                errors.push(FieldError::new("email", m));
+                None
+            }
+        });
+        let phone = opt_text(doc, "phone", 40, &mut errors);
+        if let Some(p) = &phone {
+            let digits = p.chars().filter(char::is_ascii_digit).count();
+            if digits < 3
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || " +-().".contains(c))
+            {
+                errors.push(FieldError::new(
+                    "phone",
+                    "must be digits with optional + - ( ) . and spaces",
+                ));
+            }
+        }
+        let company = opt_text(doc, "company", 200, &mut errors);
+        let notes = opt_text(doc, "notes", 10_000, &mut errors);
+        let status = match doc.get("status") {
+            None | Some(Value::Null) => "active".to_owned(),
+            Some(Value::String(s)) if STATUSES.contains(&s.as_str()) => s.clone(),
+            Some(_) => {
+                errors.push(FieldError::new(
+                    "status",
+                    format!("must be one of {}", STATUSES.join(", ")),
+                ));
+                String::new()
+            }
+        };
+        let mut tags = Vec::new();
+        match doc.get("tags") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                for item in items {
+                    match item.as_str().map(str::trim) {
+                        Some(t)
+                            if !t.is_empty()
+                                && t.chars().count() <= 50
+                                && !t.chars().any(char::is_control) =>
+                        {
+                            if !tags.iter().any(|x: &String| x == t) {
+                                tags.push(t.to_owned());
+                            }
+                        }
+                        _ => errors.push(FieldError::new(
+                            "tags",
+                            "each tag is a string of 1 to 50 characters",
+                        )),
+                    }
+                }
+                if tags.len() > 50 {
+                    errors.push(FieldError::new("tags", "at most 50 tags"));
+                }
+            }
+            Some(_) => errors.push(FieldError::new("tags", "must be a list of strings")),
+        }
+        let metadata = match doc.get("metadata") {
+            None | Some(Value::Null) => json!({}),
+            Some(m @ Value::Object(_)) => {
+                if m.to_string().len() > MAX_METADATA_BYTES {
+                    errors.push(FieldError::new("metadata", "must be at most 16 KiB"));
+                }
+                m.clone()
+            }
+            Some(_) => {
+                errors.push(FieldError::new("metadata", "must be a JSON object"));
+                json!({})
+            }
+        };
+        if !errors.is_empty() {
+            return Err(Error::Validation(errors));
+        }
+        Ok(Self {
+            name,
+            email,
+            phone,
+            company,
+            status,
+            tags,
+            notes,
+            metadata,
+        })
+    }
+
+    /// The editable fields as a JSON object (the base a merge patch applies to).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "name": self.name, "email": self.email, "phone": self.phone, "company": self.company,
+            "status": self.status, "tags": self.tags, "notes": self.notes, "metadata": self.metadata,
+        })
+    }
+
+    fn from_client(c: &Client) -> Self {
+        Self {
+            name: c.name.clone(),
+            email: c.email.clone(),
+            phone: c.phone.clone(),
+            company: c.company.clone(),
+            status: c.status.clone(),
+            tags: c.tags.clone(),
+            notes: c.notes.clone(),
+            metadata: c.metadata.clone(),
+        }
+    }
+}
+
+/// RFC 7396 JSON merge patch: objects merge recursively, `null` removes, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(patch) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            if let Some(target) = target.as_object_mut() {
+                for (key, value) in patch {
+                    if value.is_null() {
+                        target.remove(key);
+                    } else {
+                        merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+/// Digits only, keeping a leading `+`: the key that finds the same phone written differently.
+pub fn phone_key(phone: &str) -> String {
+    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+    if phone.trim_start().starts_with('+') {
+        format!("+{digits}")
+    } else {
+        digits
+    }
+}
+
+fn search_text(f: &ClientFields) -> String {
+    [
+        Some(f.name.as_str()),
+        f.email.as_deref(),
+        f.company.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join("\n")
+    .to_lowercase()
+}
+
+/// Filters of the client list.
+#[derive(Debug, Clone, Default)]
+pub struct ClientFilter {
+    /// Matches name, email and company, case-insensitively.
+    pub q: Option<String>,
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only clients with this tag.
+    pub tag: Option<String>,
+}
+
+/// Orders of the client list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientSort {
+    /// Newest first (the default).
+    CreatedDesc,
+    /// Oldest first.
+    CreatedAsc,
+    /// By name, A to Z.
+    NameAsc,
+    /// By name, Z to A.
+    NameDesc,
+    /// Least recently changed first.
+    UpdatedAsc,
+    /// Most recently changed first.
+    UpdatedDesc,
+}
+
+impl ClientSort {
+    /// Parses `sort`: `created_at`, `-created_at`, `name`, `-name`, `updated_at`, `-updated_at`.
+    pub fn parse(raw: Option<&str>) -> Result<Self> {
+        Ok(match raw.unwrap_or("-created_at") {
+            "-created_at" => Self::CreatedDesc,
+            "created_at" => Self::CreatedAsc,
+            "name" => Self::NameAsc,
+            "-name" => Self::NameDesc,
+            "updated_at" => Self::UpdatedAsc,
+            "-updated_at" => Self::UpdatedDesc,
+            other => {
+                return Err(Error::BadRequest(format!(
+                    "sort `{other}` is not one of created_at, -created_at, name, -name, updated_at, -updated_at"
+                )));
+            }
+        })
+    }
+
+    fn descending(self) -> bool {
+        matches!(self, Self::CreatedDesc | Self::NameDesc | Self::UpdatedDesc)
+    }
+}
+
+/// Keyset position: the sort key and id of the last row of the previous page.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Cursor {
+    k: Option<String>,
+    id: Uuid,
+}
+
+/// One page of clients.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ClientPage {
+    /// The clients.
+    pub items: Vec<Client>,
+    /// The next page's cursor, or null.
+    pub next_cursor: Option<String>,
+}
+
+fn encode_cursor(c: &Cursor) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(c).unwrap_or_default())
+}
+
+fn decode_cursor(raw: &str) -> Result<Cursor> {
+    URL_SAFE_NO_PAD
+        .decode(raw)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| Error::BadRequest("cursor is not valid".into()))
+}
+
+/// Checks `If-Match` against the current version; `*` matches any.
+fn check_if_match(if_match: Option<&str>, current: &Client) -> Result<()> {
+    match if_match.map(str::trim) {
+        None | Some("*") => Ok(()),
+        Some(value) => {
+            let ok = value
+                .split(',')
+                .map(|v| v.trim().trim_start_matches("W/"))
+                .any(|v| v == current.etag());
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::PreconditionFailed)
+            }
+        }
+    }
+}
+
+impl Core {
+    /// The SQL condition for a substring search of name, email and company.
+    fn client_search(&self, q: &str) -> sea_orm::sea_query::SimpleExpr {
+        let pattern = like_pattern(q);
+        let has_wildcards = q.contains(['%', '_', '\\']);
+        match self.db.backend() {
+            // Trigram GIN index.
+            DatabaseBackend::Postgres => {
+                Expr::col(client::Column::SearchText).like(LikeExpr::new(pattern).escape('\\'))
+            }
+            // The FTS5 trigram index answers LIKE for three characters or more (without ESCAPE).
+            _ if q.chars().count() >= 3 && !has_wildcards => Expr::cust_with_values(
+                "clients.rowid IN (SELECT rowid FROM clients_fts WHERE search_text LIKE ?)",
+                [pattern],
+            ),
+            _ => Expr::col(client::Column::SearchText).like(LikeExpr::new(pattern).escape('\\')),
+        }
+    }
+
+    fn live_client(scope: &ClientScope) -> Condition {
+        let mut c = Condition::all().add(client::Column::DeletedAt.is_null());
+        if let ClientScope::Only(ids) = scope {
+            c = c.add(client::Column::Id.is_in(ids.clone()));
+        }
+        c
+    }
+
+    /// A page of clients in the caller's scope (`clients:read`).
+    pub async fn list_clients(
+        &self,
+        permit: &Permit,
+        filter: &ClientFilter,
+        sort: ClientSort,
+        limit: Option<i64>,
+        cursor: Option<&str>,
+    ) -> Result<ClientPage> {
+        permit.require("clients", "read")?;
+        let limit = match limit {
+            None => DEFAULT_LIMIT,
+            Some(n) if (1..=MAX_LIMIT as i64).contains(&n) => n as u64,
+            Some(n) => {
+                return Err(Error::BadRequest(format!(
+                    "limit {n} is out of range 1..={MAX_LIMIT}"
+                )));
+            }
+        };
+        let mut condition = Self::live_client(permit.scope());
+        if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
+            condition = condition.add(self.client_search(q));
+        }
+        if let Some(status) = &filter.status {
+            if !STATUSES.contains(&status.as_str()) {
+                return Err(Error::BadRequest(format!(
+                    "status must be one of {}",
+                    STATUSES.join(", ")
+                )));
+            }
+            condition = condition.add(client::Column::Status.eq(status.clone()));
+        }
+        if let Some(tag) = &filter.tag {
+            let tagged = Query::select()
+                .column(Alias::new("client_id"))
+                .from(Alias::new("client_tags"))
+                .and_where(Expr::col(Alias::new("tag")).eq(tag.clone()))
+                .to_owned();
+            condition = condition.add(client::Column::Id.in_subquery(tagged));
+        }
+        let key_column = match sort {
+            ClientSort::NameAsc | ClientSort::NameDesc => Some(client::Column::NameKey),
+            ClientSort::UpdatedAsc | ClientSort::UpdatedDesc => Some(client::Column::UpdatedAt),
+            _ => None,
+        };
+        if let Some(raw) = cursor.filter(|c| !c.is_empty()) {
+            let cursor = decode_cursor(raw)?;
+            let desc = sort.descending();
+            let after_id = if desc {
+                client::Column::Id.lt(cursor.id)
+            } else {
+                client::Column::Id.gt(cursor.id)
+            };
+            condition = condition.add(match (key_column, cursor.k) {
+                (None, _) => Condition::all().add(after_id),
+                (Some(col), Some(k)) => {
+                    let key: sea_orm::Value = if matches!(col, client::Column::UpdatedAt) {
+                        DateTime::parse_from_rfc3339(&k)
+                            .map_err(|_| Error::BadRequest("cursor is not valid".into()))?
+                            .with_timezone(&Utc)
+                            .into()
+                    } else {
+                        k.into()
+                    };
+                    let beyond = if desc {
+                        Expr::col(col).lt(key.clone())
+                    } else {
+                        Expr::col(col).gt(key.clone())
+                    };
+                    Condition::any()
+                        .add(beyond)
+                        .add(Condition::all().add(Expr::col(col).eq(key)).add(after_id))
+                }
+                (Some(_), None) => return Err(Error::BadRequest("cursor is not valid".into())),
+            });
+        }
+        let mut query = client::Entity::find().filter(condition);
+        let order = if sort.descending() {
+            sea_orm::Order::Desc
+        } else {
+            sea_orm::Order::Asc
+        };
+        if let Some(col) = key_column {
+            query = query.order_by(col, order.clone());
+        }
+        let mut rows = query
+            .order_by(client::Column::Id, order)
+            .limit(limit + 1)
+            .all(self.db.reader())
+            .await?;
+        let more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        let next_cursor = if more {
+            rows.last().map(|last| {
+                let k = match sort {
+                    ClientSort::NameAsc | ClientSort::NameDesc => Some(last.name_key.clone()),
+                    ClientSort::UpdatedAsc | ClientSort::UpdatedDesc => Some(
+                        last.updated_at
+                            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                    ),
+                    _ => None,
+                };
+                encode_cursor(&Cursor { k, id: last.id })
+            })
+        } else {
+            None
+        };
+        Ok(ClientPage {
+            items: rows.into_iter().map(Client::from).collect(),
+            next_cursor,
+        })
+    }
+
+    /// A live client by id, without any scope check (for the core and agents' checked paths).
+    pub async fn find_client(
+        &self,
+        conn: &impl ConnectionTrait,
+        id: Uuid,
+    ) -> Result<Option<Client>> {
+        Ok(client::Entity::find_by_id(id)
+            .filter(client::Column::DeletedAt.is_null())
+            .one(conn)
+            .await?
+            .map(Client::from))
+    }
+
+    /// One client in the caller's scope (`clients:read`); out of scope is a 404.
+    pub async fn get_client(&self, permit: &Permit, id: Uuid) -> Result<Client> {
+        permit.require("clients", "read")?;
+        self.scoped_client(permit, id).await
+    }
+
+    /// A live client that the permit covers; otherwise 404 (with a denied event when it exists).
+    pub async fn scoped_client(&self, permit: &Permit, id: Uuid) -> Result<Client> {
+        let found = self
+            .find_client(self.db.reader(), id)
+            .await?
+            .ok_or(Error::NotFound("client"))?;
+        if !permit.scope().covers(id) {
+            return Err(self.deny_out_of_scope(permit, "client", id, Some(id)).await);
+        }
+        Ok(found)
+    }
+
+    /// Creates a client (`clients:write` for all clients).
+    pub async fn create_client(&self, permit: &Permit, body: &Value) -> Result<Client> {
+        permit.require("clients", "write")?;
+        let fields = ClientFields::from_json(body)?;
+        if !matches!(permit.scope(), ClientScope::All) {
+            let reason = "creating clients needs a grant for all clients".to_owned();
+            return Err(self
+                .deny(permit.actor(), "clients", "write", None, reason)
+                .await);
+        }
+        let txn = self.db.begin().await?;
+        let created = self
+            .insert_client(&txn, &fields, Some(permit.user().id))
+            .await?;
+        let record = permit
+            .audit("client.create", Outcome::Success)
+            .resource("client", created.id)
+            .client(Some(created.id))
+            .changes(json!({"before": null, "after": serde_json::to_value(&created).unwrap_or_default()}));
+        self.append(&txn, record).await?;
+        txn.commit().await?;
+        Ok(created)
+    }
+
+    /// Inserts a client row and its tags inside the caller's transaction.
+    pub async fn insert_client(
+        &self,
+        conn: &impl ConnectionTrait,
+        f: &ClientFields,
+        created_by: Option<Uuid>,
+    ) -> Result<Client> {
+        let now = Utc::now().trunc_subsecs(6);
+        let model = client::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            name: Set(f.name.clone()),
+            name_key: Set(f.name.to_lowercase()),
+            email: Set(f.email.clone()),
+            email_key: Set(f.email.as_ref().map(|e| e.to_lowercase())),
+            phone: Set(f.phone.clone()),
+            phone_key: Set(f.phone.as_deref().map(phone_key)),
+            company: Set(f.company.clone()),
+            status: Set(f.status.clone()),
+            tags: Set(json!(f.tags)),
+            notes: Set(f.notes.clone()),
+            metadata: Set(f.metadata.clone()),
+            search_text: Set(search_text(f)),
+            version: Set(1),
+            created_at: Set(now),
+            updated_at: Set(now),
+            created_by: Set(created_by),
+            deleted_at: Set(None),
+        };
+        let created = Client::from(
+            model
+                .insert(conn)
+                .await
+                .map_err(|e| map_unique(e, &EMAIL_UNIQUE, EMAIL_TAKEN))?,
+        );
+        self.write_tags(conn, created.id, &f.tags).await?;
+        Ok(created)
+    }
+
+    async fn write_tags(
+        &self,
+        conn: &impl ConnectionTrait,
+        id: Uuid,
+        tags: &[String],
+    ) -> Result<()> {
+        let backend = conn.get_database_backend();
+        conn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            "DELETE FROM client_tags WHERE client_id = $1",
+            [id.into()],
+        ))
+        .await?;
+        for tag in tags {
+            conn.execute_raw(Statement::from_sql_and_values(
+                backend,
+                "INSERT INTO client_tags (client_id, tag) VALUES ($1, $2)",
+                [id.into(), tag.clone().into()],
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Applies a JSON merge patch (`clients:write`); with `if_match`, a stale version is 412.
+    pub async fn update_client(
+        &self,
+        permit: &Permit,
+        id: Uuid,
+        patch: &Value,
+        if_match: Option<&str>,
+    ) -> Result<Client> {
+        permit.require("clients", "write")?;
+        if !patch.is_object() {
+            return Err(Error::invalid("", "a merge patch must be a JSON object"));
+        }
+        let current = self.scoped_client(permit, id).await?;
+        let mut doc = ClientFields::from_client(&current).to_json();
+        merge_patch(&mut doc, patch);
+        let fields = ClientFields::from_json(&doc)?;
+        let txn = self.db.begin().await?;
+        let updated = self.write_client(&txn, id, &fields, if_match).await?;
+        let changes = diff(
+            &serde_json::to_value(&current).unwrap_or_default(),
+            &serde_json::to_value(&updated).unwrap_or_default(),
+            &[],
+        );
+        self.append(
+            &txn,
+            permit
+                .audit("client.update", Outcome::Success)
+                .resource("client", id)
+                .client(Some(id))
+                .changes(changes),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(updated)
+    }
+
+    /// Overwrites a client's fields inside the caller's transaction, bumping the version;
+    /// `if_match` is checked against the row as locked by this transaction.
+    pub async fn write_client(
+        &self,
+        conn: &impl ConnectionTrait,
+        id: Uuid,
+        f: &ClientFields,
+        if_match: Option<&str>,
+    ) -> Result<Client> {
+        let current = self
+            .find_client(conn, id)
+            .await?
+            .ok_or(Error::NotFound("client"))?;
+        check_if_match(if_match, &current)?;
+        let now = Utc::now().trunc_subsecs(6);
+        let model = client::ActiveModel {
+            id: Set(id),
+            name: Set(f.name.clone()),
+            name_key: Set(f.name.to_lowercase()),
+            email: Set(f.email.clone()),
+            email_key: Set(f.email.as_ref().map(|e| e.to_lowercase())),
+            phone: Set(f.phone.clone()),
+            phone_key: Set(f.phone.as_deref().map(phone_key)),
+            company: Set(f.company.clone()),
+            status: Set(f.status.clone()),
+            tags: Set(json!(f.tags)),
+            notes: Set(f.notes.clone()),
+            metadata: Set(f.metadata.clone()),
+            search_text: Set(search_text(f)),
+            version: Set(current.version + 1),
+            updated_at: Set(now),
+            ..Default::default()
+        };
+        // The version in the WHERE clause makes the check and the write one atomic step.
+        let result = client::Entity::update_many()
+            .set(model)
+            .filter(client::Column::Id.eq(id))
+            .filter(client::Column::Version.eq(current.version))
+            .filter(client::Column::DeletedAt.is_null())
+            .exec(conn)
+            .await
+            .map_err(|e| map_unique(e, &EMAIL_UNIQUE, EMAIL_TAKEN))?;
+        if result.rows_affected == 0 {
+            return Err(Error::PreconditionFailed);
+        }
+        if f.tags != current.tags {
+            self.write_tags(conn, id, &f.tags).await?;
+        }
+        self.find_client(conn, id)
+            .await?
+            .ok_or(Error::NotFound("client"))
+    }
+
+    /// Deletes a client (`clients:delete`): afterwards it is 404 and lists leave it out.
+    pub async fn delete_client(
+        &self,
+        permit: &Permit,
+        id: Uuid,
+        if_match: Option<&str>,
+    ) -> Result<()> {
+        permit.require("clients", "delete")?;
+        let current = self.scoped_client(permit, id).await?;
+        check_if_match(if_match, &current)?;
+        let txn = self.db.begin().await?;
+        self.remove_client(&txn, id).await?;
+        let record = permit
+            .audit("client.delete", Outcome::Success)
+            .resource("client", id)
+            .client(Some(id))
+            .changes(json!({"before": serde_json::to_value(&current).unwrap_or_default(), "after": null}));
+        self.append(&txn, record).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Marks a client deleted inside the caller's transaction (history and audit stay).
+    pub async fn remove_client(&self, conn: &impl ConnectionTrait, id: Uuid) -> Result<()> {
+        let now = Utc::now();
+        let done = client::Entity::update_many()
+            .col_expr(client::Column::DeletedAt, Expr::value(now))
+            .col_expr(
+                client::Column::EmailKey,
+                Expr::value(Option::<String>::None),
+            )
+            .filter(client::Column::Id.eq(id))
+            .filter(client::Column::DeletedAt.is_null())
+            .exec(conn)
+            .await?;
+        if done.rows_affected == 0 {
+            return Err(Error::NotFound("client"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let mut doc = json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        merge_patch(&mut doc, &json!({"a": "z", "c": {"f": null}}));
+        assert_eq!(doc, json!({"a": "z", "c": {"d": "e"}}));
+        let mut doc = json!({"a": [1, 2]});
+        merge_patch(&mut doc, &json!({"a": [3], "b": {"x": 1}}));
+        assert_eq!(doc, json!({"a": [3], "b": {"x": 1}}));
+    }
+
+    #[test]
+    fn fields_are_validated_and_normalised() {
+        let f = ClientFields::from_json(
+            &json!({"name": "  Acme ", "tags": ["vip", " vip", "eu"], "email": "A@B.io"}),
+        )
+        .unwrap();
+        assert_eq!(f.name, "Acme");
+        assert_eq!(f.tags, ["vip", "eu"]);
+        assert_eq!(f.status, "active");
+        let err = ClientFields::from_json(
+            &json!({"name": "", "status": "gone", "metadata": [1], "id": "x", "phone": "call me"}),
+        )
+        .unwrap_err();
+        let Error::Validation(fields) = err else {
+            panic!()
+        };
+        let names: Vec<_> = fields.iter().map(|f| f.field.as_str()).collect();
+        for f in ["name", "status", "metadata", "id", "phone"] {
+            assert!(names.contains(&f), "{f} in {names:?}");
+        }
+        let big = json!({"name": "x", "metadata": {"k": "v".repeat(17_000)}});
+        assert!(ClientFields::from_json(&big).is_err());
+        assert_eq!(phone_key("+1 (555) 010-99"), "+155501099");
+    }
+}

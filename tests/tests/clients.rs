@@ -1,0 +1,469 @@
+//! Clients: CRUD, validation, merge patch with ETag/If-Match, search, filters, sort, paging,
+//! client scope and audit.
+
+use agentdesk_tests::{TestApp, unique_email};
+use serde_json::{Value, json};
+
+async fn create(app: &TestApp, token: &str, body: Value) -> Value {
+    let r = app.post("/api/v1/clients", token, body).await;
+    r.expect(201, None);
+    r.json
+}
+
+#[tokio::test]
+async fn create_read_delete() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let r = app
+        .post(
+            "/api/v1/clients",
+            &admin,
+            json!({"name": " Acme GmbH ", "email": "Info@Acme.example", "phone": "+49 30 1234567", "company": "Acme",
+                   "tags": ["vip", "eu", "vip"], "notes": "n", "metadata": {"crm": {"id": 7}}}),
+        )
+        .await;
+    r.expect(201, None);
+    let id = r.json["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/api/v1/clients/{id}").as_str())
+    );
+    assert_eq!(r.header("etag"), Some("\"1\""));
+    assert_eq!(r.json["name"], "Acme GmbH");
+    assert_eq!(r.json["status"], "active");
+    assert_eq!(r.json["tags"], json!(["vip", "eu"]));
+    assert_eq!(r.json["version"], 1);
+    for key in [
+        "id",
+        "name",
+        "email",
+        "phone",
+        "company",
+        "status",
+        "tags",
+        "notes",
+        "metadata",
+        "version",
+        "created_at",
+        "updated_at",
+        "created_by",
+    ] {
+        assert!(r.json.get(key).is_some(), "Client has {key}");
+    }
+    let got = app.get(&format!("/api/v1/clients/{id}"), &admin).await;
+    got.expect(200, None);
+    assert_eq!(got.json, r.json);
+    assert_eq!(got.header("etag"), Some("\"1\""));
+    // The email is unique among live clients, case-insensitively.
+    app.post(
+        "/api/v1/clients",
+        &admin,
+        json!({"name": "Other", "email": "info@acme.EXAMPLE"}),
+    )
+    .await
+    .expect(409, Some("conflict"));
+    app.delete(&format!("/api/v1/clients/{id}"), &admin)
+        .await
+        .expect(204, None);
+    app.get(&format!("/api/v1/clients/{id}"), &admin)
+        .await
+        .expect(404, Some("not_found"));
+    app.delete(&format!("/api/v1/clients/{id}"), &admin)
+        .await
+        .expect(404, Some("not_found"));
+    let list = app.get("/api/v1/clients", &admin).await;
+    assert!(
+        list.json["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["id"] != id.as_str())
+    );
+    // After deletion the email is free again.
+    create(
+        &app,
+        &admin,
+        json!({"name": "Acme again", "email": "info@acme.example"}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_clients_are_422() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let r = app
+        .post(
+            "/api/v1/clients",
+            &admin,
+            json!({"name": "", "email": "nope", "status": "gone", "tags": ["", 5], "metadata": "x", "phone": "call me", "version": 9}),
+        )
+        .await;
+    r.expect(422, Some("validation_failed"));
+    let fields: Vec<&str> = r.json["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    for f in [
+        "name", "email", "status", "tags", "metadata", "phone", "version",
+    ] {
+        assert!(fields.contains(&f), "{f} in {fields:?}");
+    }
+    app.post("/api/v1/clients", &admin, json!({"name": "x".repeat(201)}))
+        .await
+        .expect(422, Some("validation_failed"));
+    app.post(
+        "/api/v1/clients",
+        &admin,
+        json!({"name": "Big", "metadata": {"blob": "x".repeat(17 * 1024)}}),
+    )
+    .await
+    .expect(422, Some("validation_failed"));
+    app.post("/api/v1/clients", &admin, json!(["not", "an", "object"]))
+        .await
+        .expect(422, Some("validation_failed"));
+}
+
+#[tokio::test]
+async fn merge_patch_with_etags() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let c = create(&app, &admin, json!({"name": "Beta", "email": "beta@example.com", "metadata": {"a": 1, "b": {"c": 2, "d": 3}}})).await;
+    let url = format!("{}/api/v1/clients/{}", app.base, c["id"].as_str().unwrap());
+    let patch = |body: Value, etag: Option<&str>, ct: &str| {
+        let mut req = app
+            .client
+            .patch(&url)
+            .bearer_auth(&admin)
+            .header("content-type", ct)
+            .body(body.to_string());
+        if let Some(e) = etag {
+            req = req.header("if-match", e);
+        }
+        async move { TestApp::read(req.send().await.unwrap()).await }
+    };
+    let r = patch(
+        json!({"email": null, "metadata": {"b": {"c": null}, "e": true}, "tags": ["x"]}),
+        Some("\"1\""),
+        "application/merge-patch+json",
+    )
+    .await;
+    r.expect(200, None);
+    assert_eq!(r.json["email"], Value::Null);
+    assert_eq!(
+        r.json["metadata"],
+        json!({"a": 1, "b": {"d": 3}, "e": true})
+    );
+    assert_eq!(r.json["version"], 2);
+    assert_eq!(r.header("etag"), Some("\"2\""));
+    // A stale version: 412, and nothing changes.
+    patch(
+        json!({"name": "Stale"}),
+        Some("\"1\""),
+        "application/merge-patch+json",
+    )
+    .await
+    .expect(412, Some("precondition_failed"));
+    let r = patch(json!({"name": "Fresh"}), Some("\"2\""), "application/json").await;
+    r.expect(200, None);
+    assert_eq!(r.json["name"], "Fresh");
+    patch(json!({"name": "Any"}), Some("*"), "application/json")
+        .await
+        .expect(200, None);
+    patch(json!({"name": null}), None, "application/json")
+        .await
+        .expect(422, Some("validation_failed"));
+    patch(json!({"id": "x"}), None, "application/json")
+        .await
+        .expect(422, Some("validation_failed"));
+    patch(json!(["x"]), None, "application/json")
+        .await
+        .expect(422, Some("validation_failed"));
+    patch(json!({"name": "X"}), None, "text/plain")
+        .await
+        .expect(415, Some("unsupported_media_type"));
+    let r = TestApp::read(
+        app.client
+            .patch(&url)
+            .bearer_auth(&admin)
+            .header("content-type", "application/json")
+            .body("{oops")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.expect(400, Some("malformed_json"));
+    // A delete with a stale ETag is refused too.
+    let r = TestApp::read(
+        app.client
+            .delete(&url)
+            .bearer_auth(&admin)
+            .header("if-match", "\"1\"")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.expect(412, Some("precondition_failed"));
+    // The update is audited with the fields that changed.
+    let events = app
+        .get(
+            &format!(
+                "/api/v1/audit/events?action=client.update&resource_id={}",
+                c["id"].as_str().unwrap()
+            ),
+            &admin,
+        )
+        .await;
+    let first = events.json["items"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(first["changes"]["before"]["email"], "beta@example.com");
+    assert_eq!(first["changes"]["after"]["email"], Value::Null);
+    assert_eq!(first["client_id"], c["id"]);
+}
+
+#[tokio::test]
+async fn search_filter_sort_and_page() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let seed = [
+        (
+            "Zeta Analytics",
+            "ops@zeta.example",
+            "Zeta Holdings",
+            "lead",
+            vec!["eu"],
+        ),
+        (
+            "alpha partners",
+            "hello@alpha.example",
+            "Alpha Group",
+            "active",
+            vec!["vip", "eu"],
+        ),
+        (
+            "Müller & Söhne",
+            "kontakt@mueller.example",
+            "Müller KG",
+            "inactive",
+            vec![],
+        ),
+        (
+            "100% Natural",
+            "shop@natural.example",
+            "Natural Ltd",
+            "active",
+            vec!["vip"],
+        ),
+        (
+            "Omega",
+            "omega@omega.example",
+            "Alpha Group",
+            "archived",
+            vec![],
+        ),
+    ];
+    for (name, email, company, status, tags) in seed {
+        create(&app, &admin, json!({"name": name, "email": email, "company": company, "status": status, "tags": tags})).await;
+    }
+    let names = |r: &agentdesk_tests::Reply| -> Vec<String> {
+        r.json["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let r = app.get("/api/v1/clients?q=ALPHA&sort=name", &admin).await;
+    r.expect(200, None);
+    assert_eq!(
+        names(&r),
+        ["alpha partners", "Omega"],
+        "q matches name and company, any case"
+    );
+    assert_eq!(
+        names(&app.get("/api/v1/clients?q=zeta.exa", &admin).await),
+        ["Zeta Analytics"],
+        "and email"
+    );
+    assert_eq!(
+        names(&app.get("/api/v1/clients?q=mü", &admin).await),
+        ["Müller & Söhne"],
+        "short queries too"
+    );
+    assert_eq!(
+        names(&app.get("/api/v1/clients?q=M%C3%BCLLER", &admin).await),
+        ["Müller & Söhne"]
+    );
+    assert_eq!(
+        names(&app.get("/api/v1/clients?q=100%25", &admin).await),
+        ["100% Natural"],
+        "wildcards are literal"
+    );
+    assert_eq!(
+        names(&app.get("/api/v1/clients?q=%25", &admin).await),
+        ["100% Natural"]
+    );
+    assert_eq!(
+        names(&app.get("/api/v1/clients?status=lead", &admin).await),
+        ["Zeta Analytics"]
+    );
+    assert_eq!(
+        names(&app.get("/api/v1/clients?tag=vip&sort=name", &admin).await),
+        ["100% Natural", "alpha partners"]
+    );
+    assert_eq!(
+        names(
+            &app.get("/api/v1/clients?tag=eu&status=active", &admin)
+                .await
+        ),
+        ["alpha partners"]
+    );
+    assert_eq!(
+        names(&app.get("/api/v1/clients?sort=name", &admin).await),
+        [
+            "100% Natural",
+            "alpha partners",
+            "Müller & Söhne",
+            "Omega",
+            "Zeta Analytics"
+        ]
+    );
+    assert_eq!(
+        names(&app.get("/api/v1/clients?sort=-name&limit=2", &admin).await),
+        ["Zeta Analytics", "Omega"]
+    );
+    assert_eq!(
+        names(&app.get("/api/v1/clients", &admin).await)[0],
+        "Omega",
+        "newest first by default"
+    );
+    assert_eq!(
+        names(&app.get("/api/v1/clients?sort=created_at", &admin).await)[0],
+        "Zeta Analytics"
+    );
+    app.get("/api/v1/clients?sort=email", &admin)
+        .await
+        .expect(400, Some("bad_request"));
+    app.get("/api/v1/clients?status=gone", &admin)
+        .await
+        .expect(400, Some("bad_request"));
+    app.get("/api/v1/clients?cursor=zzz", &admin)
+        .await
+        .expect(400, Some("bad_request"));
+    app.get("/api/v1/clients?limit=0", &admin)
+        .await
+        .expect(400, Some("bad_request"));
+
+    // Paging by every order visits each row once, even while rows are inserted.
+    for sort in [
+        "-created_at",
+        "created_at",
+        "name",
+        "-name",
+        "updated_at",
+        "-updated_at",
+    ] {
+        let mut seen = Vec::new();
+        let mut cursor = String::new();
+        let mut inserted = false;
+        loop {
+            let r = app
+                .get(
+                    &format!("/api/v1/clients?sort={sort}&limit=2&cursor={cursor}"),
+                    &admin,
+                )
+                .await;
+            r.expect(200, None);
+            seen.extend(
+                r.json["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c["id"].as_str().unwrap().to_owned()),
+            );
+            if !inserted {
+                create(&app, &admin, json!({"name": format!("Late {sort}")})).await;
+                inserted = true;
+            }
+            match r.json["next_cursor"].as_str() {
+                Some(c) => cursor = c.to_owned(),
+                None => break,
+            }
+        }
+        let unique: std::collections::HashSet<_> = seen.iter().collect();
+        assert_eq!(unique.len(), seen.len(), "{sort}: no row twice");
+        assert!(
+            seen.len() >= 5,
+            "{sort}: every row that existed is seen ({})",
+            seen.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn client_scope_is_applied_in_the_query() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let a = create(&app, &admin, json!({"name": "Client A"})).await;
+    let b = create(&app, &admin, json!({"name": "Client B"})).await;
+    for i in 0..3 {
+        create(&app, &admin, json!({"name": format!("Other {i}")})).await;
+    }
+    let member = app
+        .persona(&admin, "member", &[json!({"resource": "clients", "actions": ["read", "write", "delete"], "client_ids": [a["id"]]})])
+        .await;
+    let r = app.get("/api/v1/clients?limit=1", &member.token).await;
+    r.expect(200, None);
+    assert_eq!(
+        r.json["items"].as_array().unwrap().len(),
+        1,
+        "the page is full"
+    );
+    assert_eq!(r.json["items"][0]["id"], a["id"]);
+    assert!(r.json["next_cursor"].is_null(), "nothing else is in scope");
+    let b_url = format!("/api/v1/clients/{}", b["id"].as_str().unwrap());
+    app.get(&b_url, &member.token)
+        .await
+        .expect(404, Some("not_found"));
+    app.patch(&b_url, &member.token, json!({"name": "Hijack"}))
+        .await
+        .expect(404, Some("not_found"));
+    app.delete(&b_url, &member.token)
+        .await
+        .expect(404, Some("not_found"));
+    app.patch(
+        &format!("/api/v1/clients/{}", a["id"].as_str().unwrap()),
+        &member.token,
+        json!({"notes": "mine"}),
+    )
+    .await
+    .expect(200, None);
+    app.post("/api/v1/clients", &member.token, json!({"name": "New"}))
+        .await
+        .expect(403, Some("forbidden"));
+    let denied = app
+        .get(
+            &format!("/api/v1/audit/events?outcome=denied&actor_id={}", member.id),
+            &admin,
+        )
+        .await;
+    assert!(
+        denied.json["items"].as_array().unwrap().len() >= 4,
+        "{}",
+        denied.text
+    );
+    assert_eq!(
+        app.get(&b_url, &admin).await.json["name"],
+        "Client B",
+        "untouched"
+    );
+    let _ = unique_email("x");
+}
