@@ -15,8 +15,8 @@ const NA: u16 = 0;
 struct Row {
     method: &'static str,
     path: &'static str,
-    /// The grant the "right" persona gets (and, limited to another client, the fourth persona).
-    grant: Option<(&'static str, &'static [&'static str])>,
+    /// The grants the "right" persona gets (and, limited to another client, the fourth persona).
+    grant: Option<&'static [(&'static str, &'static [&'static str])]>,
     /// admin, no grant, right grant, grant for another client.
     expect: [u16; 4],
 }
@@ -24,7 +24,7 @@ struct Row {
 const fn row(
     method: &'static str,
     path: &'static str,
-    grant: Option<(&'static str, &'static [&'static str])>,
+    grant: Option<&'static [(&'static str, &'static [&'static str])]>,
     expect: [u16; 4],
 ) -> Row {
     Row {
@@ -48,26 +48,35 @@ const TABLE: &[Row] = &[
     row("post",   "/api/v1/auth/logout",                     None,                                  [204, 204, 204, 204]),
     row("get",    "/api/v1/auth/me",                         None,                                  [200, 200, 200, 200]),
     row("post",   "/api/v1/auth/password",                   None,                                  [204, 204, 204, 204]),
-    row("get",    "/api/v1/users",                           Some(("users", &["read"])),            [200, 403, 200, NA]),
-    row("post",   "/api/v1/users",                           Some(("users", &["write"])),           [201, 403, 201, NA]),
-    row("get",    "/api/v1/users/{id}",                      Some(("users", &["read"])),            [200, 403, 200, NA]),
-    row("patch",  "/api/v1/users/{id}",                      Some(("users", &["write"])),           [200, 403, 200, NA]),
-    row("delete", "/api/v1/users/{id}",                      Some(("users", &["write"])),           [204, 403, 204, NA]),
-    row("get",    "/api/v1/users/{id}/grants",               Some(("users", &["read"])),            [200, 403, 200, NA]),
-    row("get",    "/api/v1/clients",                         Some(("clients", &["read"])),          [200, 403, 200, 200]),
-    row("post",   "/api/v1/clients",                         Some(("clients", &["write"])),         [201, 403, 201, 403]),
-    row("get",    "/api/v1/clients/{id}",                    Some(("clients", &["read"])),          [200, 403, 200, 404]),
-    row("patch",  "/api/v1/clients/{id}",                    Some(("clients", &["write"])),         [200, 403, 200, 404]),
-    row("delete", "/api/v1/clients/{id}",                    Some(("clients", &["delete"])),        [204, 403, 204, 404]),
+    row("get",    "/api/v1/users",                           Some(&[("users", &["read"])]),            [200, 403, 200, NA]),
+    row("post",   "/api/v1/users",                           Some(&[("users", &["write"])]),           [201, 403, 201, NA]),
+    row("get",    "/api/v1/users/{id}",                      Some(&[("users", &["read"])]),            [200, 403, 200, NA]),
+    row("patch",  "/api/v1/users/{id}",                      Some(&[("users", &["write"])]),           [200, 403, 200, NA]),
+    row("delete", "/api/v1/users/{id}",                      Some(&[("users", &["write"])]),           [204, 403, 204, NA]),
+    row("get",    "/api/v1/users/{id}/grants",               Some(&[("users", &["read"])]),            [200, 403, 200, NA]),
+    row("get",    "/api/v1/clients",                         Some(&[("clients", &["read"])]),          [200, 403, 200, 200]),
+    row("post",   "/api/v1/clients",                         Some(&[("clients", &["write"])]),         [201, 403, 201, 403]),
+    row("get",    "/api/v1/clients/{id}",                    Some(&[("clients", &["read"])]),          [200, 403, 200, 404]),
+    row("patch",  "/api/v1/clients/{id}",                    Some(&[("clients", &["write"])]),         [200, 403, 200, 404]),
+    row("delete", "/api/v1/clients/{id}",                    Some(&[("clients", &["delete"])]),        [204, 403, 204, 404]),
+    row("post",   "/api/v1/clients/import",                  Some(&[("agent:client_management", &["run"]), ("clients", &["write"])]), [202, 403, 202, 403]),
+    row("get",    "/api/v1/clients/export",                  Some(&[("agent:client_management", &["run"]), ("clients", &["read"])]), [200, 403, 200, 200]),
+    row("get",    "/api/v1/clients/duplicates",              Some(&[("agent:client_management", &["run"]), ("clients", &["read"])]), [200, 403, 200, 200]),
+    row("post",   "/api/v1/clients/merge",                   Some(&[("agent:client_management", &["run"]), ("clients", &["write", "delete"])]), [200, 403, 200, 404]),
+    row("get",    "/api/v1/agents",                          None,                                  [200, 200, 200, 200]),
+    row("get",    "/api/v1/jobs",                            None,                                  [200, 200, 200, 200]),
+    row("get",    "/api/v1/jobs/{id}",                       None,                                  [200, 404, 404, 404]),
+    row("post",   "/api/v1/jobs/{id}/cancel",                None,                                  [202, 404, 404, 404]),
+    row("post",   "/api/v1/jobs/{id}/retry",                 None,                                  [202, 404, 404, 404]),
     row("get",    "/api/v1/permissions/catalog",             None,                                  [200, 200, 200, 200]),
-    row("get",    "/api/v1/permissions/grants",              Some(("permissions", &["read"])),      [200, 403, 200, NA]),
-    row("post",   "/api/v1/permissions/grants",              Some(("permissions", &["write"])),     [201, 403, 201, NA]),
-    row("delete", "/api/v1/permissions/grants/{id}",         Some(("permissions", &["write"])),     [204, 403, 204, NA]),
-    row("post",   "/api/v1/permissions/check",               Some(("permissions", &["read"])),      [200, 403, 200, NA]),
-    row("get",    "/api/v1/audit/events",                    Some(("audit", &["read"])),            [200, 403, 200, 200]),
-    row("get",    "/api/v1/audit/events/{id}",               Some(("audit", &["read"])),            [200, 403, 200, 404]),
-    row("get",    "/api/v1/audit/verify",                    Some(("audit", &["read"])),            [200, 403, 200, 403]),
-    row("get",    "/api/v1/audit/export",                    Some(("audit", &["export"])),          [200, 403, 200, 200]),
+    row("get",    "/api/v1/permissions/grants",              Some(&[("permissions", &["read"])]),      [200, 403, 200, NA]),
+    row("post",   "/api/v1/permissions/grants",              Some(&[("permissions", &["write"])]),     [201, 403, 201, NA]),
+    row("delete", "/api/v1/permissions/grants/{id}",         Some(&[("permissions", &["write"])]),     [204, 403, 204, NA]),
+    row("post",   "/api/v1/permissions/check",               Some(&[("permissions", &["read"])]),      [200, 403, 200, NA]),
+    row("get",    "/api/v1/audit/events",                    Some(&[("audit", &["read"])]),            [200, 403, 200, 200]),
+    row("get",    "/api/v1/audit/events/{id}",               Some(&[("audit", &["read"])]),            [200, 403, 200, 404]),
+    row("get",    "/api/v1/audit/verify",                    Some(&[("audit", &["read"])]),            [200, 403, 200, 403]),
+    row("get",    "/api/v1/audit/export",                    Some(&[("audit", &["export"])]),          [200, 403, 200, 200]),
 ];
 
 struct Ctx<'a> {
@@ -89,6 +98,24 @@ impl Ctx<'_> {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// A job started by the admin, for an agent no runner serves, in `status`.
+    async fn job(&self, status: &str) -> String {
+        use sea_orm::ConnectionTrait;
+        let core = &self.app.core;
+        let me = self.app.get("/api/v1/auth/me", &self.admin).await;
+        let mut new =
+            agentdesk_core::services::jobs::NewJob::new("matrix_agent", "noop", json!({}));
+        new.created_by = Some(me.json["user"]["id"].as_str().unwrap().parse().unwrap());
+        let txn = core.db.begin().await.unwrap();
+        let job = core.enqueue(&txn, new).await.unwrap();
+        txn.commit().await.unwrap();
+        let sql = format!(
+            "UPDATE jobs SET status = '{status}' WHERE agent = 'matrix_agent' AND status = 'queued'"
+        );
+        core.db.writer().execute_unprepared(&sql).await.unwrap();
+        job.id.to_string()
     }
 
     /// A fresh client to act on.
@@ -138,6 +165,28 @@ impl Ctx<'_> {
                 app.patch(&format!("/api/v1/clients/{}", self.client().await), t, json!({"notes": "patched"})).await
             }
             ("delete", "/api/v1/clients/{id}") => app.delete(&format!("/api/v1/clients/{}", self.client().await), t).await,
+            ("post", "/api/v1/clients/import") => TestApp::read(
+                app.client
+                    .post(format!("{}/api/v1/clients/import?dry_run=true", app.base))
+                    .bearer_auth(t)
+                    .header("content-type", "text/csv")
+                    .body("name,email\nMatrix Import,matrix@example.com\n")
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await,
+            ("get", "/api/v1/clients/export") => app.get("/api/v1/clients/export?format=jsonl", t).await,
+            ("get", "/api/v1/clients/duplicates") => app.get("/api/v1/clients/duplicates", t).await,
+            ("post", "/api/v1/clients/merge") => {
+                let (target, source) = (self.client().await, self.client().await);
+                app.post("/api/v1/clients/merge", t, json!({"target_id": target, "source_ids": [source]})).await
+            }
+            ("get", "/api/v1/agents") => app.get("/api/v1/agents", t).await,
+            ("get", "/api/v1/jobs") => app.get("/api/v1/jobs", t).await,
+            ("get", "/api/v1/jobs/{id}") => app.get(&format!("/api/v1/jobs/{}", self.job("queued").await), t).await,
+            ("post", "/api/v1/jobs/{id}/cancel") => app.post(&format!("/api/v1/jobs/{}/cancel", self.job("queued").await), t, json!({})).await,
+            ("post", "/api/v1/jobs/{id}/retry") => app.post(&format!("/api/v1/jobs/{}/retry", self.job("failed").await), t, json!({})).await,
             ("get", "/api/v1/permissions/catalog") => app.get("/api/v1/permissions/catalog", t).await,
             ("get", "/api/v1/permissions/grants") => app.get("/api/v1/permissions/grants", t).await,
             ("post", "/api/v1/permissions/grants") => {
@@ -225,14 +274,16 @@ async fn authorization_matrix() {
                 continue;
             }
             let grants: Vec<Value> = match (*who, row.grant) {
-                ("right grant", Some((resource, actions))) => {
-                    vec![json!({"resource": resource, "actions": actions})]
-                }
-                ("other client", Some((resource, actions))) => {
-                    vec![
-                        json!({"resource": resource, "actions": actions, "client_ids": [other_client]}),
-                    ]
-                }
+                ("right grant", Some(grants)) => grants
+                    .iter()
+                    .map(|(resource, actions)| json!({"resource": resource, "actions": actions}))
+                    .collect(),
+                ("other client", Some(grants)) => grants
+                    .iter()
+                    .map(|(resource, actions)| {
+                        json!({"resource": resource, "actions": actions, "client_ids": [other_client]})
+                    })
+                    .collect(),
                 _ => Vec::new(),
             };
             let role = if *who == "admin" { "admin" } else { "member" };

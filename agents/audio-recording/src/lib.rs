@@ -27,5 +27,6 @@ pub fn manifest() -> Manifest {
                 description: "delete recordings",
             },
         ],
+        uses: vec![],
     }
 }

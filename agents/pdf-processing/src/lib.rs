@@ -27,5 +27,6 @@ pub fn manifest() -> Manifest {
                 description: "delete documents",
             },
         ],
+        uses: vec![],
     }
 }

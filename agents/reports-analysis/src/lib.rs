@@ -23,5 +23,6 @@ pub fn manifest() -> Manifest {
                 description: "generate and schedule reports",
             },
         ],
+        uses: vec![],
     }
 }

@@ -1,9 +1,32 @@
-//! What an agentdesk agent is. An agent is a crate that declares a [`Manifest`]: its name,
-//! version, description and the actions it adds to the permission catalog (as the resource
-//! `agent:<name>`). Later the SDK grows the job context through which an agent reaches the core
-//! for the user its job runs for; agents never depend on the API crate.
+//! What an agentdesk agent is, and how its jobs run.
+//!
+//! An agent is a crate that implements [`Agent`]: a [`Manifest`] (name, version, description,
+//! the actions of its permission resource `agent:<name>`, and the core resources it may use on
+//! a user's behalf), a job handler, and optional cron schedules. Agents know this SDK and the
+//! core, never the API crate.
+//!
+//! A job acts for the user who started it. The [`JobContext`] hands the handler permits only
+//! for what both that user (now, not when the job was queued) and the agent's manifest allow;
+//! every core service that touches data requires such a permit.
+//!
+//! The [`Runner`] works the jobs of a set of agents. `agentdesk serve` runs one in the API
+//! process and `agentdesk worker` runs one alone: the same code path, two deployments.
 
+mod runner;
+
+use std::sync::Arc;
+
+use agentdesk_core::models::job;
+use agentdesk_core::models::user::User;
+use agentdesk_core::services::jobs::NewJob;
+use agentdesk_core::services::permissions::{Actor, Need, Permit};
+use agentdesk_core::{Core, RequestMeta};
 use serde::Serialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub use agentdesk_core as core;
+pub use runner::{Runner, RunnerConfig};
 
 /// One action an agent declares for the permission catalog.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -12,6 +35,15 @@ pub struct ActionSpec {
     pub name: &'static str,
     /// What the action allows.
     pub description: &'static str,
+}
+
+/// A core resource an agent may use for the job's user, with the actions it may use there.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ResourceUse {
+    /// `clients`, `audit`, ...
+    pub resource: &'static str,
+    /// The actions.
+    pub actions: &'static [&'static str],
 }
 
 /// An agent's declaration of itself.
@@ -23,8 +55,10 @@ pub struct Manifest {
     pub version: &'static str,
     /// What the agent does.
     pub description: &'static str,
-    /// The actions it declares.
+    /// The actions it declares on its own resource.
     pub actions: Vec<ActionSpec>,
+    /// The core resources it may use for the job's user.
+    pub uses: Vec<ResourceUse>,
 }
 
 impl Manifest {
@@ -32,7 +66,169 @@ impl Manifest {
     pub fn resource(&self) -> String {
         format!("agent:{}", self.name)
     }
+
+    /// Whether the manifest lets the agent use `action` on `resource` at all.
+    pub fn permits(&self, resource: &str, action: &str) -> bool {
+        (resource == self.resource() && self.actions.iter().any(|a| a.name == action))
+            || self
+                .uses
+                .iter()
+                .any(|u| u.resource == resource && u.actions.contains(&action))
+    }
 }
 
-/// The core re-exported for agents, so that they need no direct dependency on it.
-pub use agentdesk_core as core;
+/// How a job attempt ended badly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobError {
+    /// Worth another attempt (after the backoff).
+    Retryable(String),
+    /// Will not get better: the job fails now.
+    Fatal(String),
+}
+
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobError::Retryable(m) | JobError::Fatal(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<agentdesk_core::Error> for JobError {
+    fn from(e: agentdesk_core::Error) -> Self {
+        if e.is_retryable() {
+            JobError::Retryable(e.to_string())
+        } else {
+            JobError::Fatal(e.to_string())
+        }
+    }
+}
+
+/// A cron schedule of an agent: `cron` (with optional seconds) enqueues `job()` once per tick
+/// across every instance.
+#[derive(Clone)]
+pub struct CronSpec {
+    /// Unique name of the schedule.
+    pub name: String,
+    /// The cron expression.
+    pub cron: String,
+    /// The job to enqueue at each tick.
+    pub job: Arc<dyn Fn() -> NewJob + Send + Sync>,
+}
+
+/// An agent: a manifest and a job handler.
+#[async_trait::async_trait]
+pub trait Agent: Send + Sync + 'static {
+    /// The agent's manifest.
+    fn manifest(&self) -> Manifest;
+
+    /// Runs one attempt of a job. The context checks permissions for the job's user.
+    async fn handle(&self, ctx: &JobContext) -> Result<Value, JobError>;
+
+    /// Jobs this agent runs on a schedule.
+    fn cron(&self) -> Vec<CronSpec> {
+        Vec::new()
+    }
+
+    /// How many of its jobs may run at once in one process, unless configured.
+    fn concurrency(&self) -> usize {
+        2
+    }
+}
+
+/// What a job handler may reach: the job, its user's permits (within the manifest), progress,
+/// follow-up jobs and cancellation.
+pub struct JobContext {
+    core: Core,
+    job: job::Model,
+    worker_id: String,
+    manifest: Manifest,
+    cancel: CancellationToken,
+}
+
+impl JobContext {
+    /// The job being run.
+    pub fn job(&self) -> &job::Model {
+        &self.job
+    }
+
+    /// The core services. Those that touch data require a [`Permit`] from [`Self::permit`].
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// The user the job acts for.
+    pub async fn user(&self) -> Result<User, JobError> {
+        let id = self
+            .job
+            .created_by
+            .ok_or_else(|| JobError::Fatal("the job has no user to act for".into()))?;
+        self.core
+            .user_by_id(id)
+            .await
+            .map_err(|_| JobError::Fatal("the job's user no longer exists".into()))
+    }
+
+    /// A permit for `action` on `resource`, if both the job's user (as of now) and this agent's
+    /// manifest allow it.
+    pub async fn permit(
+        &self,
+        resource: &str,
+        action: &str,
+        need: Need,
+    ) -> Result<Permit, JobError> {
+        if !self.manifest.permits(resource, action) {
+            return Err(JobError::Fatal(format!(
+                "the {} agent's manifest does not allow `{action}` on `{resource}`",
+                self.manifest.name
+            )));
+        }
+        let user = self.user().await?;
+        let actor = Actor {
+            user,
+            session_id: None,
+            meta: RequestMeta::system(&format!("job:{}", self.job.id)),
+        };
+        self.core
+            .authorize(actor, resource, action, need)
+            .await
+            .map_err(|e| JobError::Fatal(e.to_string()))
+    }
+
+    /// Records progress (0..=100).
+    pub async fn progress(&self, percent: i32) {
+        if let Err(e) = self
+            .core
+            .set_job_progress(&self.worker_id, self.job.id, percent)
+            .await
+        {
+            tracing::warn!(error = %e, job_id = %self.job.id, "could not record progress");
+        }
+    }
+
+    /// Enqueues a follow-up job that acts for the same user.
+    pub async fn enqueue(&self, mut new: NewJob) -> Result<job::Model, JobError> {
+        new.created_by = self.job.created_by;
+        let txn = self.core.db.begin().await.map_err(JobError::from)?;
+        let job = self.core.enqueue(&txn, new).await.map_err(JobError::from)?;
+        txn.commit()
+            .await
+            .map_err(|e| JobError::Retryable(e.to_string()))?;
+        self.core.wake_workers().await;
+        self.core
+            .find_job_model(job.id)
+            .await
+            .map_err(JobError::from)?
+            .ok_or_else(|| JobError::Fatal("lost the new job".into()))
+    }
+
+    /// Whether the job was cancelled; long handlers should check between steps.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Resolves when the job is cancelled.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+}

@@ -288,6 +288,8 @@ requirements! {
     ClientsWrite = "clients", "write", SomeClients;
     /// `clients:delete`, within the caller's client scope.
     ClientsDelete = "clients", "delete", SomeClients;
+    /// `agent:client_management` `run`, within the caller's client scope.
+    ClientManagementRun = "agent:client_management", "run", SomeClients;
     /// `audit:read`, within the caller's client scope.
     AuditRead = "audit", "read", SomeClients;
     /// `audit:read` over the whole chain (verification).

@@ -13,9 +13,10 @@ pub mod v1;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use agentdesk_agent_sdk::{Agent, Runner, RunnerConfig};
 use agentdesk_core::config::Settings;
 use agentdesk_core::services::permissions::{ActionInfo, Catalog, ResourceInfo};
 use agentdesk_core::{Core, Result};
@@ -24,6 +25,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Method, StatusCode};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
@@ -38,6 +40,41 @@ pub struct AppState {
     pub core: Core,
     /// The Prometheus registry's handle.
     pub metrics: PrometheusHandle,
+    /// The agents whose workers run in this process.
+    pub in_process_agents: Arc<Vec<String>>,
+}
+
+/// The agents that have job handlers, ready for a runner.
+pub fn agents() -> Vec<Arc<dyn Agent>> {
+    vec![agentdesk_agent_client_management::agent()]
+}
+
+/// The runner configuration from the settings.
+pub fn runner_config(settings: &Settings, mode: &'static str) -> Result<RunnerConfig> {
+    Ok(RunnerConfig {
+        mode,
+        poll_interval: std::time::Duration::from_millis(settings.job_poll_ms),
+        lease: std::time::Duration::from_secs(settings.job_lease_secs),
+        concurrency: settings.agent_concurrency().map_err(|message| {
+            agentdesk_core::Error::Config {
+                key: "agent_concurrency".into(),
+                message,
+            }
+        })?,
+        shutdown_timeout: settings.shutdown_timeout(),
+    })
+}
+
+/// The agents named by `names` that have job handlers.
+pub fn agents_named(names: &[String]) -> Vec<Arc<dyn Agent>> {
+    agents()
+        .into_iter()
+        .filter(|a| names.iter().any(|n| n == a.manifest().name))
+        .collect()
+}
+
+fn known_agents() -> Vec<&'static str> {
+    agent_manifests().iter().map(|m| m.name).collect()
 }
 
 /// The process-wide Prometheus recorder (installed once, even when tests build many apps).
@@ -169,6 +206,7 @@ pub struct Application {
     pub generated_admin: Option<(String, String)>,
     /// How long start-up took, to the moment the listener was bound.
     pub startup: std::time::Duration,
+    runner: Option<Runner>,
 }
 
 impl Application {
@@ -176,7 +214,10 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self> {
         let started = Instant::now();
         let bind = settings.bind;
+        let selected = settings.selected_agents(&known_agents())?;
+        let config = runner_config(&settings, "in_process")?;
         let core = Core::start(settings).await?.with_catalog(catalog());
+        core.spawn_job_listener();
         let generated_admin = core.bootstrap_admin().await?;
         let listener =
             TcpListener::bind(bind)
@@ -185,14 +226,24 @@ impl Application {
                     key: "bind".into(),
                     message: format!("cannot listen on {bind}: {e}"),
                 })?;
+        let runnable = agents_named(&selected);
+        let in_process_agents = Arc::new(
+            runnable
+                .iter()
+                .map(|a| a.manifest().name.to_owned())
+                .collect(),
+        );
+        let runner = Runner::new(core.clone(), runnable, config);
         Ok(Self {
             listener,
             state: AppState {
                 core,
                 metrics: metrics_handle(),
+                in_process_agents,
             },
             generated_admin,
             startup: started.elapsed(),
+            runner: Some(runner),
         })
     }
 
@@ -222,7 +273,12 @@ impl Application {
             let _ = graceful_rx.wait_for(|stopped| *stopped).await;
         });
         let server = tokio::spawn(server.into_future());
+        let stop_runner = CancellationToken::new();
+        let runner = self
+            .runner
+            .map(|runner| tokio::spawn(runner.run(stop_runner.clone())));
         shutdown.await;
+        stop_runner.cancel();
         tracing::info!(
             deadline_secs = deadline.as_secs(),
             "shutting down: no new connections, finishing in-flight requests"
@@ -235,9 +291,75 @@ impl Application {
                 tracing::warn!("shutdown deadline passed; dropping the remaining connections")
             }
         }
+        if let Some(runner) = runner {
+            // The runner has its own deadline and hands unfinished jobs back.
+            let _ = runner.await;
+        }
         self.state.core.db.clone().close().await;
         Ok(())
     }
+}
+
+/// `agentdesk worker`: the workers of `names` alone, with `/healthz`, `/readyz` and `/metrics`
+/// on `worker_bind`, until `shutdown` resolves.
+pub async fn run_worker(
+    settings: Settings,
+    names: &[String],
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let known = known_agents();
+    let selected =
+        agentdesk_core::config::parse_agent_list(&names.join(","), &known).map_err(|message| {
+            agentdesk_core::Error::Config {
+                key: "agents".into(),
+                message,
+            }
+        })?;
+    let runnable = agents_named(&selected);
+    if runnable.is_empty() {
+        return Err(agentdesk_core::Error::Config {
+            key: "agents".into(),
+            message: format!("none of {selected:?} has a job handler in this build"),
+        });
+    }
+    let config = runner_config(&settings, "worker")?;
+    let bind = settings.worker_bind;
+    let core = Core::start(settings).await?.with_catalog(catalog());
+    core.spawn_job_listener();
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|e| agentdesk_core::Error::Config {
+            key: "worker_bind".into(),
+            message: format!("cannot listen on {bind}: {e}"),
+        })?;
+    tracing::info!(addr = %bind, agents = ?selected, "agentdesk worker is running");
+    let state = AppState {
+        core: core.clone(),
+        metrics: metrics_handle(),
+        in_process_agents: Arc::new(selected),
+    };
+    let (health, _) = OpenApiRouter::new()
+        .merge(system::routes())
+        .split_for_parts();
+    let app = health
+        .route_layer(axum::middleware::from_fn(middleware::note_route))
+        .layer(axum::middleware::from_fn(middleware::observe))
+        .with_state(state)
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let stop = CancellationToken::new();
+    let stop_http = stop.clone();
+    let server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop_http.cancelled().await })
+            .into_future(),
+    );
+    let runner = tokio::spawn(Runner::new(core.clone(), runnable, config).run(stop.clone()));
+    shutdown.await;
+    stop.cancel();
+    let _ = runner.await;
+    let _ = server.await;
+    core.db.clone().close().await;
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called (not when the

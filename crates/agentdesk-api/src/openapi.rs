@@ -15,6 +15,8 @@ use utoipa::{Modify, OpenApi};
         (name = "auth", description = "Login, tokens, sessions"),
         (name = "users", description = "User management"),
         (name = "clients", description = "Customer records"),
+        (name = "client_management", description = "Import, export, duplicates, merge"),
+        (name = "jobs", description = "Agents and their jobs"),
         (name = "permissions", description = "Grants, the catalog, checks"),
         (name = "audit", description = "The tamper-evident audit log"),
     )

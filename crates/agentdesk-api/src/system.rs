@@ -80,6 +80,13 @@ async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!("db_pool_connections").set(open as f64);
     metrics::gauge!("db_pool_idle_connections").set(idle as f64);
     metrics::gauge!("db_pool_in_use_connections").set(open.saturating_sub(idle) as f64);
+    if let Ok(depths) = state.core.queue_depths().await {
+        for (agent, depth) in depths {
+            metrics::gauge!("jobs_queued", "agent" => agent.clone()).set(depth.queued as f64);
+            metrics::gauge!("jobs_running", "agent" => agent.clone()).set(depth.running as f64);
+            metrics::gauge!("jobs_failed", "agent" => agent).set(depth.failed as f64);
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -77,6 +77,12 @@ pub struct Settings {
     pub admin_password: Option<Secret>,
     /// `all`, `none`, or a comma list of agent names whose workers run in this process.
     pub agents: String,
+    /// Jobs that may run at once per agent in one process: `name=n,name=n` (others: the agent's default).
+    pub agent_concurrency: String,
+    /// Longest wait between looks at the job queue, in milliseconds (workers are also woken).
+    pub job_poll_ms: u64,
+    /// How long a claimed job is held without a heartbeat before another worker may take it.
+    pub job_lease_secs: u64,
     /// Upload limit for documents and recordings, in MiB.
     pub max_upload_mb: u64,
     /// Limit for JSON and form request bodies, in KiB.
@@ -122,6 +128,9 @@ impl Default for Settings {
             admin_email: None,
             admin_password: None,
             agents: "all".into(),
+            agent_concurrency: String::new(),
+            job_poll_ms: 1000,
+            job_lease_secs: 30,
             max_upload_mb: 50,
             max_json_kb: 1024,
             log: "info".into(),
@@ -264,6 +273,15 @@ impl Settings {
                 "login limits and window must be positive".into(),
             );
         }
+        if !(10..=60_000).contains(&self.job_poll_ms) {
+            return bad("job_poll_ms", "must be between 10 and 60000".into());
+        }
+        if !(1..=3600).contains(&self.job_lease_secs) {
+            return bad("job_lease_secs", "must be between 1 and 3600".into());
+        }
+        if let Err(message) = self.agent_concurrency() {
+            return bad("agent_concurrency", message);
+        }
         if self.request_timeout_secs == 0 {
             return bad("request_timeout_secs", "must be positive".into());
         }
@@ -333,6 +351,41 @@ impl Settings {
             .collect()
     }
 
+    /// The agents whose workers run in this process, from `agents` (`all`, `none` or a list);
+    /// `known` names every agent the binary has.
+    pub fn selected_agents(&self, known: &[&str]) -> Result<Vec<String>> {
+        parse_agent_list(&self.agents, known).map_err(|message| Error::Config {
+            key: "agents".into(),
+            message,
+        })
+    }
+
+    /// Per-agent concurrency from `agent_concurrency`.
+    pub fn agent_concurrency(
+        &self,
+    ) -> std::result::Result<std::collections::HashMap<String, usize>, String> {
+        let mut out = std::collections::HashMap::new();
+        for pair in self
+            .agent_concurrency
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let (name, n) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("`{pair}` is not name=number"))?;
+            let n: usize = n
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{pair}`: the number is not valid"))?;
+            if !(1..=64).contains(&n) {
+                return Err(format!("`{pair}`: between 1 and 64"));
+            }
+            out.insert(name.trim().to_owned(), n);
+        }
+        Ok(out)
+    }
+
     /// The request time limit.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
@@ -363,6 +416,29 @@ impl Settings {
             );
         }
         value
+    }
+}
+
+/// Parses `all`, `none` or a comma list of agent names, checking each against `known`.
+pub fn parse_agent_list(raw: &str, known: &[&str]) -> std::result::Result<Vec<String>, String> {
+    match raw.trim() {
+        "all" | "" => Ok(known.iter().map(|s| (*s).to_owned()).collect()),
+        "none" => Ok(Vec::new()),
+        list => list
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|name| {
+                if known.contains(&name) {
+                    Ok(name.to_owned())
+                } else {
+                    Err(format!(
+                        "unknown agent `{name}` (known: {})",
+                        known.join(", ")
+                    ))
+                }
+            })
+            .collect(),
     }
 }
 

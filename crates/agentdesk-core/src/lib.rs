@@ -15,6 +15,7 @@ pub mod models;
 pub mod pagination;
 pub mod security;
 pub mod services;
+pub mod storage;
 pub mod validators;
 
 pub use error::{Error, FieldError, Result};

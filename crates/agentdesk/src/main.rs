@@ -23,8 +23,8 @@ enum Command {
     Serve,
     /// Run the workers of the named agents only, as an independent process.
     Worker {
-        /// Comma list of agent names.
-        #[arg(long, value_delimiter = ',')]
+        /// Comma list of agent names (or `all`).
+        #[arg(long, value_delimiter = ',', required = true)]
         agents: Vec<String>,
     },
     /// Apply pending migrations and exit.
@@ -149,10 +149,11 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             tracing::info!("agentdesk stopped");
         }
         Command::Worker { agents } => {
-            anyhow::bail!(
-                "no agent has a worker yet (asked for: {}); agent workers arrive with the agent runtime",
-                agents.join(",")
-            );
+            let shutdown = shutdown_signal();
+            agentdesk_api::run_worker(settings, &agents, shutdown)
+                .await
+                .map_err(describe)?;
+            tracing::info!("agentdesk worker stopped");
         }
         Command::Migrate => {
             let db = Database::connect(&settings).await?;

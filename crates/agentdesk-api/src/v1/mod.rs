@@ -2,7 +2,9 @@
 
 pub mod audit;
 pub mod auth;
+pub mod client_management;
 pub mod clients;
+pub mod jobs;
 pub mod permissions;
 pub mod users;
 
@@ -16,6 +18,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(auth::routes())
         .merge(users::routes())
         .merge(clients::routes())
+        .merge(client_management::routes())
+        .merge(jobs::routes())
         .merge(permissions::routes())
         .merge(audit::routes())
 }

@@ -6,6 +6,7 @@ use sea_orm_migration::prelude::*;
 mod m0001_users_sessions;
 mod m0002_permissions_audit;
 mod m0003_clients;
+mod m0004_jobs;
 
 /// Applies the schema, in order. A migration, once released, is never edited: add a new one.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_users_sessions::Migration),
             Box::new(m0002_permissions_audit::Migration),
             Box::new(m0003_clients::Migration),
+            Box::new(m0004_jobs::Migration),
         ]
     }
 }

@@ -3,5 +3,6 @@
 pub mod audit;
 pub mod client;
 pub mod grant;
+pub mod job;
 pub mod session;
 pub mod user;

@@ -31,6 +31,8 @@ pub const EDITABLE: [&str; 8] = [
 const EMAIL_TAKEN: &str = "a client with this email already exists";
 const EMAIL_UNIQUE: [&str; 2] = ["ux_clients_email_key", "clients.email_key"];
 const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// Tables whose rows belong to a client and follow it when clients are merged.
+const CLIENT_OWNED_TABLES: [&str; 1] = ["jobs"];
 
 /// A client's fields, validated and normalised.
 #[derive(Debug, Clone, PartialEq)]
@@ -202,7 +204,8 @@ impl ClientFields {
         })
     }
 
-    fn from_client(c: &Client) -> Self {
+    /// A client's current fields.
+    pub fn from_client(c: &Client) -> Self {
         Self {
             name: c.name.clone(),
             email: c.email.clone(),
@@ -258,6 +261,21 @@ fn search_text(f: &ClientFields) -> String {
     .collect::<Vec<_>>()
     .join("\n")
     .to_lowercase()
+}
+
+/// What duplicate detection compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientKeys {
+    /// The client.
+    pub id: Uuid,
+    /// Lowercased name.
+    pub name_key: String,
+    /// Lowercased email.
+    pub email_key: Option<String>,
+    /// Digits of the phone.
+    pub phone_key: Option<String>,
+    /// Company.
+    pub company: Option<String>,
 }
 
 /// Filters of the client list.
@@ -510,6 +528,49 @@ impl Core {
             .map(Client::from))
     }
 
+    /// The live client with this email (case-insensitively), without a scope check.
+    pub async fn find_client_by_email(
+        &self,
+        conn: &impl ConnectionTrait,
+        email: &str,
+    ) -> Result<Option<Client>> {
+        Ok(client::Entity::find()
+            .filter(client::Column::EmailKey.eq(email.to_lowercase()))
+            .filter(client::Column::DeletedAt.is_null())
+            .one(conn)
+            .await?
+            .map(Client::from))
+    }
+
+    /// The matching keys of every live client in the permit's scope, for duplicate detection.
+    pub async fn client_keys(&self, permit: &Permit) -> Result<Vec<ClientKeys>> {
+        permit.require("clients", "read")?;
+        let rows = client::Entity::find()
+            .select_only()
+            .columns([
+                client::Column::Id,
+                client::Column::NameKey,
+                client::Column::EmailKey,
+                client::Column::PhoneKey,
+                client::Column::Company,
+            ])
+            .filter(Self::live_client(permit.scope()))
+            .order_by_asc(client::Column::Id)
+            .into_tuple::<(Uuid, String, Option<String>, Option<String>, Option<String>)>()
+            .all(self.db.reader())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, name_key, email_key, phone_key, company)| ClientKeys {
+                id,
+                name_key,
+                email_key,
+                phone_key,
+                company,
+            })
+            .collect())
+    }
+
     /// One client in the caller's scope (`clients:read`); out of scope is a 404.
     pub async fn get_client(&self, permit: &Permit, id: Uuid) -> Result<Client> {
         permit.require("clients", "read")?;
@@ -722,6 +783,25 @@ impl Core {
             .changes(json!({"before": serde_json::to_value(&current).unwrap_or_default(), "after": null}));
         self.append(&txn, record).await?;
         txn.commit().await?;
+        Ok(())
+    }
+
+    /// Moves the records that belong to client `from` (its jobs today; documents and
+    /// recordings as those agents add tables) to client `to`, inside the caller's transaction.
+    pub async fn reassign_client_records(
+        &self,
+        conn: &impl ConnectionTrait,
+        from: Uuid,
+        to: Uuid,
+    ) -> Result<()> {
+        for table in CLIENT_OWNED_TABLES {
+            conn.execute_raw(Statement::from_sql_and_values(
+                conn.get_database_backend(),
+                format!("UPDATE {table} SET client_id = $1 WHERE client_id = $2"),
+                [to.into(), from.into()],
+            ))
+            .await?;
+        }
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod auth;
 pub mod clients;
+pub mod jobs;
 pub mod permissions;
 pub mod users;
 
@@ -60,6 +61,10 @@ pub struct Core {
     pub catalog: Arc<Catalog>,
     /// This process's view of the audit chain's last event.
     pub audit_head: audit::ChainHead,
+    /// Wakes this process's job workers.
+    pub job_signal: jobs::JobSignal,
+    /// File storage.
+    pub storage: crate::storage::Storage,
 }
 
 impl Core {
@@ -72,6 +77,7 @@ impl Core {
             None => None,
         };
         let secret = jwt_secret(&settings)?;
+        let storage = crate::storage::Storage::open(&settings.storage_url())?;
         let window = Duration::from_secs(settings.login_window_secs);
         let limiter = match &redis {
             Some((manager, _)) => RateLimiter::redis(manager.clone(), &settings.redis_prefix),
@@ -97,6 +103,8 @@ impl Core {
             limiter,
             catalog: Arc::new(Catalog::default()),
             audit_head: audit::ChainHead::default(),
+            job_signal: jobs::JobSignal::default(),
+            storage,
         })
     }
 

@@ -152,6 +152,11 @@ impl Core {
         self.find_user(id).await
     }
 
+    /// One user by id, for the core's own use and the agents' job contexts.
+    pub async fn user_by_id(&self, id: Uuid) -> Result<User> {
+        self.find_user(id).await
+    }
+
     /// One user by id, for the core's own use.
     pub(crate) async fn find_user(&self, id: Uuid) -> Result<User> {
         user::Entity::find_by_id(id)

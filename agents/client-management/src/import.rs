@@ -1,0 +1,255 @@
+//! CSV import: upsert by email, per-row errors, dry runs, progress.
+
+use agentdesk_agent_sdk::core::services::audit::Outcome;
+use agentdesk_agent_sdk::core::services::clients::ClientFields;
+use agentdesk_agent_sdk::core::services::permissions::{Need, Permit};
+use agentdesk_agent_sdk::{JobContext, JobError};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::{BATCH_ROWS, NAME};
+
+/// The import job's input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportArgs {
+    /// The uploaded CSV's storage key.
+    pub file_key: String,
+    /// Its size, for progress.
+    pub size: u64,
+    /// Validate and count, change nothing.
+    pub dry_run: bool,
+}
+
+/// One rejected row.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RowError {
+    /// The row's number in the file (the header is row 1).
+    pub row: u64,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// The import job's result.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImportResult {
+    /// New clients.
+    pub created: u64,
+    /// Clients found by email and changed.
+    pub updated: u64,
+    /// Rows that matched a client and changed nothing.
+    pub skipped: u64,
+    /// Rows rejected (at most the first 1000; `error_count` counts all).
+    pub errors: Vec<RowError>,
+    /// How many rows were rejected.
+    pub error_count: u64,
+    /// Whether nothing was written.
+    pub dry_run: bool,
+    /// Header columns that are not client fields (ignored).
+    pub ignored_columns: Vec<String>,
+}
+
+const MAX_REPORTED_ERRORS: usize = 1000;
+const KNOWN: [&str; 7] = [
+    "name", "email", "phone", "company", "status", "tags", "notes",
+];
+
+impl ImportResult {
+    fn reject(&mut self, row: u64, message: String) {
+        self.error_count += 1;
+        if self.errors.len() < MAX_REPORTED_ERRORS {
+            self.errors.push(RowError { row, message });
+        }
+    }
+}
+
+fn field_errors(e: agentdesk_agent_sdk::core::Error) -> String {
+    match e {
+        agentdesk_agent_sdk::core::Error::Validation(errors) => errors
+            .iter()
+            .map(|e| format!("{} {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => other.to_string(),
+    }
+}
+
+/// Runs an import job.
+pub async fn run(ctx: &JobContext) -> Result<Value, JobError> {
+    let args: ImportArgs = serde_json::from_value(ctx.job().args.clone())
+        .map_err(|e| JobError::Fatal(format!("bad import arguments: {e}")))?;
+    ctx.permit(&format!("agent:{NAME}"), "run", Need::AllClients)
+        .await?;
+    let permit = ctx.permit("clients", "write", Need::AllClients).await?;
+    let core = ctx.core();
+    let stream = core
+        .storage
+        .get_stream(&args.file_key)
+        .await
+        .map_err(JobError::from)?;
+    let read_bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = read_bytes.clone();
+    let stream = stream.inspect(move |chunk| {
+        if let Ok(chunk) = chunk {
+            counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let reader = tokio_util::io::StreamReader::new(stream);
+    let mut csv = csv_async::AsyncReaderBuilder::new()
+        .flexible(true)
+        .trim(csv_async::Trim::All)
+        .create_reader(reader);
+    let headers: Vec<String> = csv
+        .headers()
+        .await
+        .map_err(|e| JobError::Fatal(format!("the file is not CSV: {e}")))?
+        .iter()
+        .map(|h| h.trim().trim_start_matches('\u{feff}').to_lowercase())
+        .collect();
+    if !headers.iter().any(|h| h == "name") {
+        return Err(JobError::Fatal("the CSV has no `name` column".into()));
+    }
+    let mut result = ImportResult {
+        dry_run: args.dry_run,
+        ignored_columns: headers
+            .iter()
+            .filter(|h| !KNOWN.contains(&h.as_str()))
+            .cloned()
+            .collect(),
+        ..Default::default()
+    };
+    let mut batch: Vec<(u64, Map<String, Value>)> = Vec::with_capacity(BATCH_ROWS);
+    let mut records = csv.records();
+    let mut row = 1u64;
+    while let Some(record) = records.next().await {
+        row += 1;
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                result.reject(row, format!("unreadable row: {e}"));
+                continue;
+            }
+        };
+        let mut doc = Map::new();
+        for (header, value) in headers.iter().zip(record.iter()) {
+            if !KNOWN.contains(&header.as_str()) || value.is_empty() {
+                continue;
+            }
+            let value = if header == "tags" {
+                json!(
+                    value
+                        .split([';', '|'])
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .collect::<Vec<_>>()
+                )
+            } else {
+                Value::String(value.to_owned())
+            };
+            doc.insert(header.clone(), value);
+        }
+        batch.push((row, doc));
+        if batch.len() >= BATCH_ROWS {
+            write_batch(ctx, &permit, &mut batch, &mut result, args.dry_run).await?;
+            let done = read_bytes.load(std::sync::atomic::Ordering::Relaxed);
+            ctx.progress(((done * 100) / args.size.max(1)).min(99) as i32)
+                .await;
+            if ctx.is_cancelled() {
+                return Err(JobError::Fatal("cancelled".into()));
+            }
+        }
+    }
+    write_batch(ctx, &permit, &mut batch, &mut result, args.dry_run).await?;
+    if !args.dry_run {
+        let _ = core.storage.delete(&args.file_key).await;
+    }
+    serde_json::to_value(result).map_err(|e| JobError::Fatal(e.to_string()))
+}
+
+/// Writes one batch in one transaction: upsert by email, each change audited with it. A dry
+/// run does the same work and rolls back.
+async fn write_batch(
+    ctx: &JobContext,
+    permit: &Permit,
+    batch: &mut Vec<(u64, Map<String, Value>)>,
+    result: &mut ImportResult,
+    dry_run: bool,
+) -> Result<(), JobError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let core = ctx.core();
+    let txn = core.db.begin().await.map_err(JobError::from)?;
+    for (row, doc) in batch.drain(..) {
+        let incoming = Value::Object(doc.clone());
+        let existing = match doc.get("email").and_then(Value::as_str) {
+            Some(email) => core
+                .find_client_by_email(&txn, email)
+                .await
+                .map_err(JobError::from)?,
+            None => None,
+        };
+        match existing {
+            None => match ClientFields::from_json(&incoming) {
+                Err(e) => result.reject(row, field_errors(e)),
+                Ok(fields) => {
+                    let created = core
+                        .insert_client(&txn, &fields, Some(permit.user().id))
+                        .await;
+                    match created {
+                        Ok(client) => {
+                            let record = permit
+                                .audit("client.create", Outcome::Success)
+                                .resource("client", client.id)
+                                .client(Some(client.id))
+                                .changes(json!({"before": null, "after": client, "source": "import", "job_id": ctx.job().id}));
+                            core.append(&txn, record).await.map_err(JobError::from)?;
+                            result.created += 1;
+                        }
+                        Err(e) => result.reject(row, field_errors(e)),
+                    }
+                }
+            },
+            Some(current) => {
+                // The file's non-empty fields override; the rest stays.
+                let mut merged = ClientFields::from_client(&current).to_json();
+                if let (Some(base), Value::Object(new)) = (merged.as_object_mut(), incoming) {
+                    base.extend(new);
+                }
+                match ClientFields::from_json(&merged) {
+                    Err(e) => result.reject(row, field_errors(e)),
+                    Ok(fields) if fields == ClientFields::from_client(&current) => {
+                        result.skipped += 1
+                    }
+                    Ok(fields) => match core.write_client(&txn, current.id, &fields, None).await {
+                        Ok(updated) => {
+                            let changes = agentdesk_agent_sdk::core::services::audit::diff(
+                                &serde_json::to_value(&current).unwrap_or_default(),
+                                &serde_json::to_value(&updated).unwrap_or_default(),
+                                &[],
+                            );
+                            let record = permit
+                                .audit("client.update", Outcome::Success)
+                                .resource("client", current.id)
+                                .client(Some(current.id))
+                                .changes(changes);
+                            core.append(&txn, record).await.map_err(JobError::from)?;
+                            result.updated += 1;
+                        }
+                        Err(e) => result.reject(row, field_errors(e)),
+                    },
+                }
+            }
+        }
+    }
+    if dry_run {
+        txn.rollback()
+            .await
+            .map_err(|e| JobError::Retryable(e.to_string()))?;
+    } else {
+        txn.commit()
+            .await
+            .map_err(|e| JobError::Retryable(e.to_string()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,354 @@
+//! The job runner: claims the jobs of its agents, runs each under a lease that a heartbeat
+//! renews, honours cancellation, fires cron schedules, and on shutdown lets running jobs finish
+//! within the deadline, then hands the rest back to the queue.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agentdesk_core::Core;
+
+use chrono::Utc;
+use futures::FutureExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{Agent, JobContext, JobError};
+
+/// How a runner behaves.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// `in_process` (inside `serve`) or `worker` (a standalone `agentdesk worker`).
+    pub mode: &'static str,
+    /// Longest wait between looks at the queue when nothing wakes the runner.
+    pub poll_interval: Duration,
+    /// How long a claimed job is held without a heartbeat.
+    pub lease: Duration,
+    /// Jobs that may run at once per agent; agents not named use their own default.
+    pub concurrency: HashMap<String, usize>,
+    /// How long a shutdown waits for running jobs before handing them back.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            mode: "in_process",
+            poll_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(30),
+            concurrency: HashMap::new(),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+type Running = Arc<Mutex<HashMap<Uuid, CancellationToken>>>;
+
+/// Works the jobs of a set of agents in this process.
+pub struct Runner {
+    core: Core,
+    agents: Vec<Arc<dyn Agent>>,
+    config: RunnerConfig,
+    worker_id: String,
+}
+
+impl Runner {
+    /// A runner for `agents`.
+    pub fn new(core: Core, agents: Vec<Arc<dyn Agent>>, config: RunnerConfig) -> Self {
+        let worker_id = format!(
+            "{}-{}-{}",
+            config.mode,
+            std::process::id(),
+            Uuid::now_v7().simple()
+        );
+        Self {
+            core,
+            agents,
+            config,
+            worker_id,
+        }
+    }
+
+    /// This runner's id (as in the `workers` table and the jobs it holds).
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops gracefully.
+    pub async fn run(self, shutdown: CancellationToken) {
+        if self.agents.is_empty() {
+            shutdown.cancelled().await;
+            return;
+        }
+        let names: Vec<String> = self
+            .agents
+            .iter()
+            .map(|a| a.manifest().name.to_owned())
+            .collect();
+        tracing::info!(worker_id = %self.worker_id, agents = ?names, mode = self.config.mode, "job runner started");
+        let running: Running = Arc::new(Mutex::new(HashMap::new()));
+        let stop_side_tasks = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat_loop(
+            self.core.clone(),
+            self.worker_id.clone(),
+            names.clone(),
+            self.config.clone(),
+            running.clone(),
+            stop_side_tasks.clone(),
+        ));
+        let cron = tokio::spawn(cron_loop(
+            self.core.clone(),
+            self.agents.clone(),
+            stop_side_tasks.clone(),
+        ));
+        let slots: Vec<Arc<Semaphore>> = self
+            .agents
+            .iter()
+            .map(|a| {
+                let n = self
+                    .config
+                    .concurrency
+                    .get(a.manifest().name)
+                    .copied()
+                    .unwrap_or_else(|| a.concurrency());
+                Arc::new(Semaphore::new(n.max(1)))
+            })
+            .collect();
+        let signal = self.core.job_signal();
+        let mut tasks = JoinSet::new();
+        let mut last_rescue = Instant::now() - self.config.lease;
+        while !shutdown.is_cancelled() {
+            if last_rescue.elapsed() >= self.config.lease / 3 {
+                if let Err(e) = self.core.rescue_expired_jobs().await {
+                    tracing::warn!(error = %e, "could not rescue expired jobs");
+                }
+                last_rescue = Instant::now();
+            }
+            let mut claimed_any = false;
+            for (agent, slots) in self.agents.iter().zip(&slots) {
+                let free = slots.available_permits();
+                if free == 0 {
+                    continue;
+                }
+                let name = vec![agent.manifest().name.to_owned()];
+                let jobs = match self
+                    .core
+                    .claim_jobs(&self.worker_id, &name, free as u64, self.config.lease)
+                    .await
+                {
+                    Ok(jobs) => jobs,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not claim jobs");
+                        Vec::new()
+                    }
+                };
+                for job in jobs {
+                    claimed_any = true;
+                    let Ok(slot) = slots.clone().acquire_owned().await else {
+                        continue;
+                    };
+                    let token = CancellationToken::new();
+                    if let Ok(mut map) = running.lock() {
+                        map.insert(job.id, token.clone());
+                    }
+                    let ctx = JobContext {
+                        core: self.core.clone(),
+                        job,
+                        worker_id: self.worker_id.clone(),
+                        manifest: agent.manifest(),
+                        cancel: token.clone(),
+                    };
+                    let (agent, running) = (agent.clone(), running.clone());
+                    tasks.spawn(async move {
+                        run_job(agent, ctx, token, running).await;
+                        drop(slot);
+                    });
+                }
+            }
+            while tasks.try_join_next().is_some() {}
+            if !claimed_any {
+                tokio::select! {
+                    _ = signal.wait(self.config.poll_interval) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+        }
+
+        tracing::info!(worker_id = %self.worker_id, running = tasks.len(), "job runner stopping: waiting for running jobs");
+        let finished = tokio::time::timeout(self.config.shutdown_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            let ids: Vec<Uuid> = running
+                .lock()
+                .map(|m| m.keys().copied().collect())
+                .unwrap_or_default();
+            tasks.abort_all();
+            if let Err(e) = self.core.release_jobs(&self.worker_id, &ids).await {
+                tracing::error!(error = %e, "could not hand running jobs back; their leases will expire");
+            } else {
+                tracing::warn!(
+                    jobs = ids.len(),
+                    "shutdown deadline passed: running jobs went back to the queue"
+                );
+            }
+        }
+        stop_side_tasks.cancel();
+        let _ = heartbeat.await;
+        let _ = cron.await;
+        let _ = self.core.forget_worker(&self.worker_id).await;
+    }
+}
+
+async fn run_job(
+    agent: Arc<dyn Agent>,
+    ctx: JobContext,
+    token: CancellationToken,
+    running: Running,
+) {
+    let (core, id, worker) = (ctx.core.clone(), ctx.job.id, ctx.worker_id.clone());
+    let name = agent.manifest().name;
+    let started = Instant::now();
+    let outcome = tokio::select! {
+        result = AssertUnwindSafe(agent.handle(&ctx)).catch_unwind() => Some(result),
+        _ = token.cancelled() => None,
+    };
+    let label = match outcome {
+        None => {
+            if let Err(e) = core.finish_cancelled(&worker, id).await {
+                tracing::error!(error = %e, job_id = %id, "could not mark a cancelled job");
+            }
+            "cancelled"
+        }
+        Some(Ok(Ok(result))) => match core.complete_job(&worker, id, result).await {
+            Ok(true) => "succeeded",
+            Ok(false) => {
+                tracing::warn!(job_id = %id, "finished a job this worker no longer held (its lease had expired)");
+                "lost"
+            }
+            Err(e) => {
+                tracing::error!(error = %e, job_id = %id, "could not record a finished job; its lease will expire");
+                "lost"
+            }
+        },
+        Some(Ok(Err(error))) => {
+            let retryable = matches!(error, JobError::Retryable(_));
+            if let Err(e) = core
+                .fail_job(&worker, id, &error.to_string(), retryable)
+                .await
+            {
+                tracing::error!(error = %e, job_id = %id, "could not record a failed attempt");
+            }
+            "failed"
+        }
+        Some(Err(_panic)) => {
+            if let Err(e) = core
+                .fail_job(&worker, id, "the job handler panicked", true)
+                .await
+            {
+                tracing::error!(error = %e, job_id = %id, "could not record a failed attempt");
+            }
+            "panicked"
+        }
+    };
+    metrics::counter!("jobs_finished_total", "agent" => name, "outcome" => label).increment(1);
+    metrics::histogram!("job_duration_seconds", "agent" => name)
+        .record(started.elapsed().as_secs_f64());
+    if let Ok(mut map) = running.lock() {
+        map.remove(&id);
+    }
+}
+
+async fn heartbeat_loop(
+    core: Core,
+    worker_id: String,
+    agents: Vec<String>,
+    config: RunnerConfig,
+    running: Running,
+    stop: CancellationToken,
+) {
+    let started_at = Utc::now();
+    let every = (config.lease / 3).max(Duration::from_millis(100));
+    loop {
+        if let Err(e) = core
+            .worker_heartbeat(&worker_id, &agents, config.mode, started_at)
+            .await
+        {
+            tracing::warn!(error = %e, "worker heartbeat failed");
+        }
+        let ids: Vec<Uuid> = running
+            .lock()
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default();
+        match core.heartbeat_jobs(&worker_id, &ids, config.lease).await {
+            Ok(cancelled) => {
+                if let Ok(map) = running.lock() {
+                    for id in cancelled {
+                        if let Some(token) = map.get(&id) {
+                            token.cancel();
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "job lease renewal failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+async fn cron_loop(core: Core, agents: Vec<Arc<dyn Agent>>, stop: CancellationToken) {
+    let mut schedules = Vec::new();
+    for agent in &agents {
+        for spec in agent.cron() {
+            match croner::parser::CronParser::builder()
+                .seconds(croner::parser::Seconds::Optional)
+                .build()
+                .parse(&spec.cron)
+            {
+                Ok(cron) => schedules.push((spec, cron, None)),
+                Err(e) => {
+                    tracing::error!(schedule = %spec.name, error = %e, "invalid cron expression; schedule ignored")
+                }
+            }
+        }
+    }
+    if schedules.is_empty() {
+        return;
+    }
+    loop {
+        let now = Utc::now();
+        for (spec, cron, next) in schedules.iter_mut() {
+            let due = match next {
+                Some(at) => *at,
+                None => match cron.find_next_occurrence(&now, false) {
+                    Ok(at) => {
+                        *next = Some(at);
+                        at
+                    }
+                    Err(_) => continue,
+                },
+            };
+            if due <= now {
+                match core.fire_cron(&spec.name, due, (spec.job)()).await {
+                    Ok(Some(job)) => {
+                        tracing::info!(schedule = %spec.name, job_id = %job.id, tick = %due, "cron fired")
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(schedule = %spec.name, error = %e, "cron tick failed"),
+                }
+                *next = cron.find_next_occurrence(&due, false).ok();
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
