@@ -647,7 +647,7 @@ impl Core {
                 .await
                 .map_err(|e| map_unique(e, &EMAIL_UNIQUE, EMAIL_TAKEN))?,
         );
-        self.write_tags(conn, created.id, &f.tags).await?;
+        self.insert_tags(conn, created.id, &f.tags).await?;
         Ok(created)
     }
 
@@ -664,6 +664,16 @@ impl Core {
             [id.into()],
         ))
         .await?;
+        self.insert_tags(conn, id, tags).await
+    }
+
+    async fn insert_tags(
+        &self,
+        conn: &impl ConnectionTrait,
+        id: Uuid,
+        tags: &[String],
+    ) -> Result<()> {
+        let backend = conn.get_database_backend();
         for tag in tags {
             conn.execute_raw(Statement::from_sql_and_values(
                 backend,
