@@ -163,7 +163,7 @@ async fn a_thousand_jobs_four_workers_each_job_exactly_once() {
         stop.cancel();
         handle.await.unwrap();
     }
-    let runs = probe.runs.lock().unwrap();
+    let runs = probe.runs.lock().unwrap().clone();
     assert_eq!(runs.len(), 1000, "every job ran");
     assert!(runs.values().all(|&n| n == 1), "no job ran twice");
     for id in ids.iter().step_by(97) {
