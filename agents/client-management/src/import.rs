@@ -135,6 +135,11 @@ pub async fn run(ctx: &JobContext) -> Result<Value, JobError> {
             if !KNOWN.contains(&header.as_str()) || value.is_empty() {
                 continue;
             }
+            // Undo the export's formula defusing ('=..., '+..., ...), so an export imports back as it was.
+            let value = match value.strip_prefix('\'') {
+                Some(rest) if rest.starts_with(['=', '+', '-', '@', '\t', '\r']) => rest,
+                _ => value,
+            };
             let value = if header == "tags" {
                 json!(
                     value
