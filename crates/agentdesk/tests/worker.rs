@@ -1,0 +1,113 @@
+//! `agentdesk worker` as a separate process: it serves health and metrics, works the queue,
+//! and when it is killed with SIGKILL mid-job another worker completes the job.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agentdesk_tests::{TestEnv, TestApp};
+use serde_json::json;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn_worker(env: &TestEnv, storage: &str, data: &std::path::Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_agentdesk"))
+        .env_clear()
+        .env("AGENTDESK_DATA_DIR", data)
+        .env("AGENTDESK_DATABASE_URL", env.database_url())
+        .env("AGENTDESK_STORAGE_URL", storage)
+        .env("AGENTDESK_WORKER_BIND", format!("127.0.0.1:{port}"))
+        .env("AGENTDESK_JOB_LEASE_SECS", "2")
+        .env("AGENTDESK_JOB_POLL_MS", "100")
+        .env("AGENTDESK_JWT_SECRET", "test-secret-test-secret-test-secret-0123")
+        .env("AGENTDESK_LOG", "warn")
+        .args(["worker", "--agents", "client_management"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the worker starts")
+}
+
+#[tokio::test]
+async fn a_killed_workers_job_is_completed_by_another_worker() {
+    let env = TestEnv::new().await;
+    let files = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", files.path().display());
+    // The API instance runs no workers of its own.
+    let app = env.spawn(&[("agents", json!("none")), ("storage_url", json!(storage.clone()))]).await;
+    let admin = app.admin_token().await;
+    let rows = 20_000;
+    let mut csv = String::from("name,email,tags\n");
+    for i in 0..rows {
+        csv.push_str(&format!("Client {i},client{i}@example.com,batch\n"));
+    }
+    let r = TestApp::read(
+        app.client.post(format!("{}/api/v1/clients/import", app.base)).bearer_auth(&admin).header("content-type", "text/csv").body(csv).send().await.unwrap(),
+    )
+    .await;
+    r.expect(202, None);
+    let job_id: uuid::Uuid = r.json["id"].as_str().unwrap().parse().unwrap();
+
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut first = spawn_worker(&env, &storage, data.path(), port);
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/healthz")).send().await {
+            assert_eq!(r.status(), 200);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the worker serves /healthz");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = client.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert_eq!(client.get(format!("http://127.0.0.1:{port}/readyz")).send().await.unwrap().status(), 200);
+    // Wait until the first worker is in the middle of the job, then kill it.
+    loop {
+        let job = app.core.find_job(job_id).await.unwrap().unwrap();
+        if job.status == "running" && job.progress > 0 {
+            break;
+        }
+        assert!(job.status != "succeeded", "the import finished before it could be interrupted; make it longer");
+        assert!(started.elapsed() < Duration::from_secs(120), "the worker took the job: {job:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let agents = app.get("/api/v1/agents", &admin).await;
+    let cm = agents.json.as_array().unwrap().iter().find(|a| a["name"] == "client_management").unwrap().clone();
+    assert_eq!(cm["queue"]["running"], 1, "{cm}");
+
+    let mut second = spawn_worker(&env, &storage, data.path(), free_port());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let job = loop {
+        let job = app.core.find_job(job_id).await.unwrap().unwrap();
+        if job.status == "succeeded" || job.status == "failed" {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "the second worker completes the job: {job:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert_eq!(job.attempts, 2, "the killed attempt and the one that finished");
+    assert!(job.errors[0]["error"].as_str().unwrap().contains("lease expired"));
+    let result = job.result.unwrap();
+    let (created, skipped) = (result["created"].as_u64().unwrap(), result["skipped"].as_u64().unwrap());
+    assert_eq!(created + skipped, rows, "{result}");
+    // Every row exactly once: batches the killed worker committed are found by email, not duplicated.
+    let listed = app.get("/api/v1/clients?tag=batch&limit=1", &admin).await;
+    assert!(listed.json["next_cursor"].is_string());
+    use sea_orm::{ConnectionTrait, Statement};
+    let db = app.core.db.reader();
+    let row = db
+        .query_one_raw(Statement::from_string(db.get_database_backend(), "SELECT COUNT(*) FROM clients WHERE deleted_at IS NULL".to_owned()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.try_get_by_index::<i64>(0).unwrap() as u64, rows);
+}
