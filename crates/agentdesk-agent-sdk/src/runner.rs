@@ -170,8 +170,11 @@ impl Runner {
             }
             while tasks.try_join_next().is_some() {}
             if !claimed_any {
+                // Sleep until new jobs arrive, a running job finishes (a slot frees), the poll
+                // interval passes, or shutdown.
                 tokio::select! {
                     _ = signal.wait(self.config.poll_interval) => {}
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                     _ = shutdown.cancelled() => {}
                 }
             }

@@ -4,11 +4,15 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agentdesk_tests::{TestEnv, TestApp};
+use agentdesk_tests::{TestApp, TestEnv};
 use serde_json::json;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spawn_worker(env: &TestEnv, storage: &str, data: &std::path::Path, port: u16) -> Child {
@@ -20,7 +24,10 @@ fn spawn_worker(env: &TestEnv, storage: &str, data: &std::path::Path, port: u16)
         .env("AGENTDESK_WORKER_BIND", format!("127.0.0.1:{port}"))
         .env("AGENTDESK_JOB_LEASE_SECS", "2")
         .env("AGENTDESK_JOB_POLL_MS", "100")
-        .env("AGENTDESK_JWT_SECRET", "test-secret-test-secret-test-secret-0123")
+        .env(
+            "AGENTDESK_JWT_SECRET",
+            "test-secret-test-secret-test-secret-0123",
+        )
         .env("AGENTDESK_LOG", "warn")
         .args(["worker", "--agents", "client_management"])
         .stdout(Stdio::null())
@@ -35,7 +42,12 @@ async fn a_killed_workers_job_is_completed_by_another_worker() {
     let files = tempfile::tempdir().unwrap();
     let storage = format!("file://{}", files.path().display());
     // The API instance runs no workers of its own.
-    let app = env.spawn(&[("agents", json!("none")), ("storage_url", json!(storage.clone()))]).await;
+    let app = env
+        .spawn(&[
+            ("agents", json!("none")),
+            ("storage_url", json!(storage.clone())),
+        ])
+        .await;
     let admin = app.admin_token().await;
     let rows = 20_000;
     let mut csv = String::from("name,email,tags\n");
@@ -43,7 +55,14 @@ async fn a_killed_workers_job_is_completed_by_another_worker() {
         csv.push_str(&format!("Client {i},client{i}@example.com,batch\n"));
     }
     let r = TestApp::read(
-        app.client.post(format!("{}/api/v1/clients/import", app.base)).bearer_auth(&admin).header("content-type", "text/csv").body(csv).send().await.unwrap(),
+        app.client
+            .post(format!("{}/api/v1/clients/import", app.base))
+            .bearer_auth(&admin)
+            .header("content-type", "text/csv")
+            .body(csv)
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
     r.expect(202, None);
@@ -55,30 +74,62 @@ async fn a_killed_workers_job_is_completed_by_another_worker() {
     let client = reqwest::Client::new();
     let started = Instant::now();
     loop {
-        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/healthz")).send().await {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+        {
             assert_eq!(r.status(), 200);
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "the worker serves /healthz");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the worker serves /healthz"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let metrics = client.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap();
+    let metrics = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(metrics.status(), 200);
-    assert_eq!(client.get(format!("http://127.0.0.1:{port}/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // Wait until the first worker is in the middle of the job, then kill it.
     loop {
         let job = app.core.find_job(job_id).await.unwrap().unwrap();
         if job.status == "running" && job.progress > 0 {
             break;
         }
-        assert!(job.status != "succeeded", "the import finished before it could be interrupted; make it longer");
-        assert!(started.elapsed() < Duration::from_secs(120), "the worker took the job: {job:?}");
+        assert!(
+            job.status != "succeeded",
+            "the import finished before it could be interrupted; make it longer"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the worker took the job: {job:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     first.kill().unwrap();
     first.wait().unwrap();
     let agents = app.get("/api/v1/agents", &admin).await;
-    let cm = agents.json.as_array().unwrap().iter().find(|a| a["name"] == "client_management").unwrap().clone();
+    let cm = agents
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "client_management")
+        .unwrap()
+        .clone();
     assert_eq!(cm["queue"]["running"], 1, "{cm}");
 
     let mut second = spawn_worker(&env, &storage, data.path(), free_port());
@@ -88,16 +139,30 @@ async fn a_killed_workers_job_is_completed_by_another_worker() {
         if job.status == "succeeded" || job.status == "failed" {
             break job;
         }
-        assert!(Instant::now() < deadline, "the second worker completes the job: {job:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the second worker completes the job: {job:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     second.kill().unwrap();
     second.wait().unwrap();
     assert_eq!(job.status, "succeeded", "{job:?}");
-    assert_eq!(job.attempts, 2, "the killed attempt and the one that finished");
-    assert!(job.errors[0]["error"].as_str().unwrap().contains("lease expired"));
+    assert_eq!(
+        job.attempts, 2,
+        "the killed attempt and the one that finished"
+    );
+    assert!(
+        job.errors[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("lease expired")
+    );
     let result = job.result.unwrap();
-    let (created, skipped) = (result["created"].as_u64().unwrap(), result["skipped"].as_u64().unwrap());
+    let (created, skipped) = (
+        result["created"].as_u64().unwrap(),
+        result["skipped"].as_u64().unwrap(),
+    );
     assert_eq!(created + skipped, rows, "{result}");
     // Every row exactly once: batches the killed worker committed are found by email, not duplicated.
     let listed = app.get("/api/v1/clients?tag=batch&limit=1", &admin).await;
@@ -105,7 +170,10 @@ async fn a_killed_workers_job_is_completed_by_another_worker() {
     use sea_orm::{ConnectionTrait, Statement};
     let db = app.core.db.reader();
     let row = db
-        .query_one_raw(Statement::from_string(db.get_database_backend(), "SELECT COUNT(*) FROM clients WHERE deleted_at IS NULL".to_owned()))
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COUNT(*) FROM clients WHERE deleted_at IS NULL".to_owned(),
+        ))
         .await
         .unwrap()
         .unwrap();
