@@ -467,3 +467,20 @@ async fn client_scope_is_applied_in_the_query() {
     );
     let _ = unique_email("x");
 }
+
+#[tokio::test]
+async fn concurrent_patches_without_if_match_all_apply() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let c = create(&app, &admin, json!({"name": "Busy", "metadata": {}})).await;
+    let url = format!("/api/v1/clients/{}", c["id"].as_str().unwrap());
+    let patches: Vec<_> = (0..12)
+        .map(|i| app.patch(&url, &admin, json!({"metadata": {format!("k{i}"): i}})))
+        .collect();
+    for r in futures::future::join_all(patches).await {
+        r.expect(200, None);
+    }
+    let done = app.get(&url, &admin).await;
+    assert_eq!(done.json["version"], 13, "every patch applied, none lost");
+    assert_eq!(done.json["metadata"].as_object().unwrap().len(), 12);
+}

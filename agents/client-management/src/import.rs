@@ -5,6 +5,7 @@ use agentdesk_agent_sdk::core::services::clients::ClientFields;
 use agentdesk_agent_sdk::core::services::permissions::{Need, Permit};
 use agentdesk_agent_sdk::{JobContext, JobError};
 use futures::StreamExt;
+use sea_orm::ConnectionTrait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -167,6 +168,20 @@ pub async fn run(ctx: &JobContext) -> Result<Value, JobError> {
     write_batch(ctx, &permit, &mut batch, &mut result, args.dry_run).await?;
     if !args.dry_run {
         let _ = core.storage.delete(&args.file_key).await;
+        // A bulk load leaves the planner's statistics behind; refresh them so that lists and
+        // filters keep their plans (PostgreSQL; SQLite plans without them).
+        if result.created + result.updated > 1000
+            && core.db.kind() == agentdesk_agent_sdk::core::config::DatabaseKind::Postgres
+        {
+            let analyzed = core
+                .db
+                .writer()
+                .execute_unprepared("ANALYZE clients, client_tags")
+                .await;
+            if let Err(e) = analyzed {
+                tracing::warn!(error = %e, "ANALYZE after the import failed");
+            }
+        }
     }
     serde_json::to_value(result).map_err(|e| JobError::Fatal(e.to_string()))
 }

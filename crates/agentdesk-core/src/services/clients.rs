@@ -528,6 +528,20 @@ impl Core {
             .map(Client::from))
     }
 
+    /// A live client, locked for this transaction (`FOR UPDATE` on PostgreSQL; on SQLite the
+    /// write transaction already excludes other writers).
+    pub async fn lock_client(
+        &self,
+        conn: &impl ConnectionTrait,
+        id: Uuid,
+    ) -> Result<Option<Client>> {
+        let mut query = client::Entity::find_by_id(id).filter(client::Column::DeletedAt.is_null());
+        if conn.get_database_backend() == DatabaseBackend::Postgres {
+            query = query.lock_exclusive();
+        }
+        Ok(query.one(conn).await?.map(Client::from))
+    }
+
     /// The live client with this email (case-insensitively), without a scope check.
     pub async fn find_client_by_email(
         &self,
@@ -697,12 +711,19 @@ impl Core {
         if !patch.is_object() {
             return Err(Error::invalid("", "a merge patch must be a JSON object"));
         }
-        let current = self.scoped_client(permit, id).await?;
+        self.scoped_client(permit, id).await?;
+        let txn = self.db.begin().await?;
+        // Lock the row, so that concurrent patches queue instead of failing each other's
+        // version check; the merge applies to the version this transaction holds.
+        let current = self
+            .lock_client(&txn, id)
+            .await?
+            .ok_or(Error::NotFound("client"))?;
+        check_if_match(if_match, &current)?;
         let mut doc = ClientFields::from_client(&current).to_json();
         merge_patch(&mut doc, patch);
         let fields = ClientFields::from_json(&doc)?;
-        let txn = self.db.begin().await?;
-        let updated = self.write_client(&txn, id, &fields, if_match).await?;
+        let updated = self.write_client(&txn, id, &fields, None).await?;
         let changes = diff(
             &serde_json::to_value(&current).unwrap_or_default(),
             &serde_json::to_value(&updated).unwrap_or_default(),
