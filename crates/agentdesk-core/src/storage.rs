@@ -110,7 +110,13 @@ impl Storage {
     }
 
     fn path(&self, key: &str) -> Path {
-        self.prefix.child(key)
+        // `Path::from` splits on `/`, so `folder/uuid` stays two segments (child() would
+        // escape the slash into one).
+        if self.prefix.as_ref().is_empty() {
+            Path::from(key)
+        } else {
+            Path::from(format!("{}/{key}", self.prefix))
+        }
     }
 
     /// Streams `body` into a new object under `<folder>/<uuid>`, hashing and counting on the
