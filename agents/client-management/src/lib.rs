@@ -8,6 +8,7 @@
 mod duplicates;
 mod import;
 mod merge;
+mod routes;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use serde_json::Value;
 pub use duplicates::{DuplicateGroup, find_duplicates};
 pub use import::{ImportArgs, ImportResult, RowError};
 pub use merge::merge_clients;
+pub use routes::routes;
 
 /// The agent's name.
 pub const NAME: &str = "client_management";

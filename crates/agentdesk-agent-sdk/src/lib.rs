@@ -5,6 +5,12 @@
 //! a user's behalf), a job handler, and optional cron schedules. Agents know this SDK and the
 //! core, never the API crate.
 //!
+//! An agent contributes HTTP routes as a function of its crate,
+//! `pub fn routes<S>() -> utoipa_axum::router::OpenApiRouter<S> where Core: FromRef<S>`, whose
+//! handlers use the extractors and problem+json of [`http`] (so every route names its
+//! permission requirement with [`http::extractors::Authorized`]); the API mounts the routes
+//! and their OpenAPI description.
+//!
 //! A job acts for the user who started it. The [`JobContext`] hands the handler permits only
 //! for what both that user (now, not when the job was queued) and the agent's manifest allow;
 //! every core service that touches data requires such a permit.
@@ -12,6 +18,7 @@
 //! The [`Runner`] works the jobs of a set of agents. `agentdesk serve` runs one in the API
 //! process and `agentdesk worker` runs one alone: the same code path, two deployments.
 
+pub mod http;
 mod runner;
 
 use std::sync::Arc;
@@ -26,7 +33,10 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 pub use agentdesk_core as core;
+pub use axum;
 pub use runner::{Runner, RunnerConfig};
+pub use utoipa;
+pub use utoipa_axum;
 
 /// One action an agent declares for the permission catalog.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -4,10 +4,9 @@
 //! Handlers are thin: they parse with the extractors in [`extractors`], call one service of
 //! the core, and map the result; every error becomes problem+json in [`problem`].
 
-pub mod extractors;
+pub use agentdesk_agent_sdk::http::{extractors, problem};
 pub mod middleware;
 pub mod openapi;
-pub mod problem;
 pub mod system;
 pub mod v1;
 
@@ -42,6 +41,12 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The agents whose workers run in this process.
     pub in_process_agents: Arc<Vec<String>>,
+}
+
+impl axum::extract::FromRef<AppState> for Core {
+    fn from_ref(state: &AppState) -> Core {
+        state.core.clone()
+    }
 }
 
 /// The agents that have job handlers, ready for a runner.

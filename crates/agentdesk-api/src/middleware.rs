@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
@@ -14,23 +14,8 @@ use uuid::Uuid;
 
 use crate::problem::{PROBLEM_JSON, problem_response};
 
-/// The request's id, in the request's extensions.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
-/// The header that carries it.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-tokio::task_local! {
-    static CURRENT_REQUEST_ID: String;
-}
-
-/// The id of the request being handled (empty outside a request).
-pub fn current_request_id() -> String {
-    CURRENT_REQUEST_ID
-        .try_with(Clone::clone)
-        .unwrap_or_default()
-}
+use agentdesk_agent_sdk::http::with_request_id;
+pub use agentdesk_agent_sdk::http::{RequestId, X_REQUEST_ID, current_request_id};
 
 /// The route template that matched, carried on the response from the inner layer to the outer.
 #[derive(Debug, Clone)]
@@ -65,12 +50,8 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         user_id = tracing::field::Empty,
     );
     let started = Instant::now();
-    let response = CURRENT_REQUEST_ID
-        .scope(id.clone(), next.run(req).instrument(span.clone()))
-        .await;
-    let mut response = CURRENT_REQUEST_ID
-        .scope(id.clone(), ensure_problem(response))
-        .await;
+    let response = with_request_id(id.clone(), next.run(req).instrument(span.clone())).await;
+    let mut response = with_request_id(id.clone(), ensure_problem(response)).await;
     let elapsed = started.elapsed();
     let status = response.status();
     let route = response

@@ -21,6 +21,7 @@ use crate::AppState;
 use crate::extractors::{AppJson, AppQuery, AuditExport, AuditRead, AuditReadAll, Authorized};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::v1::users::parse_id;
+use agentdesk_agent_sdk::http::csv_cell;
 
 /// The routes of `/audit`.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -263,20 +264,6 @@ fn json_line(event: &AuditEvent) -> String {
     line
 }
 
-/// One CSV cell: quoted when needed, and defused when a spreadsheet would take it for a formula.
-pub fn csv_cell(value: &str) -> String {
-    let defused = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{value}")
-    } else {
-        value.to_owned()
-    };
-    if defused.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", defused.replace('"', "\"\""))
-    } else {
-        defused
-    }
-}
-
 fn csv_line(e: &AuditEvent) -> String {
     let opt = |v: &Option<String>| v.as_deref().map(csv_cell).unwrap_or_default();
     let uuid = |v: &Option<Uuid>| v.map(|u| u.to_string()).unwrap_or_default();
@@ -304,18 +291,4 @@ fn csv_line(e: &AuditEvent) -> String {
     let mut line = cells.join(",");
     line.push('\n');
     line
-}
-
-#[cfg(test)]
-mod tests {
-    use super::csv_cell;
-
-    #[test]
-    fn csv_cells_are_quoted_and_defused() {
-        assert_eq!(csv_cell("plain"), "plain");
-        assert_eq!(csv_cell("a,b"), "\"a,b\"");
-        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_cell("=cmd()"), "'=cmd()");
-        assert_eq!(csv_cell("-1,2"), "\"'-1,2\"");
-    }
 }

@@ -2,7 +2,6 @@
 
 pub mod audit;
 pub mod auth;
-pub mod client_management;
 pub mod clients;
 pub mod jobs;
 pub mod permissions;
@@ -18,7 +17,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(auth::routes())
         .merge(users::routes())
         .merge(clients::routes())
-        .merge(client_management::routes())
+        .merge(agentdesk_agent_client_management::routes())
         .merge(jobs::routes())
         .merge(permissions::routes())
         .merge(audit::routes())

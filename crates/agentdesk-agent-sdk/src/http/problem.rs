@@ -95,7 +95,7 @@ pub fn problem_response(
         status: status.as_u16(),
         detail,
         code: code.to_owned(),
-        request_id: crate::middleware::current_request_id(),
+        request_id: super::current_request_id(),
         errors,
     };
     let mut response = (status, Json(body)).into_response();

@@ -15,9 +15,11 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
-use crate::AppState;
-use crate::middleware::RequestId;
-use crate::problem::ApiError;
+use agentdesk_core::Core;
+use axum::extract::FromRef;
+
+use super::RequestId;
+use super::problem::ApiError;
 
 /// `Json<T>` whose rejections are problem+json: 400 malformed, 415 wrong media type, 413 too
 /// large, 422 for a missing or mistyped field (named in `errors`).
@@ -226,13 +228,14 @@ pub fn bearer_token(parts: &Parts) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-impl FromRequestParts<AppState> for AuthUser {
+impl<S> FromRequestParts<S> for AuthUser
+where
+    S: Send + Sync,
+    Core: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         if let Some(ctx) = parts.extensions.get::<AuthContext>() {
             return Ok(Self(ctx.clone()));
         }
@@ -243,7 +246,7 @@ impl FromRequestParts<AppState> for AuthUser {
                 "an access token is required (Authorization: Bearer)",
             ));
         };
-        let ctx = state.core.authenticate(token).await?;
+        let ctx = Core::from_ref(state).authenticate(token).await?;
         tracing::Span::current().record("user_id", tracing::field::display(ctx.user.id));
         parts.extensions.insert(ctx.clone());
         Ok(Self(ctx))
@@ -260,15 +263,17 @@ pub trait Requirement: Send + Sync + 'static {
     const NEED: Need;
 }
 
+/// Declares requirement marker types: `requirements! { /// doc\n Name = "resource", "action", AllClients; }`.
+#[macro_export]
 macro_rules! requirements {
     ($($(#[$doc:meta])* $name:ident = $resource:literal, $action:literal, $need:ident;)*) => {$(
         $(#[$doc])*
         #[derive(Debug, Clone, Copy)]
         pub struct $name;
-        impl Requirement for $name {
+        impl $crate::http::extractors::Requirement for $name {
             const RESOURCE: &'static str = $resource;
             const ACTION: &'static str = $action;
-            const NEED: Need = Need::$need;
+            const NEED: $crate::core::services::permissions::Need = $crate::core::services::permissions::Need::$need;
         }
     )*};
 }
@@ -288,8 +293,6 @@ requirements! {
     ClientsWrite = "clients", "write", SomeClients;
     /// `clients:delete`, within the caller's client scope.
     ClientsDelete = "clients", "delete", SomeClients;
-    /// `agent:client_management` `run`, within the caller's client scope.
-    ClientManagementRun = "agent:client_management", "run", SomeClients;
     /// `audit:read`, within the caller's client scope.
     AuditRead = "audit", "read", SomeClients;
     /// `audit:read` over the whole chain (verification).
@@ -303,17 +306,17 @@ requirements! {
 #[derive(Debug, Clone)]
 pub struct Authorized<R>(pub Permit, pub PhantomData<R>);
 
-impl<R: Requirement> FromRequestParts<AppState> for Authorized<R> {
+impl<R: Requirement, S> FromRequestParts<S> for Authorized<R>
+where
+    S: Send + Sync,
+    Core: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let AuthUser(ctx) = AuthUser::from_request_parts(parts, state).await?;
         let Ok(Meta(meta)) = Meta::from_request_parts(parts, state).await;
-        let permit = state
-            .core
+        let permit = Core::from_ref(state)
             .authorize(
                 Actor::from_request(&ctx, meta),
                 R::RESOURCE,
@@ -329,13 +332,14 @@ impl<R: Requirement> FromRequestParts<AppState> for Authorized<R> {
 #[derive(Debug, Clone)]
 pub struct Meta(pub RequestMeta);
 
-impl FromRequestParts<AppState> for Meta {
+impl<S> FromRequestParts<S> for Meta
+where
+    S: Send + Sync,
+    Core: FromRef<S>,
+{
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let request_id = parts
             .extensions
             .get::<RequestId>()
@@ -348,7 +352,7 @@ impl FromRequestParts<AppState> for Meta {
             .map(str::to_owned);
         Ok(Self(RequestMeta {
             request_id,
-            ip: client_ip(parts, state.core.settings.trust_forwarded_for),
+            ip: client_ip(parts, Core::from_ref(state).settings.trust_forwarded_for),
             user_agent,
         }))
     }

@@ -1,17 +1,19 @@
-//! The client_management agent's routes: import (a job), export, duplicates, merge. Each needs
-//! `agent:client_management` `run` and the `clients` actions it performs, within client scope.
+//! The routes this agent contributes (the API mounts them): import (a job), export, duplicates,
+//! merge. Each needs `agent:client_management` `run` and the `clients` actions it performs,
+//! within client scope.
 
-use agentdesk_agent_client_management::{
-    DuplicateGroup, IMPORT, ImportArgs, NAME, find_duplicates, merge_clients,
-};
-use agentdesk_core::models::client::Client;
-use agentdesk_core::services::audit::Outcome;
-use agentdesk_core::services::clients::{ClientFilter, ClientSort};
-use agentdesk_core::services::jobs::NewJob;
-use agentdesk_core::services::permissions::{Actor, Need, Permit};
-use agentdesk_core::storage::UploadError;
+use agentdesk_agent_sdk::core::Core;
+use agentdesk_agent_sdk::core::models::client::Client;
+use agentdesk_agent_sdk::core::services::audit::Outcome;
+use agentdesk_agent_sdk::core::services::clients::{ClientFilter, ClientSort};
+use agentdesk_agent_sdk::core::services::jobs::NewJob;
+use agentdesk_agent_sdk::core::services::permissions::{Need, Permit};
+use agentdesk_agent_sdk::core::storage::UploadError;
+use agentdesk_agent_sdk::http::csv_cell;
+use agentdesk_agent_sdk::http::extractors::{AppJson, AppQuery, Authorized};
+use agentdesk_agent_sdk::http::problem::{ApiError, ApiResult, Problem};
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, Multipart, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -21,13 +23,19 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::AppState;
-use crate::extractors::{AppJson, AppQuery, Authorized, ClientManagementRun, Meta};
-use crate::problem::{ApiError, ApiResult, Problem};
-use crate::v1::audit::csv_cell;
+use crate::{DuplicateGroup, IMPORT, ImportArgs, NAME, find_duplicates, merge_clients};
 
-/// The routes.
-pub fn routes() -> OpenApiRouter<AppState> {
+agentdesk_agent_sdk::requirements! {
+    /// `agent:client_management` `run`, within the caller's client scope.
+    ClientManagementRun = "agent:client_management", "run", SomeClients;
+}
+
+/// The routes this agent contributes, over any state that holds the core.
+pub fn routes<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Core: FromRef<S>,
+{
     let upload = OpenApiRouter::new()
         .routes(routes!(import))
         .layer(DefaultBodyLimit::disable());
@@ -39,14 +47,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 async fn also(
-    state: &AppState,
+    core: &Core,
     permit: &Permit,
     resource: &str,
     action: &str,
     need: Need,
 ) -> ApiResult<Permit> {
-    Ok(state
-        .core
+    Ok(core
         .authorize(permit.actor().clone(), resource, action, need)
         .await?)
 }
@@ -77,20 +84,20 @@ fn looks_like_text(first: &[u8]) -> bool {
 #[utoipa::path(post, path = "/api/v1/clients/import", tag = "client_management", params(ImportQuery),
     request_body(content = String, content_type = "text/csv"), security(("bearer" = [])),
     responses(
-        (status = 202, description = "The import job; its result is {created, updated, skipped, errors}", body = agentdesk_core::models::job::Job),
+        (status = 202, description = "The import job; its result is {created, updated, skipped, errors}", body = agentdesk_agent_sdk::core::models::job::Job),
         (status = 403, description = "Not permitted", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Over the upload limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not CSV", body = Problem, content_type = "application/problem+json"),
     ))]
 #[tracing::instrument(skip_all)]
 async fn import(
-    State(state): State<AppState>,
+    State(core): State<Core>,
     Authorized(permit, _): Authorized<ClientManagementRun>,
     AppQuery(query): AppQuery<ImportQuery>,
     request: Request,
 ) -> ApiResult<Response> {
-    also(&state, &permit, "clients", "write", Need::AllClients).await?;
-    let limit = state.core.settings.max_upload_mb * 1024 * 1024;
+    also(&core, &permit, "clients", "write", Need::AllClients).await?;
+    let limit = core.settings.max_upload_mb * 1024 * 1024;
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -98,7 +105,7 @@ async fn import(
         .unwrap_or("")
         .to_ascii_lowercase();
     let stored = if content_type.starts_with("multipart/form-data") {
-        let mut multipart = Multipart::from_request(request, &state)
+        let mut multipart = Multipart::from_request(request, &core)
             .await
             .map_err(|e| ApiError::http(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
         let mut stored = None;
@@ -108,16 +115,19 @@ async fn import(
             .map_err(|e| ApiError::http(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?
         {
             if field.name() == Some("file") {
-                stored = Some(store(&state, field.map_err(std::io::Error::other), limit).await?);
+                stored = Some(store(&core, field.map_err(std::io::Error::other), limit).await?);
                 break;
             }
         }
         stored.ok_or_else(|| {
-            agentdesk_core::Error::invalid("file", "a multipart field named `file` is required")
+            agentdesk_agent_sdk::core::Error::invalid(
+                "file",
+                "a multipart field named `file` is required",
+            )
         })?
     } else if content_type.starts_with("text/csv") || content_type.starts_with("application/csv") {
         store(
-            &state,
+            &core,
             request
                 .into_body()
                 .into_data_stream()
@@ -138,21 +148,21 @@ async fn import(
     let mut new = NewJob::new(
         NAME,
         IMPORT,
-        serde_json::to_value(&args).map_err(agentdesk_core::Error::internal)?,
+        serde_json::to_value(&args).map_err(agentdesk_agent_sdk::core::Error::internal)?,
     );
     new.created_by = Some(permit.user().id);
     new.max_attempts = 3;
-    let txn = state.core.db.begin().await.map_err(ApiError::from)?;
-    let job = state.core.enqueue(&txn, new).await?;
+    let txn = core.db.begin().await.map_err(ApiError::from)?;
+    let job = core.enqueue(&txn, new).await?;
     let record = permit
         .audit("client.import", Outcome::Success)
         .resource("job", job.id)
         .changes(serde_json::json!({"size": stored.size, "sha256": stored.sha256, "dry_run": args.dry_run}));
-    state.core.append(&txn, record).await?;
+    core.append(&txn, record).await?;
     txn.commit()
         .await
-        .map_err(|e| ApiError::from(agentdesk_core::Error::from(e)))?;
-    state.core.wake_workers().await;
+        .map_err(|e| ApiError::from(agentdesk_agent_sdk::core::Error::from(e)))?;
+    core.wake_workers().await;
     let mut response = (StatusCode::ACCEPTED, AppJson(job.clone())).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/jobs/{}", job.id)) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -160,13 +170,13 @@ async fn import(
     Ok(response)
 }
 
-async fn store<S>(
-    state: &AppState,
-    body: S,
+async fn store<B>(
+    core: &Core,
+    body: B,
     limit: u64,
-) -> ApiResult<agentdesk_core::storage::StoredFile>
+) -> ApiResult<agentdesk_agent_sdk::core::storage::StoredFile>
 where
-    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin,
+    B: Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin,
 {
     let mut body = body.peekable();
     if let Some(Ok(first)) = std::pin::Pin::new(&mut body).peek().await
@@ -174,9 +184,7 @@ where
     {
         return Err(unsupported("the upload is not text, so it is not CSV"));
     }
-    state
-        .core
-        .storage
+    core.storage
         .put_stream("imports", body, limit)
         .await
         .map_err(|e| match e {
@@ -233,7 +241,7 @@ fn csv_row(c: &Client) -> String {
     ))]
 #[tracing::instrument(skip_all)]
 async fn export(
-    State(state): State<AppState>,
+    State(core): State<Core>,
     Authorized(permit, _): Authorized<ClientManagementRun>,
     AppQuery(query): AppQuery<ExportQuery>,
 ) -> ApiResult<Response> {
@@ -248,8 +256,8 @@ async fn export(
             ));
         }
     };
-    let read = also(&state, &permit, "clients", "read", Need::SomeClients).await?;
-    let core = state.core.clone();
+    let read = also(&core, &permit, "clients", "read", Need::SomeClients).await?;
+    let core = core.clone();
     // Page through the scope by id; only one page is in memory at a time.
     let pages = futures::stream::unfold(
         (Some(String::new()), core, read),
@@ -322,11 +330,11 @@ async fn export(
     ))]
 #[tracing::instrument(skip_all)]
 async fn duplicates(
-    State(state): State<AppState>,
+    State(core): State<Core>,
     Authorized(permit, _): Authorized<ClientManagementRun>,
 ) -> ApiResult<AppJson<Vec<DuplicateGroup>>> {
-    let read = also(&state, &permit, "clients", "read", Need::SomeClients).await?;
-    Ok(AppJson(find_duplicates(&state.core, &read).await?))
+    let read = also(&core, &permit, "clients", "read", Need::SomeClients).await?;
+    Ok(AppJson(find_duplicates(&core, &read).await?))
 }
 
 /// A merge.
@@ -348,22 +356,13 @@ pub struct MergeRequest {
     ))]
 #[tracing::instrument(skip_all)]
 async fn merge(
-    State(state): State<AppState>,
+    State(core): State<Core>,
     Authorized(permit, _): Authorized<ClientManagementRun>,
-    Meta(_meta): Meta,
     AppJson(body): AppJson<MergeRequest>,
 ) -> ApiResult<AppJson<Client>> {
-    let write = also(&state, &permit, "clients", "write", Need::SomeClients).await?;
-    let delete = also(&state, &permit, "clients", "delete", Need::SomeClients).await?;
-    let _ = Actor::from_request;
+    let write = also(&core, &permit, "clients", "write", Need::SomeClients).await?;
+    let delete = also(&core, &permit, "clients", "delete", Need::SomeClients).await?;
     Ok(AppJson(
-        merge_clients(
-            &state.core,
-            &write,
-            &delete,
-            body.target_id,
-            &body.source_ids,
-        )
-        .await?,
+        merge_clients(&core, &write, &delete, body.target_id, &body.source_ids).await?,
     ))
 }

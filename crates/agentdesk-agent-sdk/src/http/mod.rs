@@ -1,0 +1,62 @@
+//! HTTP for agents and the API alike: problem+json errors, the extractors every handler uses
+//! (authentication, the `Authorized<R>` permission gate, JSON/query/form wrappers), and the
+//! request id. An agent contributes routes as a `utoipa_axum` router over any state `S` from
+//! which the [`Core`](agentdesk_core::Core) can be had (`Core: FromRef<S>`); the API mounts them.
+
+pub mod extractors;
+pub mod problem;
+
+use std::future::Future;
+
+use axum::http::HeaderName;
+
+/// The request's id, in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The header that carries it.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+tokio::task_local! {
+    static CURRENT_REQUEST_ID: String;
+}
+
+/// The id of the request being handled (empty outside a request).
+pub fn current_request_id() -> String {
+    CURRENT_REQUEST_ID
+        .try_with(Clone::clone)
+        .unwrap_or_default()
+}
+
+/// Runs `f` with `id` as the current request id (what problem bodies report).
+pub async fn with_request_id<F: Future>(id: String, f: F) -> F::Output {
+    CURRENT_REQUEST_ID.scope(id, f).await
+}
+
+/// One CSV cell: quoted when needed, and defused when a spreadsheet would take it for a formula.
+pub fn csv_cell(value: &str) -> String {
+    let defused = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{value}")
+    } else {
+        value.to_owned()
+    };
+    if defused.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", defused.replace('"', "\"\""))
+    } else {
+        defused
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_cell;
+
+    #[test]
+    fn csv_cells_are_quoted_and_defused() {
+        assert_eq!(csv_cell("plain"), "plain");
+        assert_eq!(csv_cell("a,b"), "\"a,b\"");
+        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_cell("=cmd()"), "'=cmd()");
+        assert_eq!(csv_cell("-1,2"), "\"'-1,2\"");
+    }
+}
