@@ -200,15 +200,22 @@ async fn write_batch(
     }
     let core = ctx.core();
     let txn = core.db.begin().await.map_err(JobError::from)?;
+    // One lookup for the batch; clients created or changed earlier in it are tracked here.
+    let emails: Vec<String> = batch
+        .iter()
+        .filter_map(|(_, doc)| doc.get("email").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    let mut known = core
+        .find_clients_by_emails(&txn, &emails)
+        .await
+        .map_err(JobError::from)?;
     for (row, doc) in batch.drain(..) {
         let incoming = Value::Object(doc.clone());
-        let existing = match doc.get("email").and_then(Value::as_str) {
-            Some(email) => core
-                .find_client_by_email(&txn, email)
-                .await
-                .map_err(JobError::from)?,
-            None => None,
-        };
+        let email_key = doc
+            .get("email")
+            .and_then(Value::as_str)
+            .map(str::to_lowercase);
+        let existing = email_key.as_ref().and_then(|k| known.get(k).cloned());
         match existing {
             None => match ClientFields::from_json(&incoming) {
                 Err(e) => result.reject(row, field_errors(e)),
@@ -243,6 +250,9 @@ async fn write_batch(
                     }
                     Ok(fields) => match core.write_client(&txn, current.id, &fields, None).await {
                         Ok(updated) => {
+                            if let Some(key) = &email_key {
+                                known.insert(key.clone(), updated.clone());
+                            }
                             let changes = agentdesk_agent_sdk::core::services::audit::diff(
                                 &serde_json::to_value(&current).unwrap_or_default(),
                                 &serde_json::to_value(&updated).unwrap_or_default(),

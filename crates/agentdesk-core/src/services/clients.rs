@@ -542,6 +542,28 @@ impl Core {
         Ok(query.one(conn).await?.map(Client::from))
     }
 
+    /// The live clients with these emails (case-insensitively), keyed by lowercased email,
+    /// without a scope check: one query for a whole import batch.
+    pub async fn find_clients_by_emails(
+        &self,
+        conn: &impl ConnectionTrait,
+        emails: &[String],
+    ) -> Result<std::collections::HashMap<String, Client>> {
+        if emails.is_empty() {
+            return Ok(Default::default());
+        }
+        let keys: Vec<String> = emails.iter().map(|e| e.to_lowercase()).collect();
+        let rows = client::Entity::find()
+            .filter(client::Column::EmailKey.is_in(keys))
+            .filter(client::Column::DeletedAt.is_null())
+            .all(conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|m| m.email_key.clone().map(|k| (k, Client::from(m))))
+            .collect())
+    }
+
     /// The live client with this email (case-insensitively), without a scope check.
     pub async fn find_client_by_email(
         &self,
@@ -687,15 +709,25 @@ impl Core {
         id: Uuid,
         tags: &[String],
     ) -> Result<()> {
-        let backend = conn.get_database_backend();
-        for tag in tags {
-            conn.execute_raw(Statement::from_sql_and_values(
-                backend,
-                "INSERT INTO client_tags (client_id, tag) VALUES ($1, $2)",
-                [id.into(), tag.clone().into()],
-            ))
-            .await?;
+        if tags.is_empty() {
+            return Ok(());
         }
+        // One statement for all of a client's tags.
+        let rows: Vec<String> = (0..tags.len())
+            .map(|i| format!("($1, ${})", i + 2))
+            .collect();
+        let mut values: Vec<sea_orm::Value> = vec![id.into()];
+        values.extend(tags.iter().map(|t| sea_orm::Value::from(t.clone())));
+        let sql = format!(
+            "INSERT INTO client_tags (client_id, tag) VALUES {}",
+            rows.join(", ")
+        );
+        conn.execute_raw(Statement::from_sql_and_values(
+            conn.get_database_backend(),
+            sql,
+            values,
+        ))
+        .await?;
         Ok(())
     }
 
