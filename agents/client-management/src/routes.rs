@@ -9,9 +9,9 @@ use agentdesk_agent_sdk::core::services::clients::{ClientFilter, ClientSort};
 use agentdesk_agent_sdk::core::services::jobs::NewJob;
 use agentdesk_agent_sdk::core::services::permissions::{Need, Permit};
 use agentdesk_agent_sdk::core::storage::UploadError;
-use agentdesk_agent_sdk::http::csv_cell;
 use agentdesk_agent_sdk::http::extractors::{AppJson, AppQuery, Authorized};
 use agentdesk_agent_sdk::http::problem::{ApiError, ApiResult, Problem};
+use agentdesk_agent_sdk::http::{ExportFormat, csv_cell};
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, Multipart, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -245,17 +245,8 @@ async fn export(
     Authorized(permit, _): Authorized<ClientManagementRun>,
     AppQuery(query): AppQuery<ExportQuery>,
 ) -> ApiResult<Response> {
-    let csv = match query.format.as_deref().unwrap_or("csv") {
-        "csv" => true,
-        "jsonl" => false,
-        other => {
-            return Err(ApiError::http(
-                StatusCode::BAD_REQUEST,
-                "invalid_parameter",
-                format!("format `{other}` is not csv or jsonl"),
-            ));
-        }
-    };
+    let format = ExportFormat::parse(query.format.as_deref(), ExportFormat::Csv)?;
+    let csv = format == ExportFormat::Csv;
     let read = also(&core, &permit, "clients", "read", Need::SomeClients).await?;
     let core = core.clone();
     // Page through the scope by id; only one page is in memory at a time.
@@ -305,21 +296,7 @@ async fn export(
     } else {
         Body::from_stream(pages)
     };
-    let (content_type, name) = if csv {
-        ("text/csv; charset=utf-8", "clients.csv")
-    } else {
-        ("application/x-ndjson", "clients.jsonl")
-    };
-    let mut response = body.into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_DISPOSITION, v);
-    }
-    Ok(response)
+    Ok(format.attachment(body, "clients"))
 }
 
 /// Likely duplicates among the clients in the caller's scope.

@@ -33,6 +33,52 @@ pub async fn with_request_id<F: Future>(id: String, f: F) -> F::Output {
     CURRENT_REQUEST_ID.scope(id, f).await
 }
 
+/// The formats of a streamed export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// `text/csv`.
+    Csv,
+    /// JSON Lines, `application/x-ndjson`.
+    Jsonl,
+}
+
+impl ExportFormat {
+    /// Parses `?format=`: `csv` or `jsonl`, `default` when absent; anything else is a 400.
+    pub fn parse(raw: Option<&str>, default: Self) -> Result<Self, problem::ApiError> {
+        match raw {
+            None => Ok(default),
+            Some("csv") => Ok(Self::Csv),
+            Some("jsonl") => Ok(Self::Jsonl),
+            Some(other) => Err(problem::ApiError::http(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_parameter",
+                format!("format `{other}` is not csv or jsonl"),
+            )),
+        }
+    }
+
+    /// A download response: the body with its content type and `attachment; filename=<stem>.<ext>`.
+    pub fn attachment(self, body: axum::body::Body, stem: &str) -> axum::response::Response {
+        use axum::http::{HeaderValue, header};
+        use axum::response::IntoResponse;
+        let (content_type, ext) = match self {
+            Self::Csv => ("text/csv; charset=utf-8", "csv"),
+            Self::Jsonl => ("application/x-ndjson", "jsonl"),
+        };
+        let mut response = body.into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{stem}.{ext}\""))
+        {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_DISPOSITION, value);
+        }
+        response
+    }
+}
+
 /// One CSV cell: quoted when needed, and defused when a spreadsheet would take it for a formula.
 pub fn csv_cell(value: &str) -> String {
     let defused = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {

@@ -5,8 +5,8 @@ use agentdesk_core::pagination::{DEFAULT_LIMIT, MAX_LIMIT};
 use agentdesk_core::services::audit::{AuditFilter, Outcome, Verification};
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
@@ -21,7 +21,7 @@ use crate::AppState;
 use crate::extractors::{AppJson, AppQuery, AuditExport, AuditRead, AuditReadAll, Authorized};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::v1::users::parse_id;
-use agentdesk_agent_sdk::http::csv_cell;
+use agentdesk_agent_sdk::http::{ExportFormat, csv_cell};
 
 /// The routes of `/audit`.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -201,17 +201,8 @@ async fn export(
     Authorized(permit, _): Authorized<AuditExport>,
     AppQuery(query): AppQuery<EventQuery>,
 ) -> ApiResult<Response> {
-    let csv = match query.format.as_deref().unwrap_or("jsonl") {
-        "csv" => true,
-        "jsonl" => false,
-        other => {
-            return Err(ApiError::http(
-                StatusCode::BAD_REQUEST,
-                "invalid_parameter",
-                format!("format `{other}` is not csv or jsonl"),
-            ));
-        }
-    };
+    let format = ExportFormat::parse(query.format.as_deref(), ExportFormat::Jsonl)?;
+    let csv = format == ExportFormat::Csv;
     let filter = query.filter(permit.scope().as_filter())?;
     let record = permit
         .audit("audit.export", Outcome::Success)
@@ -239,21 +230,7 @@ async fn export(
     } else {
         Body::from_stream(rows)
     };
-    let (content_type, name) = if csv {
-        ("text/csv; charset=utf-8", "audit-events.csv")
-    } else {
-        ("application/x-ndjson", "audit-events.jsonl")
-    };
-    let mut response = body.into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_DISPOSITION, value);
-    }
-    Ok(response)
+    Ok(format.attachment(body, "audit-events"))
 }
 
 const CSV_HEADER: &str = "id,seq,at,actor_id,actor_email,action,resource_type,resource_id,client_id,outcome,ip,user_agent,request_id,changes,prev_hash,hash\n";

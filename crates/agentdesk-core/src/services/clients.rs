@@ -278,6 +278,25 @@ pub struct ClientKeys {
     pub company: Option<String>,
 }
 
+/// The columns that the editable fields determine (values and their normalised keys).
+fn fields_model(f: &ClientFields) -> client::ActiveModel {
+    client::ActiveModel {
+        name: Set(f.name.clone()),
+        name_key: Set(f.name.to_lowercase()),
+        email: Set(f.email.clone()),
+        email_key: Set(f.email.as_ref().map(|e| e.to_lowercase())),
+        phone: Set(f.phone.clone()),
+        phone_key: Set(f.phone.as_deref().map(phone_key)),
+        company: Set(f.company.clone()),
+        status: Set(f.status.clone()),
+        tags: Set(json!(f.tags)),
+        notes: Set(f.notes.clone()),
+        metadata: Set(f.metadata.clone()),
+        search_text: Set(search_text(f)),
+        ..Default::default()
+    }
+}
+
 /// Filters of the client list.
 #[derive(Debug, Clone, Default)]
 pub struct ClientFilter {
@@ -659,23 +678,12 @@ impl Core {
         let now = Utc::now().trunc_subsecs(6);
         let model = client::ActiveModel {
             id: Set(Uuid::now_v7()),
-            name: Set(f.name.clone()),
-            name_key: Set(f.name.to_lowercase()),
-            email: Set(f.email.clone()),
-            email_key: Set(f.email.as_ref().map(|e| e.to_lowercase())),
-            phone: Set(f.phone.clone()),
-            phone_key: Set(f.phone.as_deref().map(phone_key)),
-            company: Set(f.company.clone()),
-            status: Set(f.status.clone()),
-            tags: Set(json!(f.tags)),
-            notes: Set(f.notes.clone()),
-            metadata: Set(f.metadata.clone()),
-            search_text: Set(search_text(f)),
             version: Set(1),
             created_at: Set(now),
             updated_at: Set(now),
             created_by: Set(created_by),
             deleted_at: Set(None),
+            ..fields_model(f)
         };
         let created = Client::from(
             model
@@ -791,21 +799,9 @@ impl Core {
         let now = Utc::now().trunc_subsecs(6);
         let model = client::ActiveModel {
             id: Set(id),
-            name: Set(f.name.clone()),
-            name_key: Set(f.name.to_lowercase()),
-            email: Set(f.email.clone()),
-            email_key: Set(f.email.as_ref().map(|e| e.to_lowercase())),
-            phone: Set(f.phone.clone()),
-            phone_key: Set(f.phone.as_deref().map(phone_key)),
-            company: Set(f.company.clone()),
-            status: Set(f.status.clone()),
-            tags: Set(json!(f.tags)),
-            notes: Set(f.notes.clone()),
-            metadata: Set(f.metadata.clone()),
-            search_text: Set(search_text(f)),
             version: Set(current.version + 1),
             updated_at: Set(now),
-            ..Default::default()
+            ..fields_model(f)
         };
         // The version in the WHERE clause makes the check and the write one atomic step.
         let result = client::Entity::update_many()
