@@ -15,7 +15,6 @@ use moka::future::Cache;
 use redis::AsyncCommands;
 use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::database::Database;
@@ -64,7 +63,6 @@ pub struct Caches {
     sessions: Cache<Uuid, AuthContext>,
     grants: Cache<Uuid, Arc<Vec<Grant>>>,
     remote: Remote,
-    local: broadcast::Sender<Invalidation>,
 }
 
 impl std::fmt::Debug for Caches {
@@ -101,12 +99,10 @@ impl Caches {
             .max_capacity(100_000)
             .time_to_live(Duration::from_secs(30))
             .build();
-        let (local, _) = broadcast::channel(1024);
         Self {
             sessions,
             grants,
             remote,
-            local,
         }
     }
 
@@ -128,11 +124,6 @@ impl Caches {
     /// Caches a user's effective grants.
     pub async fn put_grants(&self, user_id: Uuid, grants: Arc<Vec<Grant>>) {
         self.grants.insert(user_id, grants).await;
-    }
-
-    /// Listens to invalidations (for caches that live outside this struct, such as grants).
-    pub fn subscribe(&self) -> broadcast::Receiver<Invalidation> {
-        self.local.subscribe()
     }
 
     /// Applies an invalidation here, now, then tells the other instances.
@@ -185,7 +176,6 @@ impl Caches {
                 self.grants.invalidate_all();
             }
         }
-        let _ = self.local.send(what.clone());
     }
 
     /// Starts the task that applies other instances' invalidations here. Returns at once.

@@ -61,19 +61,26 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+/// Cuts `limit + 1` fetched rows to a page: the extra row only says there is more, and then
+/// the last kept row's key is where the next page starts.
+pub fn split_page<T, K>(
+    mut rows: Vec<T>,
+    limit: u64,
+    key_of: impl Fn(&T) -> K,
+) -> (Vec<T>, Option<K>) {
+    let more = rows.len() as u64 > limit;
+    rows.truncate(limit as usize);
+    let next = if more { rows.last().map(key_of) } else { None };
+    (rows, next)
+}
+
 impl<T> Page<T> {
     /// Builds a page from `limit + 1` fetched rows: the extra row only says there is more.
-    pub fn from_rows(mut rows: Vec<T>, request: PageRequest, id_of: impl Fn(&T) -> Uuid) -> Self {
-        let more = rows.len() as u64 > request.limit;
-        rows.truncate(request.limit as usize);
-        let next_cursor = if more {
-            rows.last().map(|r| encode_cursor(id_of(r)))
-        } else {
-            None
-        };
+    pub fn from_rows(rows: Vec<T>, request: PageRequest, id_of: impl Fn(&T) -> Uuid) -> Self {
+        let (items, next) = split_page(rows, request.limit, id_of);
         Self {
-            items: rows,
-            next_cursor,
+            items,
+            next_cursor: next.map(encode_cursor),
         }
     }
 

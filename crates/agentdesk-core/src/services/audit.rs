@@ -331,7 +331,9 @@ pub async fn append(
             .execute_raw(Statement::from_sql_and_values(backend, sql, values))
             .await?;
         if inserted.rows_affected() == 1 {
-            head.set(event.seq, &event.hash);
+            if postgres {
+                head.set(event.seq, &event.hash);
+            }
             return Ok(event);
         }
         // The cached head was stale; the next turn reads it from the table (under the lock).
@@ -436,19 +438,13 @@ impl Core {
         if let Some(seq) = before_seq {
             condition = condition.add(audit::Column::Seq.lt(seq));
         }
-        let mut rows = audit::Entity::find()
+        let rows = audit::Entity::find()
             .filter(condition)
             .order_by_desc(audit::Column::Seq)
             .limit(limit + 1)
             .all(self.db.reader())
             .await?;
-        let more = rows.len() as u64 > limit;
-        rows.truncate(limit as usize);
-        let next = if more {
-            rows.last().map(|r| r.seq)
-        } else {
-            None
-        };
+        let (rows, next) = crate::pagination::split_page(rows, limit, |r| r.seq);
         Ok((rows.into_iter().map(AuditEvent::from).collect(), next))
     }
 

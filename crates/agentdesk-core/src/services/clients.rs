@@ -506,28 +506,22 @@ impl Core {
         if let Some(col) = key_column {
             query = query.order_by(col, order.clone());
         }
-        let mut rows = query
+        let rows = query
             .order_by(client::Column::Id, order)
             .limit(limit + 1)
             .all(self.db.reader())
             .await?;
-        let more = rows.len() as u64 > limit;
-        rows.truncate(limit as usize);
-        let next_cursor = if more {
-            rows.last().map(|last| {
-                let k = match sort {
-                    ClientSort::NameAsc | ClientSort::NameDesc => Some(last.name_key.clone()),
-                    ClientSort::UpdatedAsc | ClientSort::UpdatedDesc => Some(
-                        last.updated_at
-                            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-                    ),
-                    _ => None,
-                };
-                encode_cursor(&Cursor { k, id: last.id })
-            })
-        } else {
-            None
-        };
+        let (rows, next_cursor) = crate::pagination::split_page(rows, limit, |last| {
+            let k = match sort {
+                ClientSort::NameAsc | ClientSort::NameDesc => Some(last.name_key.clone()),
+                ClientSort::UpdatedAsc | ClientSort::UpdatedDesc => Some(
+                    last.updated_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                ),
+                _ => None,
+            };
+            encode_cursor(&Cursor { k, id: last.id })
+        });
         Ok(ClientPage {
             items: rows.into_iter().map(Client::from).collect(),
             next_cursor,
@@ -581,20 +575,6 @@ impl Core {
             .into_iter()
             .filter_map(|m| m.email_key.clone().map(|k| (k, Client::from(m))))
             .collect())
-    }
-
-    /// The live client with this email (case-insensitively), without a scope check.
-    pub async fn find_client_by_email(
-        &self,
-        conn: &impl ConnectionTrait,
-        email: &str,
-    ) -> Result<Option<Client>> {
-        Ok(client::Entity::find()
-            .filter(client::Column::EmailKey.eq(email.to_lowercase()))
-            .filter(client::Column::DeletedAt.is_null())
-            .one(conn)
-            .await?
-            .map(Client::from))
     }
 
     /// The matching keys of every live client in the permit's scope, for duplicate detection.

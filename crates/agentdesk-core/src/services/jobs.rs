@@ -533,19 +533,13 @@ impl Core {
         if let Some(after) = after {
             c = c.add(job::Column::Id.lt(after));
         }
-        let mut rows = job::Entity::find()
+        let rows = job::Entity::find()
             .filter(c)
             .order_by_desc(job::Column::Id)
             .limit(limit + 1)
             .all(self.db.reader())
             .await?;
-        let more = rows.len() as u64 > limit;
-        rows.truncate(limit as usize);
-        let next = if more {
-            rows.last().map(|r| r.id)
-        } else {
-            None
-        };
+        let (rows, next) = crate::pagination::split_page(rows, limit, |r| r.id);
         Ok((rows.into_iter().map(Job::from).collect(), next))
     }
 
