@@ -203,6 +203,7 @@ impl TestApp {
     }
 
     async fn start(settings: Settings, env: Option<Arc<TestEnv>>) -> Self {
+        use_pdf_extract_child();
         let app = Application::build(settings).await.expect("the app starts");
         let addr = app.local_addr();
         let core = app.core().clone();
@@ -549,5 +550,119 @@ mod postgres {
             });
         });
         let _ = handle.join();
+    }
+}
+
+/// Points the PDF agent at this package's `pdf-extract-child` binary: a test's own executable is
+/// the test harness, which has no `pdf-extract` subcommand. Cargo builds the binary beside the
+/// test executables' `deps` folder.
+pub fn use_pdf_extract_child() {
+    let program = std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.parent()
+                .and_then(|deps| deps.parent())
+                .map(|dir| dir.join("pdf-extract-child"))
+        })
+        .filter(|p| p.exists())
+        .expect("the pdf-extract-child binary is built beside the tests (cargo test builds it)");
+    agentdesk_agent_pdf_processing::set_extractor_command(
+        agentdesk_agent_pdf_processing::ExtractorCommand {
+            program,
+            args: Vec::new(),
+        },
+    );
+}
+
+/// A small valid PDF whose pages show `pages` (one line of Helvetica text each), with a correct
+/// cross-reference table: for tests that must not depend on the corpus.
+pub fn tiny_pdf(pages: &[&str]) -> Vec<u8> {
+    let n = pages.len();
+    // Objects: 1 catalog, 2 pages, 3 font, then per page: page object and content stream.
+    let mut objects: Vec<String> = Vec::new();
+    objects.push("<< /Type /Catalog /Pages 2 0 R >>".into());
+    let kids: Vec<String> = (0..n).map(|i| format!("{} 0 R", 4 + 2 * i)).collect();
+    objects.push(format!(
+        "<< /Type /Pages /Kids [{}] /Count {n} >>",
+        kids.join(" ")
+    ));
+    objects.push("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".into());
+    for (i, text) in pages.iter().enumerate() {
+        let escaped = text
+            .replace('\\', "\\\\")
+            .replace('(', "\\(")
+            .replace(')', "\\)");
+        let content = format!("BT /F1 12 Tf 72 720 Td ({escaped}) Tj ET");
+        objects.push(format!(
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> /Contents {} 0 R >>",
+            5 + 2 * i
+        ));
+        objects.push(format!(
+            "<< /Length {} >>\nstream\n{content}\nendstream",
+            content.len()
+        ));
+    }
+    let mut out = b"%PDF-1.4\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, body) in objects.iter().enumerate() {
+        offsets.push(out.len());
+        out.extend_from_slice(format!("{} 0 obj\n{body}\nendobj\n", i + 1).as_bytes());
+    }
+    let xref = out.len();
+    out.extend_from_slice(
+        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+    );
+    for offset in offsets {
+        out.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
+    }
+    out.extend_from_slice(
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            objects.len() + 1
+        )
+        .as_bytes(),
+    );
+    out
+}
+
+impl TestApp {
+    /// Uploads `bytes` as `filename` for `client_id`.
+    pub async fn upload_document(
+        &self,
+        token: &str,
+        client_id: &str,
+        filename: &str,
+        bytes: Vec<u8>,
+    ) -> Reply {
+        let part = reqwest::multipart::Part::bytes(bytes).file_name(filename.to_owned());
+        let response = self
+            .client
+            .post(format!(
+                "{}/api/v1/clients/{client_id}/documents",
+                self.base
+            ))
+            .bearer_auth(token)
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+            .await
+            .expect("upload");
+        Self::read(response).await
+    }
+
+    /// Polls a document until it is no longer `processing` (at most `within`), and returns it.
+    pub async fn processed_document(&self, token: &str, id: &str, within: Duration) -> Value {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let reply = self.get(&format!("/api/v1/documents/{id}"), token).await;
+            reply.expect(200, None);
+            if reply.json["status"] != "processing" {
+                return reply.json;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "document {id} still processing after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

@@ -63,6 +63,13 @@ const TABLE: &[Row] = &[
     row("get",    "/api/v1/clients/export",                  Some(&[("agent:client_management", &["run"]), ("clients", &["read"])]), [200, 403, 200, 200]),
     row("get",    "/api/v1/clients/duplicates",              Some(&[("agent:client_management", &["run"]), ("clients", &["read"])]), [200, 403, 200, 200]),
     row("post",   "/api/v1/clients/merge",                   Some(&[("agent:client_management", &["run"]), ("clients", &["write", "delete"])]), [200, 403, 200, 404]),
+    row("post",   "/api/v1/clients/{client_id}/documents",   Some(&[("agent:pdf_processing", &["upload"])]), [202, 403, 202, 404]),
+    row("get",    "/api/v1/clients/{client_id}/documents",   Some(&[("agent:pdf_processing", &["read"])]),   [200, 403, 200, 404]),
+    row("get",    "/api/v1/documents/{id}",                  Some(&[("agent:pdf_processing", &["read"])]),   [200, 403, 200, 404]),
+    row("get",    "/api/v1/documents/{id}/text",             Some(&[("agent:pdf_processing", &["read"])]),   [200, 403, 200, 404]),
+    row("get",    "/api/v1/documents/{id}/file",             Some(&[("agent:pdf_processing", &["read"])]),   [200, 403, 200, 404]),
+    row("get",    "/api/v1/documents/search",                Some(&[("agent:pdf_processing", &["read"])]),   [200, 403, 200, 200]),
+    row("delete", "/api/v1/documents/{id}",                  Some(&[("agent:pdf_processing", &["delete"])]), [204, 403, 204, 404]),
     row("get",    "/api/v1/agents",                          None,                                  [200, 200, 200, 200]),
     row("get",    "/api/v1/jobs",                            None,                                  [200, 200, 200, 200]),
     row("get",    "/api/v1/jobs/{id}",                       None,                                  [200, 404, 404, 404]),
@@ -116,6 +123,22 @@ impl Ctx<'_> {
         );
         core.db.writer().execute_unprepared(&sql).await.unwrap();
         job.id.to_string()
+    }
+
+    /// A fresh document (of a fresh client) to act on.
+    async fn document(&self) -> String {
+        let client = self.client().await;
+        let r = self
+            .app
+            .upload_document(
+                &self.admin,
+                &client,
+                "matrix.pdf",
+                agentdesk_tests::tiny_pdf(&["Matrix"]),
+            )
+            .await;
+        r.expect(202, None);
+        r.json["id"].as_str().unwrap().to_owned()
     }
 
     /// A fresh client to act on.
@@ -182,6 +205,15 @@ impl Ctx<'_> {
                 let (target, source) = (self.client().await, self.client().await);
                 app.post("/api/v1/clients/merge", t, json!({"target_id": target, "source_ids": [source]})).await
             }
+            ("post", "/api/v1/clients/{client_id}/documents") => {
+                app.upload_document(t, &self.client().await, "matrix.pdf", agentdesk_tests::tiny_pdf(&["Matrix"])).await
+            }
+            ("get", "/api/v1/clients/{client_id}/documents") => app.get(&format!("/api/v1/clients/{}/documents", self.client().await), t).await,
+            ("get", "/api/v1/documents/{id}") => app.get(&format!("/api/v1/documents/{}", self.document().await), t).await,
+            ("get", "/api/v1/documents/{id}/text") => app.get(&format!("/api/v1/documents/{}/text", self.document().await), t).await,
+            ("get", "/api/v1/documents/{id}/file") => app.get(&format!("/api/v1/documents/{}/file", self.document().await), t).await,
+            ("get", "/api/v1/documents/search") => app.get("/api/v1/documents/search?q=matrix", t).await,
+            ("delete", "/api/v1/documents/{id}") => app.delete(&format!("/api/v1/documents/{}", self.document().await), t).await,
             ("get", "/api/v1/agents") => app.get("/api/v1/agents", t).await,
             ("get", "/api/v1/jobs") => app.get("/api/v1/jobs", t).await,
             ("get", "/api/v1/jobs/{id}") => app.get(&format!("/api/v1/jobs/{}", self.job("queued").await), t).await,

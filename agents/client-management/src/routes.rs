@@ -8,10 +8,9 @@ use agentdesk_agent_sdk::core::services::audit::Outcome;
 use agentdesk_agent_sdk::core::services::clients::{ClientFilter, ClientSort};
 use agentdesk_agent_sdk::core::services::jobs::NewJob;
 use agentdesk_agent_sdk::core::services::permissions::{Need, Permit};
-use agentdesk_agent_sdk::core::storage::UploadError;
 use agentdesk_agent_sdk::http::extractors::{AppJson, AppQuery, Authorized};
 use agentdesk_agent_sdk::http::problem::{ApiError, ApiResult, Problem};
-use agentdesk_agent_sdk::http::{ExportFormat, csv_cell};
+use agentdesk_agent_sdk::http::{ExportFormat, csv_cell, store_upload, unsupported_media_type};
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, Multipart, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -64,14 +63,6 @@ async fn also(
 pub struct ImportQuery {
     /// Validate and count, change nothing.
     pub dry_run: Option<bool>,
-}
-
-fn unsupported(detail: &str) -> ApiError {
-    ApiError::http(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-        detail,
-    )
 }
 
 /// Refuses bytes that are not text (a NUL byte in the first chunk), whatever the file is called.
@@ -136,7 +127,7 @@ async fn import(
         )
         .await?
     } else {
-        return Err(unsupported(
+        return Err(unsupported_media_type(
             "send the CSV as multipart/form-data (field `file`) or as text/csv",
         ));
     };
@@ -182,22 +173,11 @@ where
     if let Some(Ok(first)) = std::pin::Pin::new(&mut body).peek().await
         && !looks_like_text(first)
     {
-        return Err(unsupported("the upload is not text, so it is not CSV"));
+        return Err(unsupported_media_type(
+            "the upload is not text, so it is not CSV",
+        ));
     }
-    core.storage
-        .put_stream("imports", body, limit)
-        .await
-        .map_err(|e| match e {
-            UploadError::TooLarge { limit } => ApiError::http(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the file is larger than {} MiB", limit / 1024 / 1024),
-            ),
-            UploadError::Interrupted(m) => {
-                ApiError::http(StatusCode::BAD_REQUEST, "bad_request", m)
-            }
-            UploadError::Store(e) => e.into(),
-        })
+    store_upload(core, "imports", body, limit).await
 }
 
 /// Export format.

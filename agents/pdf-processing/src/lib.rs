@@ -1,11 +1,37 @@
-//! The `pdf_processing` agent: PDF upload, text and metadata extraction, field detection and full-text search.
+//! The `pdf_processing` agent: PDF upload, text and metadata extraction, field detection and
+//! full-text search.
 //!
-//! For now only its manifest: the permission catalog lists its resource and actions.
+//! An upload stores the file and queues a processing job in one transaction. The job streams
+//! the file into a child process (`agentdesk pdf-extract`) that limits its own memory and CPU
+//! time, so a hostile PDF can only kill that child; the parent adds a wall-clock limit and a cap
+//! on the answer's size. Pages, metadata and fields are then stored with the document's status
+//! in one transaction, and the page text is indexed for search (FTS5 on SQLite, tsvector on
+//! PostgreSQL).
 
-use agentdesk_agent_sdk::{ActionSpec, Manifest};
+pub mod child;
+pub mod documents;
+pub mod extract;
+pub mod fields;
+pub mod isolate;
+pub mod ocr;
+mod process;
+mod routes;
+pub mod search;
+
+use std::sync::Arc;
+
+use agentdesk_agent_sdk::{ActionSpec, Agent, JobContext, JobError, Manifest};
+use serde_json::Value;
+
+pub use child::child_main;
+pub use isolate::{ExtractorCommand, set_extractor_command};
+pub use process::{ProcessArgs, isolation_limits};
+pub use routes::routes;
 
 /// The agent's name.
 pub const NAME: &str = "pdf_processing";
+/// The job kind that processes an uploaded document.
+pub const PROCESS: &str = "process";
 
 /// The agent's manifest.
 pub fn manifest() -> Manifest {
@@ -28,5 +54,35 @@ pub fn manifest() -> Manifest {
             },
         ],
         uses: vec![],
+    }
+}
+
+/// The agent.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PdfProcessing;
+
+/// The agent, ready for a runner.
+pub fn agent() -> Arc<dyn Agent> {
+    Arc::new(PdfProcessing)
+}
+
+#[async_trait::async_trait]
+impl Agent for PdfProcessing {
+    fn manifest(&self) -> Manifest {
+        manifest()
+    }
+
+    async fn handle(&self, ctx: &JobContext) -> Result<Value, JobError> {
+        match ctx.job().kind.as_str() {
+            PROCESS => process::run(ctx).await,
+            other => Err(JobError::Fatal(format!(
+                "pdf_processing has no job kind `{other}`"
+            ))),
+        }
+    }
+
+    /// Each job runs a child process that may use a core fully.
+    fn concurrency(&self) -> usize {
+        2
     }
 }

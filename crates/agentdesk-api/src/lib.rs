@@ -4,6 +4,8 @@
 //! Handlers are thin: they parse with the extractors in [`extractors`], call one service of
 //! the core, and map the result; every error becomes problem+json in [`problem`].
 
+/// The entry point of `agentdesk pdf-extract`, the PDF agent's isolated extraction process.
+pub use agentdesk_agent_pdf_processing::child_main as pdf_extract_main;
 pub use agentdesk_agent_sdk::http::{extractors, problem};
 pub mod middleware;
 pub mod openapi;
@@ -51,7 +53,10 @@ impl axum::extract::FromRef<AppState> for Core {
 
 /// The agents that have job handlers, ready for a runner.
 pub fn agents() -> Vec<Arc<dyn Agent>> {
-    vec![agentdesk_agent_client_management::agent()]
+    vec![
+        agentdesk_agent_client_management::agent(),
+        agentdesk_agent_pdf_processing::agent(),
+    ]
 }
 
 /// The runner configuration from the settings.

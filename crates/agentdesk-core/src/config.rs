@@ -111,6 +111,16 @@ pub struct Settings {
     pub shutdown_timeout_secs: u64,
     /// How long an authenticated session stays cached in an instance before it is checked again.
     pub session_cache_ttl_secs: u64,
+    /// Wall-clock limit of one PDF's extraction (its child process is killed after it), in seconds.
+    pub pdf_timeout_secs: u64,
+    /// Address-space limit of the PDF extraction child process, in MiB.
+    pub pdf_max_memory_mb: u64,
+    /// Documents with more pages fail with `pdf_limit_exceeded`.
+    pub pdf_max_pages: u64,
+    /// OCR pages without a text layer (when the binary is built with the `ocr` feature).
+    pub pdf_ocr: bool,
+    /// Tesseract languages for OCR (`eng`, `eng+fra`).
+    pub pdf_ocr_languages: String,
 }
 
 impl Default for Settings {
@@ -138,6 +148,11 @@ impl Default for Settings {
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 14 * 24 * 3600,
             login_max_failures_per_email: 5,
+            pdf_timeout_secs: 120,
+            pdf_max_memory_mb: 2048,
+            pdf_max_pages: 20_000,
+            pdf_ocr: true,
+            pdf_ocr_languages: "eng".into(),
             login_max_failures_per_ip: 50,
             login_window_secs: 15 * 60,
             cors_origins: String::new(),
@@ -281,6 +296,26 @@ impl Settings {
         }
         if let Err(message) = self.agent_concurrency() {
             return bad("agent_concurrency", message);
+        }
+        if !(1..=3600).contains(&self.pdf_timeout_secs) {
+            return bad("pdf_timeout_secs", "must be between 1 and 3600".into());
+        }
+        if !(64..=65_536).contains(&self.pdf_max_memory_mb) {
+            return bad("pdf_max_memory_mb", "must be between 64 and 65536".into());
+        }
+        if self.pdf_max_pages == 0 {
+            return bad("pdf_max_pages", "must be positive".into());
+        }
+        if self.pdf_ocr_languages.is_empty()
+            || !self
+                .pdf_ocr_languages
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '_')
+        {
+            return bad(
+                "pdf_ocr_languages",
+                "Tesseract language codes joined by `+`, such as `eng+fra`".into(),
+            );
         }
         if self.request_timeout_secs == 0 {
             return bad("request_timeout_secs", "must be positive".into());

@@ -80,6 +80,12 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    // The PDF agent's extraction child: no configuration, no logging, only stdin to stdout.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("pdf-extract") {
+        let code = agentdesk_api::pdf_extract_main(&args[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse();
     if let Command::Openapi = cli.command {
         return match serde_json::to_string_pretty(&agentdesk_api::openapi()) {

@@ -93,6 +93,44 @@ pub fn csv_cell(value: &str) -> String {
     }
 }
 
+/// Streams an upload into storage under `folder`, enforcing `limit` bytes while it streams:
+/// 413 `payload_too_large` past the limit, 400 when the client stops sending midway.
+pub async fn store_upload<B>(
+    core: &agentdesk_core::Core,
+    folder: &str,
+    body: B,
+    limit: u64,
+) -> Result<agentdesk_core::storage::StoredFile, problem::ApiError>
+where
+    B: futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send + Unpin,
+{
+    use agentdesk_core::storage::UploadError;
+    use axum::http::StatusCode;
+    core.storage
+        .put_stream(folder, body, limit)
+        .await
+        .map_err(|e| match e {
+            UploadError::TooLarge { limit } => problem::ApiError::http(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the file is larger than {} MiB", limit / 1024 / 1024),
+            ),
+            UploadError::Interrupted(m) => {
+                problem::ApiError::http(StatusCode::BAD_REQUEST, "bad_request", m)
+            }
+            UploadError::Store(e) => e.into(),
+        })
+}
+
+/// 415 `unsupported_media_type` with `detail`.
+pub fn unsupported_media_type(detail: &str) -> problem::ApiError {
+    problem::ApiError::http(
+        axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        detail,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::csv_cell;

@@ -18,6 +18,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(users::routes())
         .merge(clients::routes())
         .merge(agentdesk_agent_client_management::routes())
+        .merge(agentdesk_agent_pdf_processing::routes())
         .merge(jobs::routes())
         .merge(permissions::routes())
         .merge(audit::routes())

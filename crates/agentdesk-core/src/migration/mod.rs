@@ -7,6 +7,7 @@ mod m0001_users_sessions;
 mod m0002_permissions_audit;
 mod m0003_clients;
 mod m0004_jobs;
+mod m0005_documents;
 
 /// Applies the schema, in order. A migration, once released, is never edited: add a new one.
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_permissions_audit::Migration),
             Box::new(m0003_clients::Migration),
             Box::new(m0004_jobs::Migration),
+            Box::new(m0005_documents::Migration),
         ]
     }
 }
