@@ -508,9 +508,15 @@ fn index(corpus: &std::path::Path) -> HashMap<String, HashMap<String, String>> {
         .collect()
 }
 
-/// Words that our extraction does not give back as pdftotext does, so search cannot find
-/// them: right-to-left text comes out in visual order. Listed so that the gap stays visible.
-const KNOWN_SEARCH_MISSES: &[&str] = &[];
+/// Documents whose distinctive word our extraction (pdf_oxide 0.3.78) does not give back as
+/// pdftotext does, so search cannot find it. Listed so that the gap stays visible:
+/// - simple3: the Japanese line of page 1 is in a CID font pdf_oxide does not map to Unicode;
+/// - arabi-samplebook: Latin transliteration inside right-to-left lines comes out reversed
+///   (`nhAC` for `CAhn`).
+const KNOWN_SEARCH_MISSES: &[&str] = &[
+    "good/pdfminer__simple3.pdf",
+    "good/tl-arabic__arabi-samplebook.pdf",
+];
 
 #[tokio::test]
 async fn whole_corpus() {

@@ -158,7 +158,7 @@ pub struct SearchHit {
     pub page: i32,
     /// An HTML-escaped excerpt with hits in `<mark>`.
     pub snippet: String,
-    /// Relevance; higher is better (BM25 on SQLite, `ts_rank_cd` on PostgreSQL).
+    /// Relevance; higher is better (BM25 on SQLite, `ts_rank_cd` over page length on PostgreSQL).
     pub score: f64,
 }
 
@@ -341,19 +341,23 @@ pub async fn store_extraction(
     Ok(true)
 }
 
-/// Marks a document failed without pages (the job gave up).
-pub async fn mark_failed(
+/// Marks a document that is still `processing` as failed with `processing_failed` (its job
+/// gave up); a document that was settled meanwhile keeps its state.
+pub async fn mark_processing_failed(
     conn: &impl ConnectionTrait,
     id: Uuid,
-    code: &str,
     message: &str,
 ) -> Result<(), Error> {
     Entity::update_many()
         .col_expr(Column::Status, Expr::value(status::FAILED))
-        .col_expr(Column::ErrorCode, Expr::value(Some(code.to_owned())))
-        .col_expr(Column::ErrorMessage, Expr::value(Some(message.to_owned())))
+        .col_expr(Column::ErrorCode, Expr::value(Some("processing_failed")))
+        .col_expr(
+            Column::ErrorMessage,
+            Expr::value(Some(format!("processing failed: {message}"))),
+        )
         .col_expr(Column::ProcessedAt, Expr::value(Some(Utc::now())))
         .filter(Column::Id.eq(id))
+        .filter(Column::Status.eq(status::PROCESSING))
         .exec(conn)
         .await?;
     Ok(())
@@ -413,16 +417,14 @@ pub async fn search(
     let mut values: Vec<SqlValue> = Vec::new();
     let mut conditions: Vec<String> = Vec::new();
     let (from, score) = if backend == DatabaseBackend::Postgres {
-        let mut parts = Vec::new();
-        for phrase in terms.tsquery_phrases() {
-            values.push(phrase.into());
-            parts.push(format!("phraseto_tsquery('simple', ${})", values.len()));
-        }
-        let tsquery = parts.join(" && ");
+        values.push(terms.tsquery().into());
+        let tsquery = format!("to_tsquery('simple', ${})", values.len());
         conditions.push(format!("p.tsv @@ ({tsquery})"));
         (
             "document_pages p".to_owned(),
-            format!("ts_rank_cd(p.tsv, ({tsquery}))"),
+            // Normalised by page length, as BM25 is, so a short page that is about the word
+            // ranks above a long one that mentions it in passing.
+            format!("ts_rank_cd(p.tsv, ({tsquery}), 2)"),
         )
     } else {
         values.push(terms.fts5().into());

@@ -14,6 +14,7 @@ use crate::fields::{Fields, find_fields};
 
 /// Bounds on one extraction; the child process adds memory and CPU-time limits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Limits {
     /// Documents with more pages fail with `pdf_limit_exceeded`.
     pub max_pages: usize,
@@ -27,6 +28,8 @@ pub struct Limits {
     pub ocr_max_pixels: u64,
     /// Tesseract languages (`eng`, `eng+fra`).
     pub ocr_languages: String,
+    /// Threads that read pages at once (0: one per CPU, at most 4).
+    pub threads: usize,
 }
 
 impl Default for Limits {
@@ -38,6 +41,7 @@ impl Default for Limits {
             ocr: true,
             ocr_max_pixels: 40_000_000,
             ocr_languages: "eng".into(),
+            threads: 0,
         }
     }
 }
@@ -259,25 +263,23 @@ fn extract_inner(bytes: Vec<u8>, limits: &Limits) -> Extraction {
     }
     let mut total_chars = 0usize;
     let mut unreadable = 0usize;
-    for index in 0..count {
+    let texts = read_pages(&doc, count, limits.threads);
+    for (index, (raw, error)) in texts.into_iter().enumerate() {
         let number = u32::try_from(index + 1).unwrap_or(u32::MAX);
-        let read = catch_unwind(AssertUnwindSafe(|| doc.extract_text(index)));
-        let (raw, error) = match read {
-            Ok(Ok(text)) => (text, None),
-            Ok(Err(e)) => (String::new(), Some(e.to_string())),
-            Err(panic) => (String::new(), Some(panic_message(&*panic))),
-        };
         if error.is_some() {
             unreadable += 1;
         }
         let mut text = clean_text(&raw);
         let text_layer = !text.trim().is_empty();
         let mut ocr = false;
-        if !text_layer && error.is_none() && out.ocr_available
-            && let Some(found) = crate::ocr::page_text(&doc, index, limits) {
-                text = clean_text(&found);
-                ocr = !text.trim().is_empty();
-            }
+        if !text_layer
+            && error.is_none()
+            && out.ocr_available
+            && let Some(found) = crate::ocr::page_text(&doc, index, limits)
+        {
+            text = clean_text(&found);
+            ocr = !text.trim().is_empty();
+        }
         let budget = limits
             .max_page_chars
             .min(limits.max_total_chars.saturating_sub(total_chars));
@@ -296,6 +298,58 @@ fn extract_inner(bytes: Vec<u8>, limits: &Limits) -> Extraction {
         out.error = Some(ExtractError::corrupt(format!(
             "{unreadable} of {count} pages could not be read; the others were kept"
         )));
+    }
+    out
+}
+
+/// The raw text of every page, or why a page could not be read, in page order. Pages are
+/// shared among `threads` threads (the document's caches are thread-safe); a panic on a page
+/// is caught and costs only that page.
+fn read_pages(doc: &PdfDocument, count: usize, threads: usize) -> Vec<(String, Option<String>)> {
+    let read = |index: usize| match catch_unwind(AssertUnwindSafe(|| doc.extract_text(index))) {
+        Ok(Ok(text)) => (text, None),
+        Ok(Err(e)) => (String::new(), Some(e.to_string())),
+        Err(panic) => (String::new(), Some(panic_message(&*panic))),
+    };
+    let threads = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+    } else {
+        threads.min(16)
+    }
+    .min(count.max(1));
+    if threads == 1 {
+        return (0..count).map(read).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut pages: Vec<(usize, (String, Option<String>))> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if index >= count {
+                            return done;
+                        }
+                        done.push((index, read(index)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    pages.sort_by_key(|(index, _)| *index);
+    // A worker that died (it cannot: panics are caught per page) would leave gaps; fill them.
+    let mut out: Vec<(String, Option<String>)> = Vec::with_capacity(count);
+    let mut it = pages.into_iter().peekable();
+    for index in 0..count {
+        match it.next_if(|(i, _)| *i == index) {
+            Some((_, page)) => out.push(page),
+            None => out.push((String::new(), Some("the page was not read".into()))),
+        }
     }
     out
 }
@@ -367,21 +421,19 @@ fn resolve(doc: &PdfDocument, object: Object) -> Option<Object> {
 /// A PDF text string: UTF-16BE or UTF-8 with a byte-order mark, else PDFDocEncoding (read as
 /// Latin-1, which it equals for the printable range).
 pub fn decode_text_string(bytes: &[u8]) -> String {
-    if let Some(utf16) = bytes.strip_prefix(&[0xFE, 0xFF]) {
+    let decoded = if let Some(utf16) = bytes.strip_prefix(&[0xFE, 0xFF]) {
         let units: Vec<u16> = utf16
             .chunks_exact(2)
             .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
             .collect();
-        return String::from_utf16_lossy(&units);
-    }
-    if let Some(utf8) = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]) {
-        return String::from_utf8_lossy(utf8).into_owned();
-    }
-    bytes
-        .iter()
-        .map(|&b| char::from(b))
-        .filter(|c| !c.is_control())
-        .collect()
+        String::from_utf16_lossy(&units)
+    } else if let Some(utf8) = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]) {
+        String::from_utf8_lossy(utf8).into_owned()
+    } else {
+        bytes.iter().map(|&b| char::from(b)).collect()
+    };
+    // Control characters (NUL above all, which PostgreSQL refuses in text) carry nothing here.
+    decoded.chars().filter(|c| !c.is_control()).collect()
 }
 
 /// `D:YYYYMMDDHHmmSSOHH'mm'` (every part after the year optional) as RFC 3339.
@@ -469,7 +521,10 @@ mod tests {
 
     #[test]
     fn text_strings_decode() {
-        assert_eq!(decode_text_string(&[0xFE, 0xFF, 0, b'H', 0, b'i']), "Hi");
+        assert_eq!(
+            decode_text_string(&[0xFE, 0xFF, 0, b'H', 0, b'i', 0, 0]),
+            "Hi"
+        );
         assert_eq!(decode_text_string(b"caf\xe9"), "café");
     }
 }

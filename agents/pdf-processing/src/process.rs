@@ -43,8 +43,29 @@ pub fn isolation_limits(settings: &agentdesk_agent_sdk::core::config::Settings) 
     }
 }
 
-/// Runs a processing job.
+/// Runs a processing job. When it fails for good, the document is marked `failed` with
+/// `processing_failed`, so that no document stays `processing` forever.
 pub async fn run(ctx: &JobContext) -> Result<Value, JobError> {
+    let result = attempt(ctx).await;
+    if let Err(e) = &result {
+        let job = ctx.job();
+        let last = matches!(e, JobError::Fatal(_)) || job.attempts >= job.max_attempts;
+        if last
+            && let Ok(args) = serde_json::from_value::<ProcessArgs>(job.args.clone())
+            && let Err(mark) = documents::mark_processing_failed(
+                ctx.core().db.writer(),
+                args.document_id,
+                &e.to_string(),
+            )
+            .await
+        {
+            tracing::error!(error = %mark, document_id = %args.document_id, "could not mark a document failed");
+        }
+    }
+    result
+}
+
+async fn attempt(ctx: &JobContext) -> Result<Value, JobError> {
     let args: ProcessArgs = serde_json::from_value(ctx.job().args.clone())
         .map_err(|e| JobError::Fatal(format!("bad job arguments: {e}")))?;
     let core = ctx.core();
@@ -57,9 +78,9 @@ pub async fn run(ctx: &JobContext) -> Result<Value, JobError> {
     let permit = match permit {
         Ok(p) if p.scope().covers(document.client_id) => p,
         Ok(_) | Err(_) => {
-            let message = "the uploader may no longer upload documents for this client";
-            documents::mark_failed(core.db.writer(), document.id, "not_permitted", message).await?;
-            return Err(JobError::Fatal(message.into()));
+            return Err(JobError::Fatal(
+                "the uploader may no longer upload documents for this client".into(),
+            ));
         }
     };
     let limits = isolation_limits(&core.settings);
@@ -70,19 +91,7 @@ pub async fn run(ctx: &JobContext) -> Result<Value, JobError> {
         .map_err(JobError::from)?;
     let extraction = match extract_isolated(Box::pin(input), &limits).await {
         Ok(extraction) => extraction,
-        Err(message) => {
-            let job = ctx.job();
-            if job.attempts >= job.max_attempts {
-                documents::mark_failed(
-                    core.db.writer(),
-                    document.id,
-                    "processing_failed",
-                    &message,
-                )
-                .await?;
-            }
-            return Err(JobError::Retryable(message));
-        }
+        Err(message) => return Err(JobError::Retryable(message)),
     };
     let txn = core.db.begin().await?;
     if !documents::store_extraction(&txn, &document, &extraction).await? {

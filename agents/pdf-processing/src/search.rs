@@ -16,8 +16,10 @@ fn is_cjk(c: char) -> bool {
         | 0x20000..=0x2FA1F) // supplementary ideographs
 }
 
-/// The text the full-text index sees: CJK characters stand alone, and a word broken by a
-/// hyphen at a line end is joined (the page text keeps the hyphen).
+/// The text the full-text index sees: words of letters and digits only (punctuation separates,
+/// so `gnu.org/copyleft/gpl` holds `copyleft` on PostgreSQL as on SQLite), CJK characters
+/// stand alone, and a word broken by a hyphen at a line end is joined (the page text keeps
+/// the hyphen).
 pub fn index_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + text.len() / 4);
     let chars: Vec<char> = text.chars().collect();
@@ -37,8 +39,10 @@ pub fn index_text(text: &str) -> String {
             out.push(' ');
             out.push(c);
             out.push(' ');
-        } else {
+        } else if c.is_alphanumeric() || c.is_whitespace() {
             out.push(c);
+        } else {
+            out.push(' ');
         }
         i += 1;
     }
@@ -88,19 +92,48 @@ impl Terms {
         self.0.is_empty()
     }
 
+    /// Whether term `i` is matched as a prefix: the last term, when it is a word (so that a
+    /// query typed so far, or a word followed by digits such as `Liste1`, is found).
+    fn is_prefix(&self, i: usize) -> bool {
+        i + 1 == self.0.len() && self.0[i].len() == 1 && !self.0[i][0].chars().any(is_cjk)
+    }
+
     /// An FTS5 MATCH expression: every term (a quoted phrase) must occur.
     pub fn fts5(&self) -> String {
         self.0
             .iter()
-            .map(|phrase| format!("\"{}\"", phrase.join(" ").replace('"', "\"\"")))
+            .enumerate()
+            .map(|(i, phrase)| {
+                let quoted = format!("\"{}\"", phrase.join(" ").replace('"', "\"\""));
+                if self.is_prefix(i) {
+                    format!("{quoted} *")
+                } else {
+                    quoted
+                }
+            })
             .collect::<Vec<_>>()
             .join(" AND ")
     }
 
-    /// One text per term, each to be passed to `phraseto_tsquery('simple', ...)` and joined with
-    /// `&&` (values are bound, never spliced into SQL).
-    pub fn tsquery_phrases(&self) -> Vec<String> {
-        self.0.iter().map(|phrase| phrase.join(" ")).collect()
+    /// A `to_tsquery('simple', ...)` text: terms joined by `&`, a CJK run as a `<->` phrase,
+    /// the last word as a prefix. Terms hold only letters and digits, so nothing needs quoting;
+    /// the text is still bound as a value, never spliced into SQL.
+    pub fn tsquery(&self) -> String {
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(i, phrase)| {
+                let joined = phrase.join(" <-> ");
+                if self.is_prefix(i) {
+                    format!("{joined}:*")
+                } else if phrase.len() > 1 {
+                    format!("({joined})")
+                } else {
+                    joined
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" & ")
     }
 
     /// The strings to highlight in the original text.
@@ -183,7 +216,8 @@ mod tests {
     fn cjk_is_split_and_hyphenation_joined_for_the_index() {
         assert_eq!(index_text("常見"), " 常  見 ");
         assert_eq!(index_text("infor-\nmation"), "information");
-        assert_eq!(index_text("well-\nKnown"), "well-\nKnown");
+        assert_eq!(index_text("well-\nKnown"), "well \nKnown");
+        assert_eq!(index_text("gnu.org/copyleft/gpl."), "gnu org copyleft gpl ");
     }
 
     #[test]
@@ -191,9 +225,10 @@ mod tests {
         let terms = Terms::parse("見問 report-2024 \"x");
         assert_eq!(
             terms.fts5(),
-            "\"見 問\" AND \"report\" AND \"2024\" AND \"x\""
+            "\"見 問\" AND \"report\" AND \"2024\" AND \"x\" *"
         );
-        assert_eq!(terms.tsquery_phrases(), ["見 問", "report", "2024", "x"]);
+        assert_eq!(terms.tsquery(), "(見 <-> 問) & report & 2024 & x:*");
+        assert_eq!(Terms::parse("年度").tsquery(), "(年 <-> 度)");
         assert!(Terms::parse(" ,;-").is_empty());
     }
 
