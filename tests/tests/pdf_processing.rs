@@ -640,3 +640,47 @@ fn url_encode(s: &str) -> String {
         })
         .collect()
 }
+
+/// A scanned page: OCR gives it text when the build has the `ocr` feature and Tesseract's
+/// English data is installed (CI builds and runs it so); otherwise the page is marked as
+/// having no text layer.
+#[tokio::test]
+async fn scanned_pages_are_ocred_or_marked() {
+    let Some(corpus) = corpus() else { return };
+    let ocr = agentdesk_agent_pdf_processing::ocr::available("eng");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        assert!(
+            ocr,
+            "CI must build with --features agentdesk/ocr and have tesseract-ocr-eng"
+        );
+    }
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let client = new_client(&app, &admin, "Scans").await;
+    let r = upload_file(
+        &app,
+        &admin,
+        &client,
+        &corpus.join("good/ocrmypdf__c03-29.pdf"),
+    )
+    .await;
+    r.expect(202, None);
+    let id = r.json["id"].as_str().unwrap().to_owned();
+    let doc = app.processed_document(&admin, &id, WAIT).await;
+    assert_eq!(doc["status"], "ready", "{doc}");
+    assert_eq!(doc["pages"]["without_text_layer"], json!([1]));
+    let text = app
+        .get(&format!("/api/v1/documents/{id}/text?page=1"), &admin)
+        .await;
+    let page = text.json["pages"][0]["text"].as_str().unwrap().to_owned();
+    if ocr {
+        assert_eq!(doc["pages"]["ocr"], json!([1]), "{doc}");
+        assert!(page.contains("Watson"), "OCR text: {page}");
+        let found = app.get("/api/v1/documents/search?q=watson", &admin).await;
+        assert_eq!(hit_documents(&found.json), [id.as_str()]);
+    } else {
+        eprintln!("OCR not built in: the scanned page is only marked");
+        assert_eq!(doc["pages"]["ocr"], json!([]));
+        assert!(page.trim().is_empty());
+    }
+}

@@ -1,0 +1,207 @@
+//! A mutation fuzzer for the extraction entry point: corpus PDFs (and a generated one) with
+//! random byte flips, deletions, duplications, truncations and injected PDF syntax (deep
+//! nesting, reference loops, huge lengths). Every input must come back as an [`Extraction`]
+//! with no panic escaping and, on failure, a known error code; an abort or a stack overflow
+//! kills the test process, which is the crash this looks for.
+//!
+//! CI runs a few hundred cases. For a long run:
+//! `AGENTDESK_FUZZ_CASES=100000 cargo test --release -p agentdesk-agent-pdf-processing --test fuzz_extract -- --nocapture`
+
+use std::path::PathBuf;
+
+use agentdesk_agent_pdf_processing::extract::{CORRUPT, ENCRYPTED, LIMIT, Limits, extract};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+/// Seeds: small corpus files (both sets) and a generated PDF.
+fn seeds() -> Vec<Vec<u8>> {
+    let mut seeds = vec![minimal_pdf()];
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/pdf");
+    for set in ["good", "bad"] {
+        let Ok(entries) = std::fs::read_dir(root.join(set)) else {
+            eprintln!(
+                "no corpus at {}: fuzzing the generated seed only",
+                root.display()
+            );
+            continue;
+        };
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths {
+            let small = std::fs::metadata(&path).is_ok_and(|m| m.len() <= 64 * 1024);
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            // The bombs are exercised by the API tests through the isolated child.
+            if small
+                && !name.starts_with("bomb")
+                && let Ok(bytes) = std::fs::read(&path)
+            {
+                seeds.push(bytes);
+            }
+        }
+    }
+    seeds
+}
+
+fn minimal_pdf() -> Vec<u8> {
+    let objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>".to_owned(),
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_owned(),
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 5 0 R >> >> /Contents 4 0 R >>".to_owned(),
+        "<< /Length 44 >>\nstream\nBT /F1 12 Tf 72 720 Td (Hello fuzz) Tj ET\nendstream".to_owned(),
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_owned(),
+    ];
+    let mut out = b"%PDF-1.4\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, body) in objects.iter().enumerate() {
+        offsets.push(out.len());
+        out.extend_from_slice(format!("{} 0 obj\n{body}\nendobj\n", i + 1).as_bytes());
+    }
+    let xref = out.len();
+    out.extend_from_slice(
+        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+    );
+    for offset in offsets {
+        out.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
+    }
+    out.extend_from_slice(
+        format!("trailer\n<< /Size 6 /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n").as_bytes(),
+    );
+    out
+}
+
+/// PDF syntax worth injecting: nesting, loops, absurd numbers, broken streams.
+const SNIPPETS: &[&[u8]] = &[
+    b"<<",
+    b">>",
+    b"[",
+    b"]",
+    b"(",
+    b")",
+    b"1 0 R",
+    b"2 0 obj 2 0 R endobj",
+    b"/Length 999999999",
+    b"/Length -1",
+    b"stream\n",
+    b"endstream",
+    b"/Filter /FlateDecode",
+    b"/Kids [1 0 R]",
+    b"/Count 2147483647",
+    b"xref\n0 99999999\n",
+    b"startxref\n0\n%%EOF",
+    b"/Encrypt 1 0 R",
+    b"/Type /ObjStm /N 100000 /First 0",
+    b"\x00",
+    b"\xff\xfe",
+];
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Flip {
+        at: usize,
+        value: u8,
+    },
+    Delete {
+        at: usize,
+        len: usize,
+    },
+    Duplicate {
+        at: usize,
+        len: usize,
+        times: usize,
+    },
+    Truncate {
+        at: usize,
+    },
+    Inject {
+        at: usize,
+        snippet: usize,
+        times: usize,
+    },
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<usize>(), any::<u8>()).prop_map(|(at, value)| Mutation::Flip { at, value }),
+        (any::<usize>(), 1usize..512).prop_map(|(at, len)| Mutation::Delete { at, len }),
+        (any::<usize>(), 1usize..256, 1usize..64)
+            .prop_map(|(at, len, times)| Mutation::Duplicate { at, len, times }),
+        any::<usize>().prop_map(|at| Mutation::Truncate { at }),
+        (any::<usize>(), 0..SNIPPETS.len(), 1usize..2000)
+            .prop_map(|(at, snippet, times)| Mutation::Inject { at, snippet, times }),
+    ]
+}
+
+fn apply(bytes: &mut Vec<u8>, m: &Mutation) {
+    let len = bytes.len().max(1);
+    match *m {
+        Mutation::Flip { at, value } => {
+            if let Some(b) = bytes.get_mut(at % len) {
+                *b = value;
+            }
+        }
+        Mutation::Delete { at, len: n } => {
+            let start = (at % len).min(bytes.len());
+            let end = (start + n).min(bytes.len());
+            bytes.drain(start..end);
+        }
+        Mutation::Duplicate { at, len: n, times } => {
+            let start = (at % len).min(bytes.len());
+            let end = (start + n).min(bytes.len());
+            let chunk = bytes[start..end].repeat(times);
+            bytes.splice(end..end, chunk);
+        }
+        Mutation::Truncate { at } => bytes.truncate(at % len),
+        Mutation::Inject { at, snippet, times } => {
+            let at = (at % len).min(bytes.len());
+            let chunk = SNIPPETS[snippet].repeat(times);
+            bytes.splice(at..at, chunk);
+        }
+    }
+}
+
+#[test]
+fn extraction_survives_mutated_pdfs() {
+    let seeds = seeds();
+    let cases = std::env::var("AGENTDESK_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let limits = Limits {
+        ocr: false,
+        threads: 1,
+        ..Limits::default()
+    };
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let started = std::time::Instant::now();
+    let strategy = (0..seeds.len(), proptest::collection::vec(mutation(), 1..8));
+    runner
+        .run(&strategy, |(seed, mutations)| {
+            let mut bytes = seeds[seed].clone();
+            for m in &mutations {
+                apply(&mut bytes, m);
+            }
+            let out = extract(bytes, &limits);
+            if let Some(error) = &out.error {
+                prop_assert!(
+                    [CORRUPT, ENCRYPTED, LIMIT].contains(&error.code.as_str()),
+                    "unknown code {}",
+                    error.code
+                );
+            }
+            prop_assert!(out.pages.len() <= out.page_count as usize);
+            Ok(())
+        })
+        .unwrap();
+    eprintln!(
+        "fuzz: {cases} mutated PDFs from {} seeds in {:.1} s, no crash",
+        seeds.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
