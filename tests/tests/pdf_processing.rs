@@ -684,3 +684,55 @@ async fn scanned_pages_are_ocred_or_marked() {
         assert!(page.trim().is_empty());
     }
 }
+
+/// Generated hostile files: deep nesting, a page tree that loops, a million tiny objects. Each
+/// settles with a clear outcome in the isolated child, and the server keeps answering.
+#[tokio::test]
+async fn hostile_structures_settle_and_the_server_keeps_answering() {
+    let app = TestApp::spawn_with(&[("pdf_timeout_secs", json!(60))]).await;
+    let admin = app.admin_token().await;
+    let client = new_client(&app, &admin, "Hostile").await;
+    // Nesting inside the page dictionary the parser must read (offsets after it shift, so
+    // the cross-reference table must be rebuilt too).
+    let deep_nest = format!(
+        "/Junk {}{} /MediaBox",
+        "[".repeat(200_000),
+        "]".repeat(200_000)
+    );
+    let deep = String::from_utf8(tiny_pdf(&["deep"]))
+        .unwrap()
+        .replacen("/MediaBox", &deep_nest, 1)
+        .into_bytes();
+    let looping = b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n\
+2 0 obj << /Type /Pages /Kids [2 0 R 3 0 R] /Count 2 >> endobj\n\
+3 0 obj << /Type /Pages /Kids [2 0 R] /Parent 2 0 R /Count 1 >> endobj\n\
+trailer << /Root 1 0 R >>\n%%EOF\n"
+        .to_vec();
+    let mut tiny_objects = b"%PDF-1.4\n".to_vec();
+    for i in 1..=1_000_000u32 {
+        tiny_objects.extend_from_slice(format!("{i} 0 obj 0 endobj\n").as_bytes());
+    }
+    tiny_objects.extend_from_slice(b"trailer << /Root 1 0 R /Size 1000001 >>\n%%EOF\n");
+    for (name, bytes) in [
+        ("deep.pdf", deep),
+        ("loop.pdf", looping),
+        ("objects.pdf", tiny_objects),
+    ] {
+        let r = app.upload_document(&admin, &client, name, bytes).await;
+        r.expect(202, None);
+        let doc = app
+            .processed_document(&admin, r.json["id"].as_str().unwrap(), WAIT)
+            .await;
+        match doc["status"].as_str() {
+            Some("ready") => {}
+            Some("failed") => assert!(
+                ["pdf_corrupt", "pdf_limit_exceeded"]
+                    .contains(&doc["error"]["code"].as_str().unwrap()),
+                "{name}: {doc}"
+            ),
+            other => panic!("{name}: unexpected status {other:?}: {doc}"),
+        }
+        eprintln!("{name}: {} {}", doc["status"], doc["error"]);
+        app.get("/healthz", &admin).await.expect(200, None);
+    }
+}
