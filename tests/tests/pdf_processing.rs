@@ -184,6 +184,7 @@ async fn upload_process_read_search_download_delete() {
         .collect();
     assert!(actions.contains(&"document.upload"), "{actions:?}");
     assert!(actions.contains(&"document.process"), "{actions:?}");
+    assert!(actions.contains(&"document.download"), "{actions:?}");
 
     app.delete(&format!("/api/v1/documents/{id}"), &admin)
         .await

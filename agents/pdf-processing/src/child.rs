@@ -100,7 +100,28 @@ pub fn child_main(args: &[String]) -> i32 {
         eprintln!("pdf-extract: could not read standard input: {e}");
         return 2;
     }
-    let extraction: Extraction = extract(bytes, &options.limits);
+    // Parsing recurses on nesting; run it on a thread with a deep stack (an eighth of the
+    // memory limit, at most 256 MiB), and give page readers the same.
+    let stack_mb = if options.max_memory_mb == 0 {
+        256
+    } else {
+        usize::try_from(options.max_memory_mb / 8)
+            .unwrap_or(256)
+            .clamp(8, 256)
+    };
+    let mut limits = options.limits.clone();
+    limits.thread_stack_mb = limits.thread_stack_mb.min(stack_mb);
+    let parsed = std::thread::Builder::new()
+        .stack_size(stack_mb * 1024 * 1024)
+        .spawn(move || extract(bytes, &limits))
+        .map(|worker| worker.join());
+    let extraction: Extraction = match parsed {
+        Ok(Ok(extraction)) => extraction,
+        _ => {
+            eprintln!("pdf-extract: the extraction thread could not run");
+            return 3;
+        }
+    };
     let mut out = std::io::stdout().lock();
     match serde_json::to_writer(&mut out, &extraction)
         .and_then(|()| out.flush().map_err(serde_json::Error::io))

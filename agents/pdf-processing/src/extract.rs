@@ -30,6 +30,8 @@ pub struct Limits {
     pub ocr_languages: String,
     /// Threads that read pages at once (0: one per CPU, at most 4).
     pub threads: usize,
+    /// Stack of each of those threads, in MiB.
+    pub thread_stack_mb: usize,
 }
 
 impl Default for Limits {
@@ -42,6 +44,7 @@ impl Default for Limits {
             ocr_max_pixels: 40_000_000,
             ocr_languages: "eng".into(),
             threads: 0,
+            thread_stack_mb: 64,
         }
     }
 }
@@ -263,7 +266,7 @@ fn extract_inner(bytes: Vec<u8>, limits: &Limits) -> Extraction {
     }
     let mut total_chars = 0usize;
     let mut unreadable = 0usize;
-    let texts = read_pages(&doc, count, limits.threads);
+    let texts = read_pages(&doc, count, limits.threads, limits.thread_stack_mb);
     for (index, (raw, error)) in texts.into_iter().enumerate() {
         let number = u32::try_from(index + 1).unwrap_or(u32::MAX);
         if error.is_some() {
@@ -305,7 +308,12 @@ fn extract_inner(bytes: Vec<u8>, limits: &Limits) -> Extraction {
 /// The raw text of every page, or why a page could not be read, in page order. Pages are
 /// shared among `threads` threads (the document's caches are thread-safe); a panic on a page
 /// is caught and costs only that page.
-fn read_pages(doc: &PdfDocument, count: usize, threads: usize) -> Vec<(String, Option<String>)> {
+fn read_pages(
+    doc: &PdfDocument,
+    count: usize,
+    threads: usize,
+    stack_mb: usize,
+) -> Vec<(String, Option<String>)> {
     let read = |index: usize| match catch_unwind(AssertUnwindSafe(|| doc.extract_text(index))) {
         Ok(Ok(text)) => (text, None),
         Ok(Err(e)) => (String::new(), Some(e.to_string())),
@@ -322,20 +330,29 @@ fn read_pages(doc: &PdfDocument, count: usize, threads: usize) -> Vec<(String, O
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut pages: Vec<(usize, (String, Option<String>))> = std::thread::scope(|scope| {
+        let work = || {
+            let mut done = Vec::new();
+            loop {
+                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if index >= count {
+                    return done;
+                }
+                done.push((index, read(index)));
+            }
+        };
+        // The parser recurses on nested objects: a deep stack lets legitimate deep documents
+        // through (a hostile one still overflows it, which kills only the child process).
         let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if index >= count {
-                            return done;
-                        }
-                        done.push((index, read(index)));
-                    }
-                })
+            .filter_map(|_| {
+                std::thread::Builder::new()
+                    .stack_size(stack_mb.max(2) * 1024 * 1024)
+                    .spawn_scoped(scope, work)
+                    .ok()
             })
             .collect();
+        if workers.is_empty() {
+            return work();
+        }
         workers
             .into_iter()
             .flat_map(|w| w.join().unwrap_or_default())

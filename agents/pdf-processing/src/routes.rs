@@ -258,7 +258,7 @@ async fn text(
     Ok(AppJson(documents::text(&core, id, query.page).await?))
 }
 
-/// The original file.
+/// The original file (the download is audited).
 #[utoipa::path(get, path = "/api/v1/documents/{id}/file", tag = "pdf_processing",
     params(("id" = Uuid, Path, description = "The document")), security(("bearer" = [])),
     responses(
@@ -273,6 +273,13 @@ async fn file(
 ) -> ApiResult<Response> {
     let document = documents::scoped(&core, &permit, id).await?;
     let stream = core.storage.get_stream(&document.storage_key).await?;
+    // Originals leave the system here: who took which file is worth a record.
+    let record = permit
+        .audit("document.download", Outcome::Success)
+        .resource("document", id)
+        .client(Some(document.client_id))
+        .changes(serde_json::json!({"sha256": document.sha256, "size_bytes": document.size_bytes}));
+    core.audit_alone(record).await?;
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
     headers.insert(
