@@ -16,6 +16,7 @@ pub mod isolate;
 pub mod ocr;
 mod process;
 mod routes;
+pub mod sample;
 pub mod search;
 
 use std::sync::Arc;

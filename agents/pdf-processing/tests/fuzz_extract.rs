@@ -11,12 +11,13 @@
 use std::path::PathBuf;
 
 use agentdesk_agent_pdf_processing::extract::{CORRUPT, ENCRYPTED, LIMIT, Limits, extract};
+use agentdesk_agent_pdf_processing::sample::pdf_with_pages;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 /// Seeds: small corpus files (both sets) and a generated PDF.
 fn seeds() -> Vec<Vec<u8>> {
-    let mut seeds = vec![minimal_pdf()];
+    let mut seeds = vec![pdf_with_pages(&["Hello fuzz", "second page"])];
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/pdf");
     for set in ["good", "bad"] {
         let Ok(entries) = std::fs::read_dir(root.join(set)) else {
@@ -44,33 +45,6 @@ fn seeds() -> Vec<Vec<u8>> {
         }
     }
     seeds
-}
-
-fn minimal_pdf() -> Vec<u8> {
-    let objects = [
-        "<< /Type /Catalog /Pages 2 0 R >>".to_owned(),
-        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_owned(),
-        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 5 0 R >> >> /Contents 4 0 R >>".to_owned(),
-        "<< /Length 44 >>\nstream\nBT /F1 12 Tf 72 720 Td (Hello fuzz) Tj ET\nendstream".to_owned(),
-        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_owned(),
-    ];
-    let mut out = b"%PDF-1.4\n".to_vec();
-    let mut offsets = Vec::new();
-    for (i, body) in objects.iter().enumerate() {
-        offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n{body}\nendobj\n", i + 1).as_bytes());
-    }
-    let xref = out.len();
-    out.extend_from_slice(
-        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
-    );
-    for offset in offsets {
-        out.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
-    }
-    out.extend_from_slice(
-        format!("trailer\n<< /Size 6 /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n").as_bytes(),
-    );
-    out
 }
 
 /// PDF syntax worth injecting: nesting, loops, absurd numbers, broken streams.

@@ -59,13 +59,7 @@ impl MigrationTrait for Migration {
             DatabaseBackend::Postgres => &PG_SEARCH,
             _ => &SQLITE_SEARCH,
         };
-        for statement in statements {
-            manager
-                .get_connection()
-                .execute_unprepared(statement)
-                .await?;
-        }
-        Ok(())
+        super::run_statements(manager, statements).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

@@ -62,13 +62,7 @@ impl MigrationTrait for Migration {
         };
         super::ddl(manager, &UP.replace("{bigserial}", serial)).await?;
         let statements: &[&str] = if postgres { &PG_SEARCH } else { &SQLITE_SEARCH };
-        for statement in statements {
-            manager
-                .get_connection()
-                .execute_unprepared(statement)
-                .await?;
-        }
-        Ok(())
+        super::run_statements(manager, statements).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

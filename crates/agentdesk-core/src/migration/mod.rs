@@ -50,3 +50,17 @@ pub(crate) async fn ddl(manager: &SchemaManager<'_>, script: &str) -> Result<(),
     }
     Ok(())
 }
+
+/// Runs backend-specific statements (search indexes, triggers) one by one.
+pub(crate) async fn run_statements(
+    manager: &SchemaManager<'_>,
+    statements: &[&str],
+) -> Result<(), DbErr> {
+    for statement in statements {
+        manager
+            .get_connection()
+            .execute_unprepared(statement)
+            .await?;
+    }
+    Ok(())
+}
