@@ -737,3 +737,31 @@ trailer << /Root 1 0 R >>\n%%EOF\n"
         app.get("/healthz", &admin).await.expect(200, None);
     }
 }
+
+/// A job that fails for good (here: its stored file is gone) settles its document as
+/// `failed` with `processing_failed`; no document stays `processing`.
+#[tokio::test]
+async fn a_job_that_gives_up_fails_its_document() {
+    let env = agentdesk_tests::TestEnv::new().await;
+    // The first instance runs no workers, so the file can go before the job runs.
+    let api = env.spawn(&[("agents", json!("none"))]).await;
+    let admin = api.admin_token().await;
+    let client = new_client(&api, &admin, "Lost file").await;
+    let r = api
+        .upload_document(&admin, &client, "lost.pdf", tiny_pdf(&["lost"]))
+        .await;
+    r.expect(202, None);
+    let id = r.json["id"].as_str().unwrap().to_owned();
+    let row = agentdesk_agent_pdf_processing::documents::find(
+        api.core.db.reader(),
+        uuid::Uuid::parse_str(&id).unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    api.core.storage.delete(&row.storage_key).await.unwrap();
+    let _worker = env.spawn(&[]).await;
+    let doc = api.processed_document(&admin, &id, WAIT).await;
+    assert_eq!(doc["status"], "failed", "{doc}");
+    assert_eq!(doc["error"]["code"], "processing_failed", "{doc}");
+}

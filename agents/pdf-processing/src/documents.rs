@@ -482,10 +482,8 @@ pub async fn search(
             score,
         });
     }
-    let count = hits.len() as u64;
-    let (items, _) = split_page(hits, limit, |_| ());
-    let next_cursor =
-        (count > limit).then(|| URL_SAFE_NO_PAD.encode(format!("o:{}", offset + limit)));
+    let (items, more) = split_page(hits, limit, |_| ());
+    let next_cursor = more.map(|()| URL_SAFE_NO_PAD.encode(format!("o:{}", offset + limit)));
     Ok(Page { items, next_cursor })
 }
 

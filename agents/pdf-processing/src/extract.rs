@@ -204,11 +204,8 @@ fn extract_inner(bytes: Vec<u8>, limits: &Limits) -> Extraction {
     };
     let pdf_version = header_version(&bytes);
     // Junk before the header shifts every offset; the parser expects the header at 0.
-    let bytes = if offset > 0 {
-        bytes[offset..].to_vec()
-    } else {
-        bytes
-    };
+    let mut bytes = bytes;
+    bytes.drain(..offset);
     let doc = match PdfDocument::from_bytes(bytes) {
         Ok(doc) => doc,
         Err(e) => {
