@@ -282,6 +282,22 @@ async fn the_database_refuses_to_change_events_and_verify_finds_tampering() {
             .is_err(),
         "DELETE is refused"
     );
+    // An event that does not continue the chain (a gap, or the wrong previous hash) is not
+    // inserted: the chain trigger skips it.
+    for (seq, prev_hash) in [
+        (
+            "1000",
+            "(SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1)",
+        ),
+        ("(SELECT MAX(seq) + 1 FROM audit_events)", "'forged'"),
+    ] {
+        let insert = format!(
+            "INSERT INTO audit_events (id, seq, at, action, outcome, prev_hash, hash) \
+             VALUES ('{}', {seq}, '2026-01-01T00:00:00Z', 'forged', 'success', {prev_hash}, 'x')",
+            uuid::Uuid::now_v7()
+        );
+        assert_eq!(raw(&app, &insert).await.unwrap(), 0, "{insert}");
+    }
     let r = app.get("/api/v1/audit/verify", &admin).await;
     assert_eq!(r.json["valid"], true);
 

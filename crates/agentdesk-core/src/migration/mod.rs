@@ -8,6 +8,7 @@ mod m0002_permissions_audit;
 mod m0003_clients;
 mod m0004_jobs;
 mod m0005_documents;
+mod m0006_audit_chain_guard;
 
 /// Applies the schema, in order. A migration, once released, is never edited: add a new one.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0003_clients::Migration),
             Box::new(m0004_jobs::Migration),
             Box::new(m0005_documents::Migration),
+            Box::new(m0006_audit_chain_guard::Migration),
         ]
     }
 }

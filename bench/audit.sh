@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# What the audit log adds to a client write, as HTTP req/s with and without it, in one run.
+#
+# Two release binaries from the same commit: the normal one, and one built with the
+# `bench-without-audit` feature, whose audit append returns without touching the database
+# (everything else, including building the event at the call site, is the same). Each is started
+# on a fresh data directory holding the same 10,000 imported clients, then wrk runs
+#   - POST /api/v1/clients (a new client each request: one insert, its tags, one audit event)
+#   - PATCH /api/v1/clients/{id} on 200 different clients (row lock, update, one audit event)
+# The two binaries take turns, `rounds` times, so drift on a shared machine hits both alike.
+# Usage: bash bench/audit.sh [seconds-per-run] [rounds] [database-url]   (needs wrk)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration=${1:-8}
+rounds=${2:-3}
+db=${3:-}
+port=${BENCH_PORT:-18582}
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
+
+cargo build --release -p agentdesk
+cargo build --release -p agentdesk --target-dir target/bench-without-audit --features agentdesk/bench-without-audit
+audited=target/release/agentdesk
+unaudited=target/bench-without-audit/release/agentdesk
+
+work=$(mktemp -d)
+pid=
+trap '[ -n "$pid" ] && kill $pid 2>/dev/null && wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+export AGENTDESK_BIND=127.0.0.1:$port AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
+export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-password-123
+
+awk 'BEGIN { print "name,email,phone,company,status,tags"; for (i = 0; i < 10000; i++) printf "Seed %d,seed%d@example.com,+49 30 %07d,Company %d,active,t%d;all\n", i, i, i, i % 97, i % 7 }' >"$work/seed.csv"
+
+# Each wrk thread numbers its own requests, so every POST has a new email.
+cat >"$work/post.lua" <<'LUA'
+local threads = {}
+function setup(thread)
+  thread:set("tid", #threads)
+  table.insert(threads, thread)
+end
+function init(args)
+  counter = 0
+  run = os.time()
+end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  counter = counter + 1
+  local key = run .. "-" .. tid .. "-" .. counter
+  return wrk.format(nil, nil, nil, '{"name":"Bench ' .. key .. '","email":"bench-' .. key .. '@example.com","phone":"+49 30 1234567","company":"Bench GmbH","tags":["bench","t' .. (counter % 7) .. '"]}')
+end
+LUA
+cat >"$work/patch.lua" <<'LUA'
+wrk.method = "PATCH"
+wrk.headers["Content-Type"] = "application/merge-patch+json"
+ids = {}
+for line in io.lines(os.getenv("BENCH_IDS")) do table.insert(ids, line) end
+counter = 0
+request = function()
+  counter = counter + 1
+  local id = ids[(counter % #ids) + 1]
+  return wrk.format(nil, "/api/v1/clients/" .. id, nil, '{"notes":"note ' .. counter .. '"}')
+end
+LUA
+
+# Starts a binary on a fresh data directory (or a fresh PostgreSQL database) with the seed clients.
+start() {
+  local bin=$1
+  rm -rf "$work/data" && mkdir "$work/data"
+  export AGENTDESK_DATA_DIR=$work/data
+  if [ -n "$db" ]; then
+    psql -q "$db" -c 'DROP SCHEMA public CASCADE; CREATE SCHEMA public' >/dev/null
+    export AGENTDESK_DATABASE_URL=$db
+  fi
+  "$bin" serve >"$work/serve.log" 2>&1 &
+  pid=$!
+  until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.01; done
+  token=$(curl -fs "http://127.0.0.1:$port/api/v1/auth/login" -H 'content-type: application/json' \
+    -d '{"email":"bench@example.com","password":"bench-password-123"}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+  local job status
+  job=$(curl -fs "http://127.0.0.1:$port/api/v1/clients/import" -H "Authorization: Bearer $token" \
+    -H 'content-type: text/csv' --data-binary @"$work/seed.csv" | sed -E 's/.*"id":"([^"]+)".*/\1/')
+  while :; do
+    status=$(curl -fs "http://127.0.0.1:$port/api/v1/jobs/$job" -H "Authorization: Bearer $token" | sed -E 's/.*"status":"([a-z]+)".*/\1/')
+    [ "$status" = succeeded ] && break
+    [ "$status" = failed ] && { echo "seed import failed" >&2; exit 1; }
+    sleep 0.2
+  done
+  curl -fs "http://127.0.0.1:$port/api/v1/clients?limit=200" -H "Authorization: Bearer $token" \
+    | python3 -c 'import json, sys; print("\n".join(c["id"] for c in json.load(sys.stdin)["items"]))' >"$work/ids"
+  export BENCH_IDS=$work/ids
+}
+
+stop() {
+  kill "$pid" && wait "$pid" 2>/dev/null || true
+  pid=
+}
+
+# Prints req/s of one wrk run and fails on any non-2xx answer.
+load() {
+  local script=$1 path=$2 out
+  out=$(wrk -t2 -c16 -d"${duration}s" -s "$script" -H "Authorization: Bearer $token" "http://127.0.0.1:$port$path")
+  if echo "$out" | grep -q 'Non-2xx'; then
+    echo "$out" >&2
+    echo "non-2xx answers: the run does not count" >&2
+    exit 1
+  fi
+  echo "$out" | awk '/Requests\/sec/ {print $2}'
+}
+
+echo "commit $(git rev-parse --short HEAD), $(nproc) cores, database: ${db:-sqlite}, wrk -t2 -c16 -d${duration}s, $rounds rounds"
+echo
+echo "| round | binary | POST /clients req/s | PATCH /clients/{id} req/s |"
+echo "|---|---|---|---|"
+declare -A post patch
+for round in $(seq "$rounds"); do
+  for variant in audited unaudited; do
+    bin=$audited
+    [ "$variant" = unaudited ] && bin=$unaudited
+    start "$bin"
+    p=$(load "$work/post.lua" /api/v1/clients)
+    q=$(load "$work/patch.lua" /api/v1/clients)
+    stop
+    post[$variant]="${post[$variant]:-} $p"
+    patch[$variant]="${patch[$variant]:-} $q"
+    echo "| $round | $variant | $p | $q |"
+  done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+echo
+echo "| write | without audit (median) | with audit (median) | audit adds |"
+echo "|---|---|---|---|"
+for kind in post patch; do
+  declare -n values=$kind
+  without=$(echo "${values[unaudited]}" | median)
+  with=$(echo "${values[audited]}" | median)
+  # Added cost per request: (1/with - 1/without) / (1/without) = without/with - 1.
+  added=$(awk -v a="$without" -v b="$with" 'BEGIN { printf "%+.1f %%", (a / b - 1) * 100 }')
+  label="POST /clients"
+  [ "$kind" = patch ] && label="PATCH /clients/{id}"
+  echo "| $label | $without | $with | $added |"
+  unset -n values
+done
