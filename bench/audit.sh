@@ -17,14 +17,16 @@ db=${3:-}
 port=${BENCH_PORT:-18582}
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 
-cargo build --release -p agentdesk
-cargo build --release -p agentdesk --target-dir target/bench-without-audit --features agentdesk/bench-without-audit
-audited=target/release/agentdesk
-unaudited=target/bench-without-audit/release/agentdesk
-
 work=$(mktemp -d)
 pid=
 trap '[ -n "$pid" ] && kill $pid 2>/dev/null && wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+# Both variants in the one target directory (only our crates differ); each copied aside.
+cargo build --release -p agentdesk --features agentdesk/bench-without-audit
+cp target/release/agentdesk "$work/agentdesk-without-audit"
+cargo build --release -p agentdesk
+cp target/release/agentdesk "$work/agentdesk"
+audited=$work/agentdesk
+unaudited=$work/agentdesk-without-audit
 export AGENTDESK_BIND=127.0.0.1:$port AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
 export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-password-123
 

@@ -1,16 +1,18 @@
 use sea_orm::DatabaseBackend;
 use sea_orm_migration::prelude::*;
 
-use crate::services::audit::{AUDIT_LOCK_KEY, GENESIS_HASH};
+use crate::services::audit::{AUDIT_LOCK_KEY, GENESIS_HASH, HEAD_MOVED};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
 // The database keeps the audit chain in order itself: an event whose `seq` and `prev_hash` do
-// not continue the chain's last event is not inserted (the statement reports no row). The
-// application can then append from a cached chain head in one statement and re-read the head
-// only when the insert was skipped (another process appended, or a transaction that appended
-// rolled back). On PostgreSQL the trigger also takes the chain's advisory lock (held to commit),
+// not continue the chain's last event is not inserted. SQLite refuses the statement with
+// "audit chain head moved" (ABORT undoes only that statement; the transaction goes on);
+// PostgreSQL skips the row (the statement reports none), since an error there would end the
+// transaction. The application can then append from a cached chain head in one statement and
+// re-read the head only when the insert was refused (another process appended, or a
+// transaction that appended rolled back). On PostgreSQL the trigger also takes the chain's advisory lock (held to commit),
 // so concurrent appenders queue there, and its head query sees every append committed before
 // the lock was granted (a VOLATILE function takes a fresh snapshot for each query).
 fn sqlite() -> Vec<String> {
@@ -18,7 +20,7 @@ fn sqlite() -> Vec<String> {
         "CREATE TRIGGER audit_events_chain BEFORE INSERT ON audit_events \
          WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq), 0) + 1 FROM audit_events) \
            OR NEW.prev_hash IS NOT COALESCE((SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1), '{GENESIS_HASH}') \
-         BEGIN SELECT RAISE(IGNORE); END"
+         BEGIN SELECT RAISE(ABORT, '{HEAD_MOVED}'); END"
     )]
 }
 

@@ -230,6 +230,16 @@ const INSERT_EVENT: &str = "INSERT INTO audit_events (id, seq, at, actor_id, act
     resource_id, client_id, outcome, ip, user_agent, request_id, changes, prev_hash, hash) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
 
+// The same with positional parameters, for SQLite's combined call: a statement that follows it
+// and uses `?` then binds from the 17th value on.
+const INSERT_EVENT_POSITIONAL: &str = "INSERT INTO audit_events (id, seq, at, actor_id, actor_email, action, \
+    resource_type, resource_id, client_id, outcome, ip, user_agent, request_id, changes, prev_hash, hash) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const EVENT_VALUES: usize = 16;
+
+/// What SQLite's chain trigger says when it refuses an event (migration m0006).
+pub(crate) const HEAD_MOVED: &str = "audit chain head moved";
+
 /// The last event's `seq` and `hash` as the table has them (the genesis hash when empty).
 async fn read_head(conn: &impl ConnectionTrait) -> Result<(i64, String)> {
     let last = conn
@@ -247,17 +257,8 @@ async fn read_head(conn: &impl ConnectionTrait) -> Result<(i64, String)> {
     })
 }
 
-/// Appends an event inside `conn`'s transaction: one INSERT when the cached chain head is right.
-/// The chain trigger (migration m0006) holds the order: on SQLite under the write lock that the
-/// transaction already holds, on PostgreSQL under an advisory lock it takes (held to commit). When
-/// it skipped the insert, the head is read again (now under that lock, so it is current) and the
-/// event inserted once more.
-pub async fn append(
-    conn: &impl ConnectionTrait,
-    head: &ChainHead,
-    record: AuditRecord,
-) -> Result<AuditEvent> {
-    let mut event = AuditEvent {
+fn new_event(record: AuditRecord) -> AuditEvent {
+    AuditEvent {
         id: Uuid::now_v7(),
         seq: 0,
         // Stored to the microsecond on every backend, so hash what is stored.
@@ -278,10 +279,109 @@ pub async fn append(
         changes: record.changes,
         prev_hash: String::new(),
         hash: String::new(),
-    };
-    // What audit costs is measured against a build that stops here (bench/audit.sh).
-    if cfg!(feature = "bench-without-audit") {
-        return Ok(event);
+    }
+}
+
+/// The event's columns in the order of [`INSERT_EVENT`].
+fn event_values(event: &AuditEvent) -> Vec<sea_orm::Value> {
+    vec![
+        event.id.into(),
+        event.seq.into(),
+        event.at.into(),
+        event.actor_id.into(),
+        event.actor_email.clone().into(),
+        event.action.clone().into(),
+        event.resource_type.clone().into(),
+        event.resource_id.clone().into(),
+        event.client_id.into(),
+        event.outcome.clone().into(),
+        event.ip.clone().into(),
+        event.user_agent.clone().into(),
+        event.request_id.clone().into(),
+        event.changes.clone().into(),
+        event.prev_hash.clone().into(),
+        event.hash.clone().into(),
+    ]
+}
+
+/// `sql` with every numbered parameter `$n` renumbered `$n + by` (outside quoted text).
+fn shift_parameters(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut quote: Option<char> = None;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), _) if c == q => quote = None,
+            (None, '$') if chars.peek().is_some_and(char::is_ascii_digit) => {
+                let mut digits = String::new();
+                while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                    digits.push(d);
+                }
+                let n: usize = digits.parse().unwrap_or(0);
+                out.push('$');
+                out.push_str(&(n + by).to_string());
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Appends an event inside `conn`'s transaction: one INSERT when the cached chain head is right.
+/// The chain trigger (migration m0006) holds the order: on SQLite under the write lock that the
+/// transaction already holds, on PostgreSQL under an advisory lock it takes (held to commit). When
+/// it refused the event, the head is read again (now under that lock, so it is current) and the
+/// event inserted once more.
+pub async fn append(
+    conn: &impl ConnectionTrait,
+    head: &ChainHead,
+    record: AuditRecord,
+) -> Result<AuditEvent> {
+    append_with(conn, head, record, None)
+        .await
+        .map(|(_, event)| event)
+}
+
+/// Executes `change` (an INSERT, UPDATE or DELETE without RETURNING) and appends the event that
+/// records it, inside `conn`'s transaction; returns the rows the change affected. On SQLite the
+/// event and the change go to the database in one call, so auditing a write costs no extra
+/// round trip to SQLite's connection thread (the dominant cost of a statement there); on
+/// PostgreSQL they are two statements.
+///
+/// When the change fails, the event may already be in the transaction: the caller must roll
+/// back (returning the error does, as the transaction is dropped).
+pub async fn execute_audited(
+    conn: &impl ConnectionTrait,
+    head: &ChainHead,
+    change: Statement,
+    record: AuditRecord,
+) -> Result<(u64, AuditEvent)> {
+    append_with(conn, head, record, Some(change))
+        .await
+        .map(|(rows, event)| (rows.unwrap_or(0), event))
+}
+
+async fn append_with(
+    conn: &impl ConnectionTrait,
+    head: &ChainHead,
+    record: AuditRecord,
+    mut change: Option<Statement>,
+) -> Result<(Option<u64>, AuditEvent)> {
+    let backend = conn.get_database_backend();
+    let mut event = new_event(record);
+    let mut change_rows = None;
+    // What audit costs is measured against a build that only makes the change (bench/audit.sh).
+    let unaudited = cfg!(feature = "bench-without-audit");
+    if backend != sea_orm::DatabaseBackend::Sqlite || unaudited {
+        if let Some(change) = change.take() {
+            change_rows = Some(conn.execute_raw(change).await?.rows_affected());
+        }
+        if unaudited {
+            return Ok((change_rows, event));
+        }
     }
     let mut cached = head.get();
     // Two turns suffice (the second reads the head under the lock); the bound only guards
@@ -294,34 +394,38 @@ pub async fn append(
         event.seq = last_seq + 1;
         event.prev_hash = last_hash;
         event.hash = event_hash(&event);
-        let values: Vec<sea_orm::Value> = vec![
-            event.id.into(),
-            event.seq.into(),
-            event.at.into(),
-            event.actor_id.into(),
-            event.actor_email.clone().into(),
-            event.action.clone().into(),
-            event.resource_type.clone().into(),
-            event.resource_id.clone().into(),
-            event.client_id.into(),
-            event.outcome.clone().into(),
-            event.ip.clone().into(),
-            event.user_agent.clone().into(),
-            event.request_id.clone().into(),
-            event.changes.clone().into(),
-            event.prev_hash.clone().into(),
-            event.hash.clone().into(),
-        ];
-        let inserted = conn
-            .execute_raw(Statement::from_sql_and_values(
-                conn.get_database_backend(),
-                INSERT_EVENT,
-                values,
-            ))
-            .await?;
-        if inserted.rows_affected() == 1 {
-            head.set(event.seq, &event.hash);
-            return Ok(event);
+        let mut values = event_values(&event);
+        let statement = match &change {
+            // The event first: when the trigger refuses it, the change has not run either.
+            Some(change) => {
+                values.extend(change.values.iter().flat_map(|v| v.0.iter().cloned()));
+                Statement::from_sql_and_values(
+                    backend,
+                    format!(
+                        "{INSERT_EVENT_POSITIONAL}; {}",
+                        shift_parameters(&change.sql, EVENT_VALUES)
+                    ),
+                    values,
+                )
+            }
+            None => Statement::from_sql_and_values(backend, INSERT_EVENT, values),
+        };
+        match conn.execute_raw(statement).await {
+            // SQLite's trigger refuses with an error: the statement is undone, the transaction
+            // goes on.
+            Err(e) if e.to_string().contains(HEAD_MOVED) => {}
+            Err(e) => return Err(e.into()),
+            // The change's rows are the total less the event's one.
+            Ok(done) if change.is_some() => {
+                head.set(event.seq, &event.hash);
+                return Ok((Some(done.rows_affected().saturating_sub(1)), event));
+            }
+            Ok(done) if done.rows_affected() == 1 => {
+                head.set(event.seq, &event.hash);
+                return Ok((change_rows, event));
+            }
+            // PostgreSQL's trigger skipped the insert; read the head (now under its lock).
+            Ok(_) => {}
         }
     }
     Err(Error::Internal(
@@ -406,6 +510,20 @@ impl Core {
         record: AuditRecord,
     ) -> Result<AuditEvent> {
         append(conn, &self.audit_head, record).await
+    }
+
+    /// Executes `change` and appends the event that records it, inside the caller's transaction
+    /// (one call to the database on SQLite); the rows the change affected. See
+    /// [`execute_audited`].
+    pub async fn execute_audited(
+        &self,
+        conn: &impl ConnectionTrait,
+        change: Statement,
+        record: AuditRecord,
+    ) -> Result<u64> {
+        execute_audited(conn, &self.audit_head, change, record)
+            .await
+            .map(|(rows, _)| rows)
     }
 
     /// Writes one event in a transaction of its own (for denied requests and failed logins).
@@ -546,6 +664,18 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbered_parameters_shift_outside_quoted_text() {
+        assert_eq!(
+            shift_parameters("UPDATE t SET a = $1, b = '$2' WHERE c = $12 AND d = ?", 16),
+            "UPDATE t SET a = $17, b = '$2' WHERE c = $28 AND d = ?"
+        );
+        assert_eq!(
+            shift_parameters(r#"SELECT "$3", $ FROM x"#, 1),
+            r#"SELECT "$3", $ FROM x"#
+        );
+    }
 
     #[test]
     fn diff_lists_changed_fields_and_hides_secrets() {

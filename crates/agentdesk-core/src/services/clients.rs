@@ -8,8 +8,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, LikeExpr, Query};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, Statement,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, Set, Statement, TryIntoModel,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -294,6 +294,75 @@ fn fields_model(f: &ClientFields) -> client::ActiveModel {
         metadata: Set(f.metadata.clone()),
         search_text: Set(search_text(f)),
         ..Default::default()
+    }
+}
+
+/// A new client row for `f` (a fresh id, version 1, created now) and the client it becomes.
+fn new_client_row(
+    f: &ClientFields,
+    created_by: Option<Uuid>,
+) -> Result<(Client, client::ActiveModel)> {
+    let now = Utc::now().trunc_subsecs(6);
+    let model = client::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        version: Set(1),
+        created_at: Set(now),
+        updated_at: Set(now),
+        created_by: Set(created_by),
+        deleted_at: Set(None),
+        ..fields_model(f)
+    };
+    let row = model
+        .clone()
+        .try_into_model()
+        .map_err(|e| Error::Internal(format!("incomplete client row: {e}")))?;
+    Ok((Client::from(row), model))
+}
+
+/// The UPDATE that writes `f` over `current` (bumping the version, `updated_at` now) and the
+/// client it leaves. The current version in its WHERE clause makes the check and the write one
+/// atomic step: it affects no row when someone else wrote first.
+fn client_update(
+    backend: DatabaseBackend,
+    current: &Client,
+    f: &ClientFields,
+) -> (Client, Statement) {
+    let now = Utc::now().trunc_subsecs(6);
+    let model = client::ActiveModel {
+        id: Set(current.id),
+        version: Set(current.version + 1),
+        updated_at: Set(now),
+        ..fields_model(f)
+    };
+    let update = client::Entity::update_many()
+        .set(model)
+        .filter(client::Column::Id.eq(current.id))
+        .filter(client::Column::Version.eq(current.version))
+        .filter(client::Column::DeletedAt.is_null())
+        .build(backend);
+    let updated = Client {
+        id: current.id,
+        name: f.name.clone(),
+        email: f.email.clone(),
+        phone: f.phone.clone(),
+        company: f.company.clone(),
+        status: f.status.clone(),
+        tags: f.tags.clone(),
+        notes: f.notes.clone(),
+        metadata: f.metadata.clone(),
+        version: current.version + 1,
+        created_at: current.created_at,
+        updated_at: now,
+        created_by: current.created_by,
+    };
+    (updated, update)
+}
+
+/// A duplicate email as the API's conflict; other errors unchanged.
+fn email_conflict(err: Error) -> Error {
+    match err {
+        Error::Database(db) => map_unique(db, &EMAIL_UNIQUE, EMAIL_TAKEN),
+        other => other,
     }
 }
 
@@ -635,15 +704,17 @@ impl Core {
                 .await);
         }
         let txn = self.db.begin().await?;
-        let created = self
-            .insert_client(&txn, &fields, Some(permit.user().id))
-            .await?;
+        let (created, insert) = new_client_row(&fields, Some(permit.user().id))?;
         let record = permit
             .audit("client.create", Outcome::Success)
             .resource("client", created.id)
             .client(Some(created.id))
             .changes(json!({"before": null, "after": serde_json::to_value(&created).unwrap_or_default()}));
-        self.append(&txn, record).await?;
+        let insert = client::Entity::insert(insert).build(txn.get_database_backend());
+        self.execute_audited(&txn, insert, record)
+            .await
+            .map_err(email_conflict)?;
+        self.insert_tags(&txn, created.id, &fields.tags).await?;
         txn.commit().await?;
         Ok(created)
     }
@@ -655,22 +726,11 @@ impl Core {
         f: &ClientFields,
         created_by: Option<Uuid>,
     ) -> Result<Client> {
-        let now = Utc::now().trunc_subsecs(6);
-        let model = client::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            version: Set(1),
-            created_at: Set(now),
-            updated_at: Set(now),
-            created_by: Set(created_by),
-            deleted_at: Set(None),
-            ..fields_model(f)
-        };
-        let created = Client::from(
-            model
-                .insert(conn)
-                .await
-                .map_err(|e| map_unique(e, &EMAIL_UNIQUE, EMAIL_TAKEN))?,
-        );
+        let (created, model) = new_client_row(f, created_by)?;
+        client::Entity::insert(model)
+            .exec_without_returning(conn)
+            .await
+            .map_err(|e| map_unique(e, &EMAIL_UNIQUE, EMAIL_TAKEN))?;
         self.insert_tags(conn, created.id, &f.tags).await?;
         Ok(created)
     }
@@ -743,21 +803,27 @@ impl Core {
         let mut doc = ClientFields::from_client(&current).to_json();
         merge_patch(&mut doc, patch);
         let fields = ClientFields::from_json(&doc)?;
-        let updated = self.write_client(&txn, id, &fields, None).await?;
+        let (updated, update) = client_update(txn.get_database_backend(), &current, &fields);
         let changes = diff(
             &serde_json::to_value(&current).unwrap_or_default(),
             &serde_json::to_value(&updated).unwrap_or_default(),
             &[],
         );
-        self.append(
-            &txn,
-            permit
-                .audit("client.update", Outcome::Success)
-                .resource("client", id)
-                .client(Some(id))
-                .changes(changes),
-        )
-        .await?;
+        let record = permit
+            .audit("client.update", Outcome::Success)
+            .resource("client", id)
+            .client(Some(id))
+            .changes(changes);
+        let written = self
+            .execute_audited(&txn, update, record)
+            .await
+            .map_err(email_conflict)?;
+        if written == 0 {
+            return Err(Error::PreconditionFailed);
+        }
+        if fields.tags != current.tags {
+            self.write_tags(&txn, id, &fields.tags).await?;
+        }
         txn.commit().await?;
         Ok(updated)
     }
@@ -776,31 +842,18 @@ impl Core {
             .await?
             .ok_or(Error::NotFound("client"))?;
         check_if_match(if_match, &current)?;
-        let now = Utc::now().trunc_subsecs(6);
-        let model = client::ActiveModel {
-            id: Set(id),
-            version: Set(current.version + 1),
-            updated_at: Set(now),
-            ..fields_model(f)
-        };
-        // The version in the WHERE clause makes the check and the write one atomic step.
-        let result = client::Entity::update_many()
-            .set(model)
-            .filter(client::Column::Id.eq(id))
-            .filter(client::Column::Version.eq(current.version))
-            .filter(client::Column::DeletedAt.is_null())
-            .exec(conn)
+        let (updated, update) = client_update(conn.get_database_backend(), &current, f);
+        let result = conn
+            .execute_raw(update)
             .await
             .map_err(|e| map_unique(e, &EMAIL_UNIQUE, EMAIL_TAKEN))?;
-        if result.rows_affected == 0 {
+        if result.rows_affected() == 0 {
             return Err(Error::PreconditionFailed);
         }
         if f.tags != current.tags {
             self.write_tags(conn, id, &f.tags).await?;
         }
-        self.find_client(conn, id)
-            .await?
-            .ok_or(Error::NotFound("client"))
+        Ok(updated)
     }
 
     /// Deletes a client (`clients:delete`): afterwards it is 404 and lists leave it out.
