@@ -153,9 +153,11 @@ fn benches(c: &mut Criterion) {
                 .unwrap()
                 .id
         });
+        // The write the clients routes make: with audit, the event goes with the change
+        // (`execute_audited`: one call on SQLite, two statements on PostgreSQL).
         let update = move |core: Core, audited: bool| async move {
             let txn = core.db.begin().await.unwrap();
-            txn.execute_raw(Statement::from_sql_and_values(
+            let change = Statement::from_sql_and_values(
                 core.db.backend(),
                 "UPDATE users SET full_name = $1, updated_at = $2 WHERE id = $3",
                 [
@@ -163,9 +165,7 @@ fn benches(c: &mut Criterion) {
                     Utc::now().into(),
                     id.into(),
                 ],
-            ))
-            .await
-            .unwrap();
+            );
             if audited {
                 let record = AuditRecord::new(
                     "user.update",
@@ -176,7 +176,9 @@ fn benches(c: &mut Criterion) {
                 .changes(
                     serde_json::json!({"before": {"full_name": "a"}, "after": {"full_name": "b"}}),
                 );
-                core.append(&txn, record).await.unwrap();
+                core.execute_audited(&txn, change, record).await.unwrap();
+            } else {
+                txn.execute_raw(change).await.unwrap();
             }
             txn.commit().await.unwrap();
         };
