@@ -162,6 +162,15 @@ async fn a_change_that_rolls_back_leaves_no_event() {
     let updates = events(&app, &admin, "action=client.update").await;
     assert_eq!(updates.len(), 1);
     assert_eq!(updates[0]["changes"]["after"]["notes"], "still writable");
+    // A delete records the client as it was; a second delete finds nothing and records nothing.
+    app.delete(&path, &admin).await.expect(204, None);
+    app.delete(&path, &admin)
+        .await
+        .expect(404, Some("not_found"));
+    let deletes = events(&app, &admin, "action=client.delete").await;
+    assert_eq!(deletes.len(), 1);
+    assert_eq!(deletes[0]["changes"]["before"]["email"], "b@example.com");
+    assert_eq!(deletes[0]["changes"]["after"], Value::Null);
     let verified = app.get("/api/v1/audit/verify", &admin).await;
     assert_eq!(verified.json["valid"], true, "{}", verified.text);
     let latest = app.get("/api/v1/audit/events?limit=1", &admin).await.json["items"][0]["seq"]

@@ -358,6 +358,19 @@ fn client_update(
     (updated, update)
 }
 
+/// The UPDATE that marks a live client deleted (freeing its email for a new client).
+fn client_removal(backend: DatabaseBackend, id: Uuid) -> Statement {
+    client::Entity::update_many()
+        .col_expr(client::Column::DeletedAt, Expr::value(Utc::now()))
+        .col_expr(
+            client::Column::EmailKey,
+            Expr::value(Option::<String>::None),
+        )
+        .filter(client::Column::Id.eq(id))
+        .filter(client::Column::DeletedAt.is_null())
+        .build(backend)
+}
+
 /// A duplicate email as the API's conflict; other errors unchanged.
 fn email_conflict(err: Error) -> Error {
     match err {
@@ -867,13 +880,15 @@ impl Core {
         let current = self.scoped_client(permit, id).await?;
         check_if_match(if_match, &current)?;
         let txn = self.db.begin().await?;
-        self.remove_client(&txn, id).await?;
         let record = permit
             .audit("client.delete", Outcome::Success)
             .resource("client", id)
             .client(Some(id))
             .changes(json!({"before": serde_json::to_value(&current).unwrap_or_default(), "after": null}));
-        self.append(&txn, record).await?;
+        let removal = client_removal(txn.get_database_backend(), id);
+        if self.execute_audited(&txn, removal, record).await? == 0 {
+            return Err(Error::NotFound("client"));
+        }
         txn.commit().await?;
         Ok(())
     }
@@ -899,18 +914,10 @@ impl Core {
 
     /// Marks a client deleted inside the caller's transaction (history and audit stay).
     pub async fn remove_client(&self, conn: &impl ConnectionTrait, id: Uuid) -> Result<()> {
-        let now = Utc::now();
-        let done = client::Entity::update_many()
-            .col_expr(client::Column::DeletedAt, Expr::value(now))
-            .col_expr(
-                client::Column::EmailKey,
-                Expr::value(Option::<String>::None),
-            )
-            .filter(client::Column::Id.eq(id))
-            .filter(client::Column::DeletedAt.is_null())
-            .exec(conn)
+        let done = conn
+            .execute_raw(client_removal(conn.get_database_backend(), id))
             .await?;
-        if done.rows_affected == 0 {
+        if done.rows_affected() == 0 {
             return Err(Error::NotFound("client"));
         }
         Ok(())
