@@ -40,9 +40,7 @@ impl Database {
                         message: format!("cannot create {}: {e}", parent.display()),
                     })?;
                 }
-                let writer = sea_orm::Database::connect(sqlite_options(&url, 1, false))
-                    .await
-                    .map_err(connect_error)?;
+                let writer = connect_sqlite_writer(&url).await?;
                 // The writer creates the file and switches it to WAL before readers open it.
                 let reader = sea_orm::Database::connect(sqlite_options(
                     &url,
@@ -186,6 +184,25 @@ fn sqlite_options(url: &str, max_connections: u32, read_only: bool) -> ConnectOp
                 .pragma("temp_store", "memory")
         });
     options
+}
+
+/// Opens the writer. Two processes opening a new file at once (two `migrate`s, a server and a
+/// worker) can collide while one switches it to WAL: SQLite then answers "database is locked"
+/// without waiting for the busy timeout, so that case is retried for up to ten seconds.
+async fn connect_sqlite_writer(url: &str) -> Result<DatabaseConnection> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match sea_orm::Database::connect(sqlite_options(url, 1, false)).await {
+            Ok(writer) => return Ok(writer),
+            Err(e)
+                if e.to_string().contains("database is locked")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(connect_error(e)),
+        }
+    }
 }
 
 fn connect_error(err: sea_orm::DbErr) -> Error {
