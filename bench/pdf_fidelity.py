@@ -36,7 +36,7 @@ def f1(ours, ref):
 
 
 # The environment the agent gives its extraction child (CHILD_ENV in agents/pdf-processing/src/isolate.rs).
-CHILD_ENV = dict(os.environ, AGENTDESK_PDF_CHILD_ALLOCATOR="mimalloc", MIMALLOC_ARENA_EAGER_COMMIT="0", MALLOC_ARENA_MAX="1")
+CHILD_ENV = dict(os.environ, AGENTDESK_PDF_CHILD_ALLOCATOR="mimalloc", MIMALLOC_ARENA_EAGER_COMMIT="0")
 
 
 def timed(cmd, stdin=None):

@@ -63,13 +63,7 @@ impl MigrationTrait for Migration {
             DatabaseBackend::Postgres => PG_TRIGGERS,
             _ => SQLITE_TRIGGERS,
         };
-        for statement in triggers {
-            manager
-                .get_connection()
-                .execute_unprepared(statement)
-                .await?;
-        }
-        Ok(())
+        super::run_statements(manager, &triggers).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

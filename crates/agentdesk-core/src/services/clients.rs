@@ -326,7 +326,7 @@ fn client_update(
     backend: DatabaseBackend,
     current: &Client,
     f: &ClientFields,
-) -> (Client, Statement) {
+) -> Result<(Client, Statement)> {
     let now = Utc::now().trunc_subsecs(6);
     let model = client::ActiveModel {
         id: Set(current.id),
@@ -334,28 +334,22 @@ fn client_update(
         updated_at: Set(now),
         ..fields_model(f)
     };
+    // The row as it will be: what the UPDATE sets plus the columns it leaves alone.
+    let row = client::ActiveModel {
+        created_at: Set(current.created_at),
+        created_by: Set(current.created_by),
+        deleted_at: Set(None),
+        ..model.clone()
+    }
+    .try_into_model()
+    .map_err(|e| Error::Internal(format!("incomplete client row: {e}")))?;
     let update = client::Entity::update_many()
         .set(model)
         .filter(client::Column::Id.eq(current.id))
         .filter(client::Column::Version.eq(current.version))
         .filter(client::Column::DeletedAt.is_null())
         .build(backend);
-    let updated = Client {
-        id: current.id,
-        name: f.name.clone(),
-        email: f.email.clone(),
-        phone: f.phone.clone(),
-        company: f.company.clone(),
-        status: f.status.clone(),
-        tags: f.tags.clone(),
-        notes: f.notes.clone(),
-        metadata: f.metadata.clone(),
-        version: current.version + 1,
-        created_at: current.created_at,
-        updated_at: now,
-        created_by: current.created_by,
-    };
-    (updated, update)
+    Ok((Client::from(row), update))
 }
 
 /// The UPDATE that marks a live client deleted (freeing its email for a new client).
@@ -816,7 +810,7 @@ impl Core {
         let mut doc = ClientFields::from_client(&current).to_json();
         merge_patch(&mut doc, patch);
         let fields = ClientFields::from_json(&doc)?;
-        let (updated, update) = client_update(txn.get_database_backend(), &current, &fields);
+        let (updated, update) = client_update(txn.get_database_backend(), &current, &fields)?;
         let changes = diff(
             &serde_json::to_value(&current).unwrap_or_default(),
             &serde_json::to_value(&updated).unwrap_or_default(),
@@ -855,7 +849,7 @@ impl Core {
             .await?
             .ok_or(Error::NotFound("client"))?;
         check_if_match(if_match, &current)?;
-        let (updated, update) = client_update(conn.get_database_backend(), &current, f);
+        let (updated, update) = client_update(conn.get_database_backend(), &current, f)?;
         let result = conn
             .execute_raw(update)
             .await
