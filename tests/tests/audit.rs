@@ -329,6 +329,8 @@ async fn the_database_refuses_to_change_events_and_verify_finds_tampering() {
             .await
             .expect(200, None);
     }
+    // On PostgreSQL the logins' events may still wait in the queue; chain them first.
+    app.core.flush_audit().await.unwrap();
     assert!(
         raw(
             &app,
@@ -406,6 +408,7 @@ async fn the_database_refuses_to_change_events_and_verify_finds_tampering() {
             .await
             .expect(200, None);
     }
+    app2.core.flush_audit().await.unwrap();
     if postgres {
         raw(
             &app2,
@@ -604,4 +607,76 @@ async fn a_stale_chain_head_never_breaks_the_chain() {
         a.core.verify_audit().await.unwrap().checked,
         "no gaps"
     );
+}
+
+/// PostgreSQL queues events and chains them after commit. Events that an instance queued but
+/// never chained (it stopped first) are chained by any other instance: by its next read of the
+/// log, and by its sequencer's tick without one. The queue refuses changes as the log does.
+#[tokio::test]
+async fn queued_events_are_chained_by_any_instance() {
+    use agentdesk_tests::TestEnv;
+    let env = TestEnv::new().await;
+    let a = env.spawn(&[]).await;
+    if a.core.db.backend() != DatabaseBackend::Postgres {
+        return;
+    }
+    let queue = |request_id: &str| {
+        format!(
+            "INSERT INTO audit_queue (id, at, action, outcome, request_id, changes) \
+             VALUES ('{}', now(), 'test.left_queued', 'success', '{request_id}', '{{\"b\": 1.50, \"a\": [true, null]}}')",
+            uuid::Uuid::now_v7()
+        )
+    };
+    // As a stopped instance leaves them: queued and committed, no sequencer woken.
+    raw(&a, &queue("by-read")).await.unwrap();
+    let admin = a.admin_token().await;
+    let found = events(&a, &admin, "action=test.left_queued").await;
+    assert_eq!(found.len(), 1, "a read chains what is queued first");
+    assert_eq!(found[0]["request_id"], "by-read");
+
+    raw(&a, &queue("by-tick")).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let chained = a
+            .core
+            .db
+            .writer()
+            .query_one_raw(Statement::from_string(
+                DatabaseBackend::Postgres,
+                "SELECT COUNT(*) FROM audit_events WHERE request_id = 'by-tick'",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<i64>(0)
+            .unwrap();
+        if chained == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sequencer's tick chains it without a read"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // A second instance reading the log sees the first one's writes.
+    let b = env.spawn(&[]).await;
+    let admin_b = b.admin_token().await;
+    a.post("/api/v1/clients", &admin, json!({"name": "Queued"}))
+        .await
+        .expect(201, None);
+    let created = events(&b, &admin_b, "action=client.create").await;
+    assert_eq!(created.len(), 1);
+    let verified = b.get("/api/v1/audit/verify", &admin_b).await;
+    assert_eq!(verified.json["valid"], true, "{}", verified.text);
+
+    for refused in [
+        "UPDATE audit_queue SET action = 'forged'",
+        "TRUNCATE audit_queue",
+        "TRUNCATE audit_events",
+    ] {
+        let e = raw(&a, refused).await.expect_err(refused);
+        assert!(e.to_string().contains("immutable"), "{refused}: {e}");
+    }
 }

@@ -306,6 +306,7 @@ impl Application {
             // The runner has its own deadline and hands unfinished jobs back.
             let _ = runner.await;
         }
+        flush_audit_before_exit(&self.state.core).await;
         self.state.core.db.clone().close().await;
         Ok(())
     }
@@ -369,8 +370,17 @@ pub async fn run_worker(
     stop.cancel();
     let _ = runner.await;
     let _ = server.await;
+    flush_audit_before_exit(&core).await;
     core.db.clone().close().await;
     Ok(())
+}
+
+/// Chains the events this process queued last (PostgreSQL), so that none waits for another
+/// instance or the next start; a failure only leaves them queued for those.
+async fn flush_audit_before_exit(core: &Core) {
+    if let Err(e) = core.flush_audit().await {
+        tracing::warn!(error = %e, "queued audit events stay queued for the next instance");
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called (not when the

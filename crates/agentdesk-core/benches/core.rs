@@ -154,7 +154,9 @@ fn benches(c: &mut Criterion) {
                 .id
         });
         // The write the clients routes make: with audit, the event goes with the change
-        // (`execute_audited`: one call on SQLite, two statements on PostgreSQL).
+        // (`execute_audited`: one call; on PostgreSQL the event is queued in the change's
+        // statement and this process's sequencer chains it in the background, so its share
+        // of the cost is in the time of later iterations).
         let update = move |core: Core, audited: bool| async move {
             let txn = core.db.begin().await.unwrap();
             let change = Statement::from_sql_and_values(

@@ -15,6 +15,7 @@ pub struct Migration;
 // transaction that appended rolled back). On PostgreSQL the trigger also takes the chain's advisory lock (held to commit),
 // so concurrent appenders queue there, and its head query sees every append committed before
 // the lock was granted (a VOLATILE function takes a fresh snapshot for each query).
+// Since m0007 only the sequencer appends on PostgreSQL; the trigger still refuses forged rows.
 fn sqlite() -> Vec<String> {
     vec![format!(
         "CREATE TRIGGER audit_events_chain BEFORE INSERT ON audit_events \

@@ -1,11 +1,20 @@
 //! The audit log: one event per state change, denied request and login attempt, written in the
 //! same transaction as the change. Events form a hash chain in `seq` order: each event's hash is
 //! SHA-256 over its canonical encoding and the previous hash, so a changed, inserted or deleted
-//! row is detectable. `seq` comes from a single-writer lock (SQLite's write lock, a transaction
-//! advisory lock on PostgreSQL), so it is gapless under any number of concurrent writers.
+//! row is detectable. `seq` is gapless under any number of concurrent writers because one writer
+//! at a time extends the chain:
+//! - on SQLite, the writing transaction chains its event itself, under the write lock it holds
+//!   anyway;
+//! - on PostgreSQL, the writing transaction queues its event (`audit_queue`, in the same
+//!   statement as the change where it can), and the sequencer moves queued events into the chain
+//!   in batches under an advisory lock, right after they commit. Chaining inside the writing
+//!   transaction would hold that lock through every COMMIT and its WAL flush, serialising all
+//!   writers. Every read of the log (list, get, verify, export) first chains what is queued, so a
+//!   reader always sees every committed event.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use futures::Stream;
@@ -15,16 +24,19 @@ use sea_orm::{
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{Core, RequestMeta};
+use crate::database::Database;
 use crate::error::{Error, Result};
 use crate::models::audit::{self, AuditEvent};
 use crate::models::user::User;
 
 /// The `prev_hash` of the first event.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-/// The PostgreSQL advisory lock that orders appends to the chain (taken by its insert trigger).
+/// The PostgreSQL advisory lock that orders appends to the chain (taken by the sequencer and by the
+/// chain's insert trigger).
 pub(crate) const AUDIT_LOCK_KEY: i64 = 7_263_502;
 
 /// Outcome of an audited request.
@@ -207,20 +219,25 @@ pub fn event_hash(e: &AuditEvent) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// The last event of the chain as this process last wrote or read it. Only a hint: the
-/// database's chain trigger skips an insert that does not continue the chain, so a stale head
-/// (another process wrote, or a transaction that appended rolled back) costs a re-read, never a
-/// broken chain.
+/// This process's side of the chain: the last event as it last wrote or read it (SQLite), and
+/// the signal that wakes its sequencer (PostgreSQL).
+///
+/// The head is only a hint: the database's chain trigger refuses an insert that does not
+/// continue the chain, so a stale head (another process wrote, or a transaction that appended
+/// rolled back) costs a re-read, never a broken chain.
 #[derive(Debug, Clone, Default)]
-pub struct ChainHead(Arc<Mutex<Option<(i64, String)>>>);
+pub struct ChainHead {
+    last: Arc<Mutex<Option<(i64, String)>>>,
+    queued: Arc<Notify>,
+}
 
 impl ChainHead {
     fn get(&self) -> Option<(i64, String)> {
-        self.0.lock().ok().and_then(|head| head.clone())
+        self.last.lock().ok().and_then(|head| head.clone())
     }
 
     fn set(&self, seq: i64, hash: &str) {
-        if let Ok(mut head) = self.0.lock() {
+        if let Ok(mut head) = self.last.lock() {
             *head = Some((seq, hash.to_owned()));
         }
     }
@@ -236,6 +253,23 @@ const INSERT_EVENT_POSITIONAL: &str = "INSERT INTO audit_events (id, seq, at, ac
     resource_type, resource_id, client_id, outcome, ip, user_agent, request_id, changes, prev_hash, hash) \
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 const EVENT_VALUES: usize = 16;
+
+/// PostgreSQL: queues an event for the sequencer (migration m0007).
+const QUEUE_EVENT: &str = "INSERT INTO audit_queue (id, at, actor_id, actor_email, action, resource_type, \
+    resource_id, client_id, outcome, ip, user_agent, request_id, changes) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+const QUEUE_VALUES: usize = 13;
+
+/// Events the sequencer moves per transaction.
+const CHAIN_BATCH: usize = 500;
+
+/// PostgreSQL: inserts a chained batch, given as a JSON array of events, in `seq` order (the chain
+/// trigger checks each row against the one before).
+const CHAIN_BATCH_INSERT: &str = "INSERT INTO audit_events (id, seq, at, actor_id, actor_email, action, \
+    resource_type, resource_id, client_id, outcome, ip, user_agent, request_id, changes, prev_hash, hash) \
+    SELECT id, seq, at, actor_id, actor_email, action, resource_type, resource_id, client_id, outcome, \
+    ip, user_agent, request_id, changes, prev_hash, hash \
+    FROM jsonb_populate_recordset(NULL::audit_events, $1) ORDER BY seq";
 
 /// What SQLite's chain trigger says when it refuses an event (migration m0006).
 pub(crate) const HEAD_MOVED: &str = "audit chain head moved";
@@ -282,11 +316,10 @@ fn new_event(record: AuditRecord) -> AuditEvent {
     }
 }
 
-/// The event's columns in the order of [`INSERT_EVENT`].
-fn event_values(event: &AuditEvent) -> Vec<sea_orm::Value> {
+/// The event's columns in the order of [`QUEUE_EVENT`]: everything but the chain fields.
+fn queue_values(event: &AuditEvent) -> Vec<sea_orm::Value> {
     vec![
         event.id.into(),
-        event.seq.into(),
         event.at.into(),
         event.actor_id.into(),
         event.actor_email.clone().into(),
@@ -299,9 +332,40 @@ fn event_values(event: &AuditEvent) -> Vec<sea_orm::Value> {
         event.user_agent.clone().into(),
         event.request_id.clone().into(),
         event.changes.clone().into(),
-        event.prev_hash.clone().into(),
-        event.hash.clone().into(),
     ]
+}
+
+/// The event's columns in the order of [`INSERT_EVENT`].
+fn event_values(event: &AuditEvent) -> Vec<sea_orm::Value> {
+    let mut values = queue_values(event);
+    values.insert(1, event.seq.into());
+    values.push(event.prev_hash.clone().into());
+    values.push(event.hash.clone().into());
+    values
+}
+
+/// PostgreSQL: `change` with the event's queue insert in front as a data-modifying CTE, so the
+/// two are one statement; its numbered parameters move up past the event's.
+fn with_queued_event(change_sql: &str) -> String {
+    let queue = format!("audit_queued AS ({QUEUE_EVENT})");
+    let shifted = shift_parameters(change_sql, QUEUE_VALUES);
+    let change = shifted.trim_start();
+    let starts = |word: &str| {
+        change
+            .get(..word.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(word))
+    };
+    // A change that has a WITH list of its own gets the event as its first entry.
+    if starts("WITH RECURSIVE ") {
+        format!(
+            "WITH RECURSIVE {queue}, {}",
+            &change["WITH RECURSIVE ".len()..]
+        )
+    } else if starts("WITH ") {
+        format!("WITH {queue}, {}", &change["WITH ".len()..])
+    } else {
+        format!("WITH {queue} {change}")
+    }
 }
 
 /// `sql` with every numbered parameter `$n` renumbered `$n + by` (outside quoted text).
@@ -330,26 +394,23 @@ fn shift_parameters(sql: &str, by: usize) -> String {
     out
 }
 
-/// Appends an event inside `conn`'s transaction: one INSERT when the cached chain head is right.
-/// The chain trigger (migration m0006) holds the order: on SQLite under the write lock that the
-/// transaction already holds, on PostgreSQL under an advisory lock it takes (held to commit). When
-/// it refused the event, the head is read again (now under that lock, so it is current) and the
-/// event inserted once more.
+/// Appends an event inside `conn`'s transaction, so it commits or rolls back with it. On SQLite
+/// it is chained at once: one INSERT when the cached chain head is right; the chain trigger
+/// (migration m0006) refuses an event that does not continue the chain, and the head is then read
+/// again (under the write lock the transaction holds, so it is current) and the event inserted
+/// once more. On PostgreSQL it is queued for the sequencer, which chains it after commit.
 pub async fn append(
     conn: &impl ConnectionTrait,
     head: &ChainHead,
     record: AuditRecord,
-) -> Result<AuditEvent> {
-    append_with(conn, head, record, None)
-        .await
-        .map(|(_, event)| event)
+) -> Result<()> {
+    append_with(conn, head, record, None).await.map(|_| ())
 }
 
 /// Executes `change` (an INSERT, UPDATE or DELETE without RETURNING) and appends the event that
-/// records it, inside `conn`'s transaction; returns the rows the change affected. On SQLite the
-/// event and the change go to the database in one call, so auditing a write costs no extra
-/// round trip to SQLite's connection thread (the dominant cost of a statement there); on
-/// PostgreSQL they are two statements.
+/// records it, inside `conn`'s transaction; returns the rows the change affected. The event and
+/// the change go to the database in one call (SQLite: two statements, event first; PostgreSQL: one
+/// statement, the event queued by a CTE), so auditing a write costs no extra round trip.
 ///
 /// When the change fails, the event may already be in the transaction: the caller must roll
 /// back (returning the error does, as the transaction is dropped).
@@ -358,30 +419,42 @@ pub async fn execute_audited(
     head: &ChainHead,
     change: Statement,
     record: AuditRecord,
-) -> Result<(u64, AuditEvent)> {
+) -> Result<u64> {
     append_with(conn, head, record, Some(change))
         .await
-        .map(|(rows, event)| (rows.unwrap_or(0), event))
+        .map(|rows| rows.unwrap_or(0))
 }
 
 async fn append_with(
     conn: &impl ConnectionTrait,
     head: &ChainHead,
     record: AuditRecord,
-    mut change: Option<Statement>,
-) -> Result<(Option<u64>, AuditEvent)> {
+    change: Option<Statement>,
+) -> Result<Option<u64>> {
     let backend = conn.get_database_backend();
     let mut event = new_event(record);
-    let mut change_rows = None;
     // What audit costs is measured against a build that only makes the change (bench/audit.sh).
-    let unaudited = cfg!(feature = "bench-without-audit");
-    if backend != sea_orm::DatabaseBackend::Sqlite || unaudited {
-        if let Some(change) = change.take() {
-            change_rows = Some(conn.execute_raw(change).await?.rows_affected());
-        }
-        if unaudited {
-            return Ok((change_rows, event));
-        }
+    if cfg!(feature = "bench-without-audit") {
+        return match change {
+            Some(change) => Ok(Some(conn.execute_raw(change).await?.rows_affected())),
+            None => Ok(None),
+        };
+    }
+    if backend == sea_orm::DatabaseBackend::Postgres {
+        let mut values = queue_values(&event);
+        let statement = match &change {
+            Some(change) => {
+                values.extend(change.values.iter().flat_map(|v| v.0.iter().cloned()));
+                Statement::from_sql_and_values(backend, with_queued_event(&change.sql), values)
+            }
+            None => Statement::from_sql_and_values(backend, QUEUE_EVENT, values),
+        };
+        // A CTE's rows do not count in the statement's: these are the change's.
+        let rows = conn.execute_raw(statement).await?.rows_affected();
+        // Woken before the commit: the sequencer waits a moment, and looks again (see
+        // `run_sequencer`).
+        head.queued.notify_one();
+        return Ok(change.is_some().then_some(rows));
     }
     let mut cached = head.get();
     // Two turns suffice (the second reads the head under the lock); the bound only guards
@@ -411,26 +484,135 @@ async fn append_with(
             None => Statement::from_sql_and_values(backend, INSERT_EVENT, values),
         };
         match conn.execute_raw(statement).await {
-            // SQLite's trigger refuses with an error: the statement is undone, the transaction
-            // goes on.
+            // The trigger refuses with an error: the statement is undone, the transaction goes on.
             Err(e) if e.to_string().contains(HEAD_MOVED) => {}
             Err(e) => return Err(e.into()),
-            // The change's rows are the total less the event's one.
-            Ok(done) if change.is_some() => {
+            Ok(done) => {
                 head.set(event.seq, &event.hash);
-                return Ok((Some(done.rows_affected().saturating_sub(1)), event));
+                // The change's rows are the total less the event's one.
+                return Ok(change
+                    .is_some()
+                    .then(|| done.rows_affected().saturating_sub(1)));
             }
-            Ok(done) if done.rows_affected() == 1 => {
-                head.set(event.seq, &event.hash);
-                return Ok((change_rows, event));
-            }
-            // PostgreSQL's trigger skipped the insert; read the head (now under its lock).
-            Ok(_) => {}
         }
     }
     Err(Error::Internal(
         "the audit chain refused the event repeatedly; is the chain trigger intact?".into(),
     ))
+}
+
+/// PostgreSQL: moves up to [`CHAIN_BATCH`] queued events into the chain, oldest queued first, in
+/// one transaction under the chain's advisory lock; returns how many it moved. Events whose
+/// transaction has not committed yet are not seen, and follow in a later batch.
+///
+/// Four round trips: BEGIN, the lock and the move in one statement, the insert, COMMIT. The
+/// batch is chained from the cached head; when another instance moved the head, the chain trigger
+/// skips the rows, and the head is read again (now current: the lock is held) for a second try.
+async fn chain_queued(db: &Database, head: &ChainHead) -> Result<usize> {
+    let backend = sea_orm::DatabaseBackend::Postgres;
+    let txn = db.begin().await?;
+    // The lock is a one-time filter, taken before the queue is read. The statement's snapshot
+    // is older than the lock: an event committed in between waits for the next batch, and one
+    // that another sequencer moved meanwhile is skipped (the delete re-checks such rows).
+    let moved = audit::Entity::find()
+        .from_raw_sql(Statement::from_sql_and_values(
+            backend,
+            format!(
+                "WITH moved AS (DELETE FROM audit_queue \
+                   WHERE (SELECT pg_advisory_xact_lock({AUDIT_LOCK_KEY})) IS NOT NULL \
+                     AND queued IN (SELECT queued FROM audit_queue ORDER BY queued LIMIT $1) \
+                   RETURNING *) \
+                 SELECT id, 0::BIGINT AS seq, at, actor_id, actor_email, action, resource_type, \
+                   resource_id, client_id, outcome, ip, user_agent, request_id, changes, \
+                   '' AS prev_hash, '' AS hash \
+                 FROM moved ORDER BY queued"
+            ),
+            [(CHAIN_BATCH as i64).into()],
+        ))
+        .all(&txn)
+        .await?;
+    if moved.is_empty() {
+        txn.commit().await?;
+        return Ok(0);
+    }
+    let count = moved.len();
+    let mut batch: Vec<AuditEvent> = moved.into_iter().map(AuditEvent::from).collect();
+    let mut cached = head.get();
+    for _ in 0..2 {
+        let (mut seq, mut prev_hash) = match cached.take() {
+            Some(known) => known,
+            None => read_head(&txn).await?,
+        };
+        for event in &mut batch {
+            seq += 1;
+            event.seq = seq;
+            event.prev_hash = prev_hash;
+            event.hash = event_hash(event);
+            prev_hash = event.hash.clone();
+        }
+        // The batch as one JSON parameter: one statement text whatever the batch's size, so the
+        // connection's prepared-statement cache keeps one entry for it.
+        let rows = serde_json::to_value(&batch)
+            .map_err(|e| Error::Internal(format!("audit batch encoding: {e}")))?;
+        let inserted = txn
+            .execute_raw(Statement::from_sql_and_values(
+                backend,
+                CHAIN_BATCH_INSERT,
+                [rows.into()],
+            ))
+            .await?
+            .rows_affected();
+        if inserted == count as u64 {
+            txn.commit().await?;
+            head.set(seq, &prev_hash);
+            return Ok(count);
+        }
+        // The first row did not continue the chain, so none did (each continues the one before).
+        if inserted != 0 {
+            break;
+        }
+    }
+    // The schema is damaged: roll back and leave the events queued.
+    Err(Error::Internal(
+        "the audit chain refused a batch of queued events; is the chain trigger intact?".into(),
+    ))
+}
+
+/// How long the sequencer waits for a wake before it looks for queued events anyway (events
+/// queued by another instance, or left queued by one that stopped).
+const SEQUENCER_TICK: Duration = Duration::from_secs(1);
+/// How long the sequencer lets events gather before it moves them: each batch costs four round
+/// trips and a WAL flush, whatever its size.
+const SEQUENCER_WINDOW: Duration = Duration::from_millis(10);
+
+/// Starts this process's sequencer (PostgreSQL only); it stops once every clone of `head` is
+/// gone.
+pub(crate) fn spawn_sequencer(db: Database, head: &ChainHead) {
+    let signal = Arc::downgrade(&head.queued);
+    let head = ChainHead {
+        last: head.last.clone(),
+        queued: Arc::new(Notify::new()),
+    };
+    tokio::spawn(async move {
+        while let Some(queued) = signal.upgrade() {
+            let _ = tokio::time::timeout(SEQUENCER_TICK, queued.notified()).await;
+            drop(queued);
+            // The wake comes before the writer's COMMIT, so look again a few times before
+            // waiting; under load the next batch has gathered by then.
+            let mut empty_looks = 0;
+            while empty_looks < 3 {
+                tokio::time::sleep(SEQUENCER_WINDOW).await;
+                match chain_queued(&db, &head).await {
+                    Ok(0) => empty_looks += 1,
+                    Ok(_) => empty_looks = 0,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "chaining queued audit events failed; retrying");
+                        break;
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Filters of the event list and export.
@@ -504,26 +686,19 @@ pub struct Verification {
 
 impl Core {
     /// Appends an event inside the caller's transaction, so it commits or rolls back with it.
-    pub async fn append(
-        &self,
-        conn: &impl ConnectionTrait,
-        record: AuditRecord,
-    ) -> Result<AuditEvent> {
+    pub async fn append(&self, conn: &impl ConnectionTrait, record: AuditRecord) -> Result<()> {
         append(conn, &self.audit_head, record).await
     }
 
     /// Executes `change` and appends the event that records it, inside the caller's transaction
-    /// (one call to the database on SQLite); the rows the change affected. See
-    /// [`execute_audited`].
+    /// (one call to the database); the rows the change affected. See [`execute_audited`].
     pub async fn execute_audited(
         &self,
         conn: &impl ConnectionTrait,
         change: Statement,
         record: AuditRecord,
     ) -> Result<u64> {
-        execute_audited(conn, &self.audit_head, change, record)
-            .await
-            .map(|(rows, _)| rows)
+        execute_audited(conn, &self.audit_head, change, record).await
     }
 
     /// Writes one event in a transaction of its own (for denied requests and failed logins).
@@ -534,6 +709,31 @@ impl Core {
         Ok(())
     }
 
+    /// Chains every event committed so far that still waits in the queue (PostgreSQL; nothing
+    /// to do on SQLite, where events are chained as they are written). Reads of the log call it
+    /// first, so they see every committed event.
+    pub async fn flush_audit(&self) -> Result<()> {
+        if self.db.backend() != sea_orm::DatabaseBackend::Postgres
+            || cfg!(feature = "bench-without-audit")
+        {
+            return Ok(());
+        }
+        let conn = self.db.writer();
+        let waiting = conn
+            .query_one_raw(Statement::from_string(
+                conn.get_database_backend(),
+                "SELECT EXISTS (SELECT 1 FROM audit_queue)",
+            ))
+            .await?
+            .map(|row| row.try_get_by_index::<bool>(0))
+            .transpose()?
+            .unwrap_or(false);
+        if waiting {
+            while chain_queued(&self.db, &self.audit_head).await? == CHAIN_BATCH {}
+        }
+        Ok(())
+    }
+
     /// A page of events, newest first; the cursor is the last `seq` seen.
     pub async fn list_audit(
         &self,
@@ -541,6 +741,7 @@ impl Core {
         limit: u64,
         before_seq: Option<i64>,
     ) -> Result<(Vec<AuditEvent>, Option<i64>)> {
+        self.flush_audit().await?;
         let mut condition = filter.condition();
         if let Some(seq) = before_seq {
             condition = condition.add(audit::Column::Seq.lt(seq));
@@ -557,6 +758,7 @@ impl Core {
 
     /// One event, if in the caller's scope.
     pub async fn get_audit(&self, id: Uuid, scope: Option<&[Uuid]>) -> Result<AuditEvent> {
+        self.flush_audit().await?;
         let event = audit::Entity::find_by_id(id)
             .one(self.db.reader())
             .await?
@@ -571,6 +773,7 @@ impl Core {
 
     /// Walks the whole chain in `seq` order, in batches, and reports the first break.
     pub async fn verify_audit(&self) -> Result<Verification> {
+        self.flush_audit().await?;
         const BATCH: u64 = 1000;
         let mut checked = 0u64;
         let mut expected_seq = 1i64;
@@ -616,9 +819,9 @@ impl Core {
         filter: AuditFilter,
     ) -> impl Stream<Item = Result<AuditEvent>> + Send + 'static {
         const BATCH: u64 = 500;
-        let db = self.db.clone();
+        let core = self.clone();
         let state = (
-            db,
+            core,
             filter,
             0i64,
             Vec::<AuditEvent>::new().into_iter(),
@@ -626,23 +829,29 @@ impl Core {
         );
         futures::stream::unfold(
             state,
-            |(db, filter, after, mut buffer, finished)| async move {
+            |(core, filter, after, mut buffer, finished)| async move {
                 if let Some(event) = buffer.next() {
-                    return Some((Ok(event), (db, filter, after, buffer, finished)));
+                    return Some((Ok(event), (core, filter, after, buffer, finished)));
                 }
                 if finished {
                     return None;
+                }
+                // Before the first batch: everything committed until now is in the export.
+                if after == 0
+                    && let Err(e) = core.flush_audit().await
+                {
+                    return Some((Err(e), (core, filter, after, Vec::new().into_iter(), true)));
                 }
                 let rows = audit::Entity::find()
                     .filter(filter.condition().add(audit::Column::Seq.gt(after)))
                     .order_by_asc(audit::Column::Seq)
                     .limit(BATCH)
-                    .all(db.reader())
+                    .all(core.db.reader())
                     .await;
                 match rows {
                     Err(e) => Some((
                         Err(Error::from(e)),
-                        (db, filter, after, Vec::new().into_iter(), true),
+                        (core, filter, after, Vec::new().into_iter(), true),
                     )),
                     Ok(rows) => {
                         let finished = (rows.len() as u64) < BATCH;
@@ -653,7 +862,7 @@ impl Core {
                             .collect::<Vec<_>>()
                             .into_iter();
                         let first = buffer.next()?;
-                        Some((Ok(first), (db, filter, after, buffer, finished)))
+                        Some((Ok(first), (core, filter, after, buffer, finished)))
                     }
                 }
             },
@@ -675,6 +884,28 @@ mod tests {
             shift_parameters(r#"SELECT "$3", $ FROM x"#, 1),
             r#"SELECT "$3", $ FROM x"#
         );
+    }
+
+    #[test]
+    fn a_queued_event_goes_in_front_of_the_change() {
+        let plain = with_queued_event("UPDATE t SET a = $1 WHERE id = $2");
+        assert!(plain.starts_with("WITH audit_queued AS (INSERT INTO audit_queue "));
+        assert!(
+            plain.ends_with(") UPDATE t SET a = $14 WHERE id = $15"),
+            "{plain}"
+        );
+        let listed = with_queued_event("with x AS (SELECT $1) DELETE FROM t USING x");
+        assert!(
+            listed.starts_with("WITH audit_queued AS (INSERT"),
+            "{listed}"
+        );
+        assert!(
+            listed.ends_with("), x AS (SELECT $14) DELETE FROM t USING x"),
+            "{listed}"
+        );
+        let recursive = with_queued_event("WITH RECURSIVE r AS (SELECT 1) DELETE FROM t");
+        assert!(recursive.starts_with("WITH RECURSIVE audit_queued AS ("));
+        assert!(recursive.ends_with("), r AS (SELECT 1) DELETE FROM t"));
     }
 
     #[test]

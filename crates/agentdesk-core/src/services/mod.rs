@@ -90,6 +90,10 @@ impl Core {
             &db,
         );
         caches.spawn_listener();
+        let audit_head = audit::ChainHead::default();
+        if db.backend() == sea_orm::DatabaseBackend::Postgres {
+            audit::spawn_sequencer(db.clone(), &audit_head);
+        }
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
@@ -102,7 +106,7 @@ impl Core {
             caches,
             limiter,
             catalog: Arc::new(Catalog::default()),
-            audit_head: audit::ChainHead::default(),
+            audit_head,
             job_signal: jobs::JobSignal::default(),
             storage,
         })
