@@ -12,7 +12,8 @@ pub struct Migration;
 //
 // The queue takes inserts (the writes) and deletes (the sequencer moving events); nothing updates
 // it. TRUNCATE skips row triggers, so both tables refuse it with a statement trigger of its own.
-const POSTGRES: [&str; 4] = [
+// The log's time index becomes a BRIN index (below).
+const POSTGRES: [&str; 6] = [
     "CREATE TABLE audit_queue (
         queued BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         id UUID NOT NULL,
@@ -32,6 +33,10 @@ const POSTGRES: [&str; 4] = [
     "CREATE TRIGGER audit_queue_no_update BEFORE UPDATE ON audit_queue FOR EACH STATEMENT EXECUTE FUNCTION agentdesk_audit_immutable()",
     "CREATE TRIGGER audit_queue_no_truncate BEFORE TRUNCATE ON audit_queue FOR EACH STATEMENT EXECUTE FUNCTION agentdesk_audit_immutable()",
     "CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events FOR EACH STATEMENT EXECUTE FUNCTION agentdesk_audit_immutable()",
+    // `at` grows with `seq` (events are chained in the order they commit), so a BRIN index
+    // answers time ranges at a fraction of a B-tree's cost per insert.
+    "DROP INDEX ix_audit_events_at",
+    "CREATE INDEX ix_audit_events_at ON audit_events USING brin (at)",
 ];
 
 #[async_trait::async_trait]
@@ -51,6 +56,8 @@ impl MigrationTrait for Migration {
             manager,
             &[
                 "DROP TRIGGER audit_events_no_truncate ON audit_events",
+                "DROP INDEX ix_audit_events_at",
+                "CREATE INDEX ix_audit_events_at ON audit_events (at)",
                 "DROP TABLE audit_queue",
             ],
         )

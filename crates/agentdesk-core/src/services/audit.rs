@@ -583,7 +583,7 @@ async fn chain_queued(db: &Database, head: &ChainHead) -> Result<usize> {
 const SEQUENCER_TICK: Duration = Duration::from_secs(1);
 /// How long the sequencer lets events gather before it moves them: each batch costs four round
 /// trips and a WAL flush, whatever its size.
-const SEQUENCER_WINDOW: Duration = Duration::from_millis(10);
+const SEQUENCER_WINDOW: Duration = Duration::from_millis(25);
 
 /// Starts this process's sequencer (PostgreSQL only); it stops once every clone of `head` is
 /// gone.
