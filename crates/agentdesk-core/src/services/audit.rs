@@ -589,6 +589,8 @@ const SEQUENCER_WINDOW: Duration = Duration::from_millis(25);
 /// gone.
 pub(crate) fn spawn_sequencer(db: Database, head: &ChainHead) {
     let signal = Arc::downgrade(&head.queued);
+    // The task shares the cached head but holds the wake signal only weakly, so that dropping
+    // the last Core ends it.
     let head = ChainHead {
         last: head.last.clone(),
         queued: Arc::new(Notify::new()),
