@@ -671,6 +671,18 @@ async fn queued_events_are_chained_by_any_instance() {
     let verified = b.get("/api/v1/audit/verify", &admin_b).await;
     assert_eq!(verified.json["valid"], true, "{}", verified.text);
 
+    // Each instance chains from the head it cached: after the other one moved the chain, the
+    // batch is refused by the chain trigger and chained again from the head read anew.
+    for (round, app) in [&a, &b, &a, &b].into_iter().enumerate() {
+        raw(app, &queue(&format!("turn-{round}"))).await.unwrap();
+        app.core.flush_audit().await.unwrap();
+    }
+    let report = a.core.verify_audit().await.unwrap();
+    assert!(report.valid, "{report:?}");
+    let turns = events(&a, &admin, "action=test.left_queued").await;
+    assert_eq!(turns.len(), 6, "every queued event chained once");
+    assert_eq!(turns[0]["seq"].as_u64().unwrap(), report.checked, "no gaps");
+
     for refused in [
         "UPDATE audit_queue SET action = 'forged'",
         "TRUNCATE audit_queue",

@@ -37,6 +37,7 @@ use crate::models::user::User;
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// The PostgreSQL advisory lock that orders appends to the chain (taken by the sequencer and by the
 /// chain's insert trigger).
+/// ([`MOVE_QUEUED`] spells it out; a unit test holds the two together.)
 pub(crate) const AUDIT_LOCK_KEY: i64 = 7_263_502;
 
 /// Outcome of an audited request.
@@ -219,8 +220,8 @@ pub fn event_hash(e: &AuditEvent) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// This process's side of the chain: the last event as it last wrote or read it (SQLite), and
-/// the signal that wakes its sequencer (PostgreSQL).
+/// This process's side of the chain: the last event as it last appended or read it, and the
+/// signal that wakes its sequencer (PostgreSQL).
 ///
 /// The head is only a hint: the database's chain trigger refuses an insert that does not
 /// continue the chain, so a stale head (another process wrote, or a transaction that appended
@@ -243,21 +244,30 @@ impl ChainHead {
     }
 }
 
-const INSERT_EVENT: &str = "INSERT INTO audit_events (id, seq, at, actor_id, actor_email, action, resource_type, \
-    resource_id, client_id, outcome, ip, user_agent, request_id, changes, prev_hash, hash) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+/// The event's columns apart from the chain's, in the order of [`queue_values`]; the chain's
+/// (`seq, prev_hash, hash`) follow them wherever a whole event is written.
+macro_rules! event_body_columns {
+    () => {
+        "id, at, actor_id, actor_email, action, resource_type, resource_id, client_id, outcome, \
+         ip, user_agent, request_id, changes"
+    };
+}
 
-// The same with positional parameters, for SQLite's combined call: a statement that follows it
-// and uses `?` then binds from the 17th value on.
-const INSERT_EVENT_POSITIONAL: &str = "INSERT INTO audit_events (id, seq, at, actor_id, actor_email, action, \
-    resource_type, resource_id, client_id, outcome, ip, user_agent, request_id, changes, prev_hash, hash) \
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+/// SQLite: appends a chained event. Positional parameters, for the combined call: a statement
+/// that follows it and uses `?` binds from the 17th value on.
+const INSERT_EVENT: &str = concat!(
+    "INSERT INTO audit_events (",
+    event_body_columns!(),
+    ", seq, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+);
 const EVENT_VALUES: usize = 16;
 
 /// PostgreSQL: queues an event for the sequencer (migration m0007).
-const QUEUE_EVENT: &str = "INSERT INTO audit_queue (id, at, actor_id, actor_email, action, resource_type, \
-    resource_id, client_id, outcome, ip, user_agent, request_id, changes) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+const QUEUE_EVENT: &str = concat!(
+    "INSERT INTO audit_queue (",
+    event_body_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+);
 const QUEUE_VALUES: usize = 13;
 
 /// Events the sequencer moves per transaction.
@@ -265,11 +275,25 @@ const CHAIN_BATCH: usize = 500;
 
 /// PostgreSQL: inserts a chained batch, given as a JSON array of events, in `seq` order (the chain
 /// trigger checks each row against the one before).
-const CHAIN_BATCH_INSERT: &str = "INSERT INTO audit_events (id, seq, at, actor_id, actor_email, action, \
-    resource_type, resource_id, client_id, outcome, ip, user_agent, request_id, changes, prev_hash, hash) \
-    SELECT id, seq, at, actor_id, actor_email, action, resource_type, resource_id, client_id, outcome, \
-    ip, user_agent, request_id, changes, prev_hash, hash \
-    FROM jsonb_populate_recordset(NULL::audit_events, $1) ORDER BY seq";
+const CHAIN_BATCH_INSERT: &str = concat!(
+    "INSERT INTO audit_events (",
+    event_body_columns!(),
+    ", seq, prev_hash, hash) SELECT ",
+    event_body_columns!(),
+    ", seq, prev_hash, hash FROM jsonb_populate_recordset(NULL::audit_events, $1) ORDER BY seq"
+);
+
+/// PostgreSQL: takes the chain's advisory lock, then removes up to `$1` events from the queue,
+/// oldest queued first, and returns them as `audit_events` rows with empty chain fields.
+const MOVE_QUEUED: &str = concat!(
+    "WITH moved AS (DELETE FROM audit_queue \
+       WHERE (SELECT pg_advisory_xact_lock(7263502)) IS NOT NULL \
+         AND queued IN (SELECT queued FROM audit_queue ORDER BY queued LIMIT $1) \
+       RETURNING *) \
+     SELECT ",
+    event_body_columns!(),
+    ", 0::BIGINT AS seq, '' AS prev_hash, '' AS hash FROM moved ORDER BY queued"
+);
 
 /// What SQLite's chain trigger says when it refuses an event (migration m0006).
 pub(crate) const HEAD_MOVED: &str = "audit chain head moved";
@@ -338,7 +362,7 @@ fn queue_values(event: &AuditEvent) -> Vec<sea_orm::Value> {
 /// The event's columns in the order of [`INSERT_EVENT`].
 fn event_values(event: &AuditEvent) -> Vec<sea_orm::Value> {
     let mut values = queue_values(event);
-    values.insert(1, event.seq.into());
+    values.push(event.seq.into());
     values.push(event.prev_hash.clone().into());
     values.push(event.hash.clone().into());
     values
@@ -475,7 +499,7 @@ async fn append_with(
                 Statement::from_sql_and_values(
                     backend,
                     format!(
-                        "{INSERT_EVENT_POSITIONAL}; {}",
+                        "{INSERT_EVENT}; {}",
                         shift_parameters(&change.sql, EVENT_VALUES)
                     ),
                     values,
@@ -517,16 +541,7 @@ async fn chain_queued(db: &Database, head: &ChainHead) -> Result<usize> {
     let moved = audit::Entity::find()
         .from_raw_sql(Statement::from_sql_and_values(
             backend,
-            format!(
-                "WITH moved AS (DELETE FROM audit_queue \
-                   WHERE (SELECT pg_advisory_xact_lock({AUDIT_LOCK_KEY})) IS NOT NULL \
-                     AND queued IN (SELECT queued FROM audit_queue ORDER BY queued LIMIT $1) \
-                   RETURNING *) \
-                 SELECT id, 0::BIGINT AS seq, at, actor_id, actor_email, action, resource_type, \
-                   resource_id, client_id, outcome, ip, user_agent, request_id, changes, \
-                   '' AS prev_hash, '' AS hash \
-                 FROM moved ORDER BY queued"
-            ),
+            MOVE_QUEUED,
             [(CHAIN_BATCH as i64).into()],
         ))
         .all(&txn)
@@ -886,6 +901,11 @@ mod tests {
             shift_parameters(r#"SELECT "$3", $ FROM x"#, 1),
             r#"SELECT "$3", $ FROM x"#
         );
+    }
+
+    #[test]
+    fn the_move_takes_the_chain_lock() {
+        assert!(MOVE_QUEUED.contains(&format!("pg_advisory_xact_lock({AUDIT_LOCK_KEY})")));
     }
 
     #[test]
