@@ -29,6 +29,8 @@ audited=$work/agentdesk
 unaudited=$work/agentdesk-without-audit
 export AGENTDESK_BIND=127.0.0.1:$port AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
 export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-password-123
+# psql: no NOTICEs from the schema reset between runs.
+export PGOPTIONS="-c client_min_messages=warning"
 
 awk 'BEGIN { print "name,email,phone,company,status,tags"; for (i = 0; i < 10000; i++) printf "Seed %d,seed%d@example.com,+49 30 %07d,Company %d,active,t%d;all\n", i, i, i, i % 97, i % 7 }' >"$work/seed.csv"
 
@@ -97,34 +99,75 @@ stop() {
   pid=
 }
 
-# Prints req/s of one wrk run and fails on any non-2xx answer.
+# CPU time (clock ticks) of the server, and of PostgreSQL: its live processes plus the children
+# the postmaster has reaped (autovacuum workers, ended backends).
+server_ticks() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
+postgres_ticks() {
+  local postmaster p total=0
+  postmaster=$(pgrep -o -x postgres || true)
+  [ -n "$postmaster" ] || { echo 0; return; }
+  total=$(awk '{ print $16 + $17 }' "/proc/$postmaster/stat")
+  for p in $(pgrep -x postgres); do
+    total=$((total + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+wal_lsn() { psql -Atq "$db" -c 'SELECT pg_current_wal_lsn()'; }
+
+# Prints req/s of one wrk run and fails on any non-2xx answer. With a PostgreSQL database it also
+# appends, per request, the server's and PostgreSQL's CPU time (µs) and the WAL written (bytes),
+# each as a column after the req/s.
 load() {
-  local script=$1 path=$2 out
+  local script=$1 path=$2 out s0 p0 w0 rate
+  if [ -n "$db" ]; then s0=$(server_ticks); p0=$(postgres_ticks); w0=$(wal_lsn); fi
   out=$(wrk -t2 -c16 -d"${duration}s" -s "$script" -H "Authorization: Bearer $token" "http://127.0.0.1:$port$path")
   if echo "$out" | grep -q 'Non-2xx'; then
     echo "$out" >&2
     echo "non-2xx answers: the run does not count" >&2
     exit 1
   fi
-  echo "$out" | awk '/Requests\/sec/ {print $2}'
+  rate=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  if [ -n "$db" ]; then
+    local requests s1 p1 wal hz
+    requests=$(echo "$out" | awk '/requests in/ {print $1}')
+    s1=$(server_ticks); p1=$(postgres_ticks)
+    wal=$(psql -Atq "$db" -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$w0')")
+    hz=$(getconf CLK_TCK)
+    awk -v r="$rate" -v n="$requests" -v s=$((s1 - s0)) -v p=$((p1 - p0)) -v w="$wal" -v hz="$hz" \
+      'BEGIN { printf "%s %.0f %.0f %.0f\n", r, s * 1e6 / hz / n, p * 1e6 / hz / n, w / n }'
+  else
+    echo "$rate"
+  fi
 }
 
 echo "commit $(git rev-parse --short HEAD), $(nproc) cores, database: ${db:-sqlite}, wrk -t2 -c16 -d${duration}s, $rounds rounds"
 echo
-echo "| round | binary | POST /clients req/s | PATCH /clients/{id} req/s |"
-echo "|---|---|---|---|"
+if [ -n "$db" ]; then
+  echo "Per request, server CPU µs / PostgreSQL CPU µs / WAL bytes."
+  echo
+  echo "| round | binary | POST /clients req/s | PATCH /clients/{id} req/s | POST per request | PATCH per request |"
+  echo "|---|---|---|---|---|---|"
+else
+  echo "| round | binary | POST /clients req/s | PATCH /clients/{id} req/s |"
+  echo "|---|---|---|---|"
+fi
 declare -A post patch
 for round in $(seq "$rounds"); do
   for variant in audited unaudited; do
     bin=$audited
     [ "$variant" = unaudited ] && bin=$unaudited
     start "$bin"
-    p=$(load "$work/post.lua" /api/v1/clients)
-    q=$(load "$work/patch.lua" /api/v1/clients)
+    read -r p p_detail < <(load "$work/post.lua" /api/v1/clients)
+    read -r q q_detail < <(load "$work/patch.lua" /api/v1/clients)
+    [ -n "$p" ] && [ -n "$q" ] || exit 1
     stop
     post[$variant]="${post[$variant]:-} $p"
     patch[$variant]="${patch[$variant]:-} $q"
-    echo "| $round | $variant | $p | $q |"
+    if [ -n "$db" ]; then
+      echo "| $round | $variant | $p | $q | $(echo "$p_detail" | tr ' ' '/') | $(echo "$q_detail" | tr ' ' '/') |"
+    else
+      echo "| $round | $variant | $p | $q |"
+    fi
   done
 done
 

@@ -671,8 +671,8 @@ async fn queued_events_are_chained_by_any_instance() {
     let verified = b.get("/api/v1/audit/verify", &admin_b).await;
     assert_eq!(verified.json["valid"], true, "{}", verified.text);
 
-    // Each instance chains from the head it cached: after the other one moved the chain, the
-    // batch is refused by the chain trigger and chained again from the head read anew.
+    // Instances taking turns continue each other's chain: each reads the head under the
+    // chain's lock before it chains a batch.
     for (round, app) in [&a, &b, &a, &b].into_iter().enumerate() {
         raw(app, &queue(&format!("turn-{round}"))).await.unwrap();
         app.core.flush_audit().await.unwrap();

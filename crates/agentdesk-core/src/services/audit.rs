@@ -19,8 +19,8 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound, Utc};
 use futures::Stream;
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Statement,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
+    QuerySelect, Statement,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -37,7 +37,6 @@ use crate::models::user::User;
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// The PostgreSQL advisory lock that orders appends to the chain (taken by the sequencer and by the
 /// chain's insert trigger).
-/// ([`MOVE_QUEUED`] spells it out; a unit test holds the two together.)
 pub(crate) const AUDIT_LOCK_KEY: i64 = 7_263_502;
 
 /// Outcome of an audited request.
@@ -220,8 +219,8 @@ pub fn event_hash(e: &AuditEvent) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// This process's side of the chain: the last event as it last appended or read it, and the
-/// signal that wakes its sequencer (PostgreSQL).
+/// This process's side of the chain: on SQLite the last event as it last appended it, on
+/// PostgreSQL the signal that wakes its sequencer (which reads the head under the chain's lock).
 ///
 /// The head is only a hint: the database's chain trigger refuses an insert that does not
 /// continue the chain, so a stale head (another process wrote, or a transaction that appended
@@ -273,26 +272,39 @@ const QUEUE_VALUES: usize = 13;
 /// Events the sequencer moves per transaction.
 const CHAIN_BATCH: usize = 500;
 
-/// PostgreSQL: inserts a chained batch, given as a JSON array of events, in `seq` order (the chain
-/// trigger checks each row against the one before).
-const CHAIN_BATCH_INSERT: &str = concat!(
-    "INSERT INTO audit_events (",
+/// PostgreSQL: the chain's advisory lock, held until the sequencer's transaction ends. It is a
+/// statement of its own so that the next one's snapshot is taken once it is held: that statement
+/// then sees the chain's current head and no event that another sequencer has already moved.
+fn lock_chain() -> String {
+    format!("SELECT pg_advisory_xact_lock({AUDIT_LOCK_KEY})")
+}
+
+/// PostgreSQL, under the chain's lock: up to `$1` queued events, oldest queued first, as
+/// `audit_events` rows whose `seq` holds their place in the queue, each with the chain's head
+/// (`head_seq` and `head_hash`, null while the log is empty).
+const READ_QUEUED: &str = concat!(
+    "SELECT ",
+    event_body_columns!(),
+    ", queued AS seq, '' AS prev_hash, '' AS hash, \
+     (SELECT seq FROM audit_events ORDER BY seq DESC LIMIT 1) AS head_seq, \
+     (SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1) AS head_hash \
+     FROM audit_queue ORDER BY queued LIMIT $1"
+);
+
+/// PostgreSQL, under the chain's lock: moves the queued events named in `$1` (a JSON array of
+/// `{queued, seq, prev_hash, hash}`) from the queue into the log with those chain fields, in
+/// `seq` order (the chain trigger checks each row against the one before). Only the chain fields
+/// travel: the events' bodies go from one table to the other inside the database.
+const MOVE_CHAINED: &str = concat!(
+    "WITH chain AS (SELECT * FROM jsonb_to_recordset($1) \
+       AS c(queued BIGINT, seq BIGINT, prev_hash TEXT, hash TEXT)), \
+     moved AS (DELETE FROM audit_queue q USING chain c WHERE q.queued = c.queued \
+       RETURNING q.*, c.seq, c.prev_hash, c.hash) \
+     INSERT INTO audit_events (",
     event_body_columns!(),
     ", seq, prev_hash, hash) SELECT ",
     event_body_columns!(),
-    ", seq, prev_hash, hash FROM jsonb_populate_recordset(NULL::audit_events, $1) ORDER BY seq"
-);
-
-/// PostgreSQL: takes the chain's advisory lock, then removes up to `$1` events from the queue,
-/// oldest queued first, and returns them as `audit_events` rows with empty chain fields.
-const MOVE_QUEUED: &str = concat!(
-    "WITH moved AS (DELETE FROM audit_queue \
-       WHERE (SELECT pg_advisory_xact_lock(7263502)) IS NOT NULL \
-         AND queued IN (SELECT queued FROM audit_queue ORDER BY queued LIMIT $1) \
-       RETURNING *) \
-     SELECT ",
-    event_body_columns!(),
-    ", 0::BIGINT AS seq, '' AS prev_hash, '' AS hash FROM moved ORDER BY queued"
+    ", seq, prev_hash, hash FROM moved ORDER BY seq"
 );
 
 /// What SQLite's chain trigger says when it refuses an event (migration m0006).
@@ -529,87 +541,77 @@ async fn append_with(
 /// one transaction under the chain's advisory lock; returns how many it moved. Events whose
 /// transaction has not committed yet are not seen, and follow in a later batch.
 ///
-/// Four round trips: BEGIN, the lock and the move in one statement, the insert, COMMIT. The
-/// batch is chained from the cached head; when another instance moved the head, the chain trigger
-/// skips the rows, and the head is read again (now current: the lock is held) for a second try.
-async fn chain_queued(db: &Database, head: &ChainHead) -> Result<usize> {
+/// Five round trips whatever the batch's size: BEGIN, the lock, reading the batch with the
+/// chain's head (current, as the lock is held), moving it with the chain fields computed here,
+/// COMMIT. Holding the lock from before the read, nothing else can move the head or the batch.
+async fn chain_queued(db: &Database) -> Result<usize> {
     let backend = sea_orm::DatabaseBackend::Postgres;
     let txn = db.begin().await?;
-    // The lock is a one-time filter, taken before the queue is read. The statement's snapshot
-    // is older than the lock: an event committed in between waits for the next batch, and one
-    // that another sequencer moved meanwhile is skipped (the delete re-checks such rows).
-    let moved = audit::Entity::find()
-        .from_raw_sql(Statement::from_sql_and_values(
+    txn.execute_unprepared(&lock_chain()).await?;
+    let rows = txn
+        .query_all_raw(Statement::from_sql_and_values(
             backend,
-            MOVE_QUEUED,
+            READ_QUEUED,
             [(CHAIN_BATCH as i64).into()],
         ))
-        .all(&txn)
         .await?;
-    if moved.is_empty() {
+    let Some(first) = rows.first() else {
         txn.commit().await?;
         return Ok(0);
+    };
+    let mut seq = first.try_get::<Option<i64>>("", "head_seq")?.unwrap_or(0);
+    let mut prev_hash = first
+        .try_get::<Option<String>>("", "head_hash")?
+        .unwrap_or_else(|| GENESIS_HASH.to_owned());
+    let mut chain = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut event = AuditEvent::from(audit::Model::from_query_result(row, "")?);
+        let queued = event.seq;
+        seq += 1;
+        event.seq = seq;
+        event.prev_hash = prev_hash;
+        event.hash = event_hash(&event);
+        chain.push(serde_json::json!({
+            "queued": queued,
+            "seq": seq,
+            "prev_hash": event.prev_hash,
+            "hash": event.hash,
+        }));
+        prev_hash = event.hash;
     }
-    let count = moved.len();
-    let mut batch: Vec<AuditEvent> = moved.into_iter().map(AuditEvent::from).collect();
-    let mut cached = head.get();
-    for _ in 0..2 {
-        let (mut seq, mut prev_hash) = match cached.take() {
-            Some(known) => known,
-            None => read_head(&txn).await?,
-        };
-        for event in &mut batch {
-            seq += 1;
-            event.seq = seq;
-            event.prev_hash = prev_hash;
-            event.hash = event_hash(event);
-            prev_hash = event.hash.clone();
-        }
-        // The batch as one JSON parameter: one statement text whatever the batch's size, so the
-        // connection's prepared-statement cache keeps one entry for it.
-        let rows = serde_json::to_value(&batch)
-            .map_err(|e| Error::Internal(format!("audit batch encoding: {e}")))?;
-        let inserted = txn
-            .execute_raw(Statement::from_sql_and_values(
-                backend,
-                CHAIN_BATCH_INSERT,
-                [rows.into()],
-            ))
-            .await?
-            .rows_affected();
-        if inserted == count as u64 {
-            txn.commit().await?;
-            head.set(seq, &prev_hash);
-            return Ok(count);
-        }
-        // The first row did not continue the chain, so none did (each continues the one before).
-        if inserted != 0 {
-            break;
-        }
+    let count = chain.len();
+    let moved = txn
+        .execute_raw(Statement::from_sql_and_values(
+            backend,
+            MOVE_CHAINED,
+            [Value::Array(chain).into()],
+        ))
+        .await?
+        .rows_affected();
+    if moved != count as u64 {
+        // Nothing else moves the head while the lock is held, so the chain trigger refused a
+        // row only if the schema is damaged. Roll back (the transaction is dropped) and leave
+        // the events queued.
+        return Err(Error::Internal(
+            "the audit chain refused a batch of queued events; is the chain trigger intact?".into(),
+        ));
     }
-    // The schema is damaged: roll back and leave the events queued.
-    Err(Error::Internal(
-        "the audit chain refused a batch of queued events; is the chain trigger intact?".into(),
-    ))
+    txn.commit().await?;
+    Ok(count)
 }
 
 /// How long the sequencer waits for a wake before it looks for queued events anyway (events
 /// queued by another instance, or left queued by one that stopped).
 const SEQUENCER_TICK: Duration = Duration::from_secs(1);
-/// How long the sequencer lets events gather before it moves them: each batch costs four round
+/// How long the sequencer lets events gather before it moves them: each batch costs five round
 /// trips and a WAL flush, whatever its size.
 const SEQUENCER_WINDOW: Duration = Duration::from_millis(25);
 
 /// Starts this process's sequencer (PostgreSQL only); it stops once every clone of `head` is
 /// gone.
 pub(crate) fn spawn_sequencer(db: Database, head: &ChainHead) {
+    // The task holds the wake signal only weakly, so that dropping the last Core ends it.
     let signal = Arc::downgrade(&head.queued);
-    // The task shares the cached head but holds the wake signal only weakly, so that dropping
-    // the last Core ends it.
-    let head = ChainHead {
-        last: head.last.clone(),
-        queued: Arc::new(Notify::new()),
-    };
     tokio::spawn(async move {
         while let Some(queued) = signal.upgrade() {
             let _ = tokio::time::timeout(SEQUENCER_TICK, queued.notified()).await;
@@ -619,7 +621,7 @@ pub(crate) fn spawn_sequencer(db: Database, head: &ChainHead) {
             let mut empty_looks = 0;
             while empty_looks < 3 {
                 tokio::time::sleep(SEQUENCER_WINDOW).await;
-                match chain_queued(&db, &head).await {
+                match chain_queued(&db).await {
                     Ok(0) => empty_looks += 1,
                     Ok(_) => empty_looks = 0,
                     Err(e) => {
@@ -746,7 +748,7 @@ impl Core {
             .transpose()?
             .unwrap_or(false);
         if waiting {
-            while chain_queued(&self.db, &self.audit_head).await? == CHAIN_BATCH {}
+            while chain_queued(&self.db).await? == CHAIN_BATCH {}
         }
         Ok(())
     }
@@ -901,11 +903,6 @@ mod tests {
             shift_parameters(r#"SELECT "$3", $ FROM x"#, 1),
             r#"SELECT "$3", $ FROM x"#
         );
-    }
-
-    #[test]
-    fn the_move_takes_the_chain_lock() {
-        assert!(MOVE_QUEUED.contains(&format!("pg_advisory_xact_lock({AUDIT_LOCK_KEY})")));
     }
 
     #[test]
