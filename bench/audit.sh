@@ -3,11 +3,16 @@
 #
 # Two release binaries from the same commit: the normal one, and one built with the
 # `bench-without-audit` feature, whose audit append returns without touching the database
-# (everything else, including building the event at the call site, is the same). Each is started
-# on a fresh data directory holding the same 10,000 imported clients, then wrk runs
+# (everything else, including building the event at the call site, is the same). Both are started
+# once, side by side, each on a fresh database (SQLite: its own data directory; PostgreSQL: the
+# database given and a second one beside it, named with `_without_audit`) holding the same
+# 10,000 imported clients. Then wrk runs, turn by turn,
 #   - POST /api/v1/clients (a new client each request: one insert, its tags, one audit event)
 #   - PATCH /api/v1/clients/{id} on 200 different clients (row lock, update, one audit event)
-# The two binaries take turns, `rounds` times, so drift on a shared machine hits both alike.
+# against one binary and then the other, seconds apart, swapping which goes first every round,
+# so that drift on a shared machine hits both alike. The summary compares the medians, and the
+# median of the rounds' own ratios (each round compares runs made seconds apart).
+# With PostgreSQL it also shows, per request, the server's and PostgreSQL's CPU time and the WAL.
 # Usage: bash bench/audit.sh [seconds-per-run] [rounds] [database-url]   (needs wrk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,18 +23,21 @@ port=${BENCH_PORT:-18582}
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 
 work=$(mktemp -d)
-pid=
-trap '[ -n "$pid" ] && kill $pid 2>/dev/null && wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+declare -A pid port_of token_of db_of
+cleanup() {
+  local p
+  for p in "${pid[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
 # Both variants in the one target directory (only our crates differ); each copied aside.
 cargo build --release -p agentdesk --features agentdesk/bench-without-audit
 cp target/release/agentdesk "$work/agentdesk-without-audit"
 cargo build --release -p agentdesk
 cp target/release/agentdesk "$work/agentdesk"
-audited=$work/agentdesk
-unaudited=$work/agentdesk-without-audit
-export AGENTDESK_BIND=127.0.0.1:$port AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
+export AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
 export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-password-123
-# psql: no NOTICEs from the schema reset between runs.
+# psql: no NOTICEs from the schema reset.
 export PGOPTIONS="-c client_min_messages=warning"
 
 awk 'BEGIN { print "name,email,phone,company,status,tags"; for (i = 0; i < 10000; i++) printf "Seed %d,seed%d@example.com,+49 30 %07d,Company %d,active,t%d;all\n", i, i, i, i % 97, i % 7 }' >"$work/seed.csv"
@@ -43,7 +51,7 @@ function setup(thread)
 end
 function init(args)
   counter = 0
-  run = os.time()
+  run = os.getenv("BENCH_RUN")
 end
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -66,42 +74,48 @@ request = function()
 end
 LUA
 
-# Starts a binary on a fresh data directory (or a fresh PostgreSQL database) with the seed clients.
+# Starts a variant on a fresh data directory (or a fresh PostgreSQL database) with the seed clients.
 start() {
-  local bin=$1
-  rm -rf "$work/data" && mkdir "$work/data"
-  export AGENTDESK_DATA_DIR=$work/data
+  local variant=$1 bin=$2 variant_port=$3 base token job status
+  base="http://127.0.0.1:$variant_port"
+  mkdir -p "$work/$variant"
   if [ -n "$db" ]; then
-    psql -q "$db" -c 'DROP SCHEMA public CASCADE; CREATE SCHEMA public' >/dev/null
-    export AGENTDESK_DATABASE_URL=$db
+    local url=$db
+    if [ "$variant" = unaudited ]; then
+      local name=${db##*/}
+      name=${name%%\?*}
+      url=${db%/*}/${name}_without_audit
+      psql -q "$db" -tAc "SELECT 1 FROM pg_database WHERE datname = '${name}_without_audit'" | grep -q 1 \
+        || psql -q "$db" -c "CREATE DATABASE ${name}_without_audit" >/dev/null
+    fi
+    psql -q "$url" -c 'DROP SCHEMA public CASCADE; CREATE SCHEMA public' >/dev/null
+    db_of[$variant]=$url
   fi
-  "$bin" serve >"$work/serve.log" 2>&1 &
-  pid=$!
-  until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.01; done
-  token=$(curl -fs "http://127.0.0.1:$port/api/v1/auth/login" -H 'content-type: application/json' \
+  local database=()
+  [ -n "$db" ] && database=("AGENTDESK_DATABASE_URL=${db_of[$variant]}")
+  env AGENTDESK_DATA_DIR="$work/$variant" AGENTDESK_BIND="127.0.0.1:$variant_port" "${database[@]}" \
+    "$bin" serve >"$work/$variant.log" 2>&1 &
+  pid[$variant]=$!
+  port_of[$variant]=$variant_port
+  until curl -fs "$base/readyz" >/dev/null 2>&1; do sleep 0.01; done
+  token=$(curl -fs "$base/api/v1/auth/login" -H 'content-type: application/json' \
     -d '{"email":"bench@example.com","password":"bench-password-123"}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
-  local job status
-  job=$(curl -fs "http://127.0.0.1:$port/api/v1/clients/import" -H "Authorization: Bearer $token" \
+  token_of[$variant]=$token
+  job=$(curl -fs "$base/api/v1/clients/import" -H "Authorization: Bearer $token" \
     -H 'content-type: text/csv' --data-binary @"$work/seed.csv" | sed -E 's/.*"id":"([^"]+)".*/\1/')
   while :; do
-    status=$(curl -fs "http://127.0.0.1:$port/api/v1/jobs/$job" -H "Authorization: Bearer $token" | sed -E 's/.*"status":"([a-z]+)".*/\1/')
+    status=$(curl -fs "$base/api/v1/jobs/$job" -H "Authorization: Bearer $token" | sed -E 's/.*"status":"([a-z]+)".*/\1/')
     [ "$status" = succeeded ] && break
     [ "$status" = failed ] && { echo "seed import failed" >&2; exit 1; }
     sleep 0.2
   done
-  curl -fs "http://127.0.0.1:$port/api/v1/clients?limit=200" -H "Authorization: Bearer $token" \
-    | python3 -c 'import json, sys; print("\n".join(c["id"] for c in json.load(sys.stdin)["items"]))' >"$work/ids"
-  export BENCH_IDS=$work/ids
+  curl -fs "$base/api/v1/clients?limit=200" -H "Authorization: Bearer $token" \
+    | python3 -c 'import json, sys; print("\n".join(c["id"] for c in json.load(sys.stdin)["items"]))' >"$work/$variant.ids"
 }
 
-stop() {
-  kill "$pid" && wait "$pid" 2>/dev/null || true
-  pid=
-}
-
-# CPU time (clock ticks) of the server, and of PostgreSQL: its live processes plus the children
+# CPU time (clock ticks) of a process, and of PostgreSQL: its live processes plus the children
 # the postmaster has reaped (autovacuum workers, ended backends).
-server_ticks() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 postgres_ticks() {
   local postmaster p total=0
   postmaster=$(pgrep -o -x postgres || true)
@@ -114,13 +128,13 @@ postgres_ticks() {
 }
 wal_lsn() { psql -Atq "$db" -c 'SELECT pg_current_wal_lsn()'; }
 
-# Prints req/s of one wrk run and fails on any non-2xx answer. With a PostgreSQL database it also
-# appends, per request, the server's and PostgreSQL's CPU time (µs) and the WAL written (bytes),
-# each as a column after the req/s.
+# Prints req/s of one wrk run against a variant and fails on any non-2xx answer. With PostgreSQL
+# it also prints, per request, the server's and PostgreSQL's CPU time (µs) and the WAL (bytes).
 load() {
-  local script=$1 path=$2 out s0 p0 w0 rate
-  if [ -n "$db" ]; then s0=$(server_ticks); p0=$(postgres_ticks); w0=$(wal_lsn); fi
-  out=$(wrk -t2 -c16 -d"${duration}s" -s "$script" -H "Authorization: Bearer $token" "http://127.0.0.1:$port$path")
+  local variant=$1 script=$2 out s0 p0 w0 rate
+  if [ -n "$db" ]; then s0=$(ticks "${pid[$variant]}"); p0=$(postgres_ticks); w0=$(wal_lsn); fi
+  out=$(BENCH_IDS=$work/$variant.ids BENCH_RUN=$variant-$(date +%s%N) wrk -t2 -c16 -d"${duration}s" -s "$script" \
+    -H "Authorization: Bearer ${token_of[$variant]}" "http://127.0.0.1:${port_of[$variant]}/api/v1/clients")
   if echo "$out" | grep -q 'Non-2xx'; then
     echo "$out" >&2
     echo "non-2xx answers: the run does not count" >&2
@@ -130,20 +144,23 @@ load() {
   if [ -n "$db" ]; then
     local requests s1 p1 wal hz
     requests=$(echo "$out" | awk '/requests in/ {print $1}')
-    s1=$(server_ticks); p1=$(postgres_ticks)
+    s1=$(ticks "${pid[$variant]}"); p1=$(postgres_ticks)
     wal=$(psql -Atq "$db" -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$w0')")
     hz=$(getconf CLK_TCK)
     awk -v r="$rate" -v n="$requests" -v s=$((s1 - s0)) -v p=$((p1 - p0)) -v w="$wal" -v hz="$hz" \
-      'BEGIN { printf "%s %.0f %.0f %.0f\n", r, s * 1e6 / hz / n, p * 1e6 / hz / n, w / n }'
+      'BEGIN { printf "%s %.0f/%.0f/%.0f\n", r, s * 1e6 / hz / n, p * 1e6 / hz / n, w / n }'
   else
     echo "$rate"
   fi
 }
 
+start audited "$work/agentdesk" "$port"
+start unaudited "$work/agentdesk-without-audit" $((port + 1))
+
 echo "commit $(git rev-parse --short HEAD), $(nproc) cores, database: ${db:-sqlite}, wrk -t2 -c16 -d${duration}s, $rounds rounds"
 echo
 if [ -n "$db" ]; then
-  echo "Per request, server CPU µs / PostgreSQL CPU µs / WAL bytes."
+  echo "Per request: server CPU µs / PostgreSQL CPU µs / WAL bytes."
   echo
   echo "| round | binary | POST /clients req/s | PATCH /clients/{id} req/s | POST per request | PATCH per request |"
   echo "|---|---|---|---|---|---|"
@@ -151,38 +168,43 @@ else
   echo "| round | binary | POST /clients req/s | PATCH /clients/{id} req/s |"
   echo "|---|---|---|---|"
 fi
-declare -A post patch
+declare -A rate detail
 for round in $(seq "$rounds"); do
-  for variant in audited unaudited; do
-    bin=$audited
-    [ "$variant" = unaudited ] && bin=$unaudited
-    start "$bin"
-    read -r p p_detail < <(load "$work/post.lua" /api/v1/clients)
-    read -r q q_detail < <(load "$work/patch.lua" /api/v1/clients)
-    [ -n "$p" ] && [ -n "$q" ] || exit 1
-    stop
-    post[$variant]="${post[$variant]:-} $p"
-    patch[$variant]="${patch[$variant]:-} $q"
-    if [ -n "$db" ]; then
-      echo "| $round | $variant | $p | $q | $(echo "$p_detail" | tr ' ' '/') | $(echo "$q_detail" | tr ' ' '/') |"
-    else
-      echo "| $round | $variant | $p | $q |"
-    fi
+  order=(audited unaudited)
+  [ $((round % 2)) = 0 ] && order=(unaudited audited)
+  for kind in post patch; do
+    for variant in "${order[@]}"; do
+      read -r r d < <(load "$variant" "$work/$kind.lua")
+      [ -n "$r" ] || exit 1
+      rate[$round,$variant,$kind]=$r
+      detail[$round,$variant,$kind]=${d:-}
+    done
+  done
+  for variant in "${order[@]}"; do
+    line="| $round | $variant | ${rate[$round,$variant,post]} | ${rate[$round,$variant,patch]} |"
+    [ -n "$db" ] && line="$line ${detail[$round,$variant,post]} | ${detail[$round,$variant,patch]} |"
+    echo "$line"
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 echo
-echo "| write | without audit (median) | with audit (median) | audit adds |"
-echo "|---|---|---|---|"
+echo "| write | without audit (median req/s) | with audit (median req/s) | audit adds (medians) | audit adds (median of the rounds' ratios) |"
+echo "|---|---|---|---|---|"
 for kind in post patch; do
-  declare -n values=$kind
-  without=$(echo "${values[unaudited]}" | median)
-  with=$(echo "${values[audited]}" | median)
+  with_all= without_all= ratios=
+  for round in $(seq "$rounds"); do
+    a=${rate[$round,audited,$kind]} u=${rate[$round,unaudited,$kind]}
+    with_all="$with_all $a" without_all="$without_all $u"
+    ratios="$ratios $(awk -v a="$a" -v u="$u" 'BEGIN { print u / a - 1 }')"
+  done
+  without=$(echo "$without_all" | median)
+  with=$(echo "$with_all" | median)
+  paired=$(echo "$ratios" | median)
   # Added cost per request: (1/with - 1/without) / (1/without) = without/with - 1.
   added=$(awk -v a="$without" -v b="$with" 'BEGIN { printf "%+.1f %%", (a / b - 1) * 100 }')
+  paired=$(awk -v r="$paired" 'BEGIN { printf "%+.1f %%", r * 100 }')
   label="POST /clients"
   [ "$kind" = patch ] && label="PATCH /clients/{id}"
-  echo "| $label | $without | $with | $added |"
-  unset -n values
+  echo "| $label | $without | $with | $added | $paired |"
 done

@@ -72,18 +72,23 @@ SQL
 fi
 seed_secs=$(( ($(date +%s%N) - seed_start) / 1000000000 ))
 
-"$bin" serve >"$work/serve.log" 2>&1 &
-pid=$!
-until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.01; done
-token=$(curl -fs "http://127.0.0.1:$port/api/v1/auth/login" -H 'content-type: application/json' \
-  -d '{"email":"bench@example.com","password":"bench-password-123"}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
 rss() { awk '/^VmRSS/ { print $2 }' "/proc/$pid/status"; }
-sleep 3 # let the login's password hash area be released
-idle=$(rss)
+# Each export gets a freshly started server, so that one's peak does not hide the next one's.
+serve() {
+  "$bin" serve >"$work/serve.log" 2>&1 &
+  pid=$!
+  until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.01; done
+  token=$(curl -fs "http://127.0.0.1:$port/api/v1/auth/login" -H 'content-type: application/json' \
+    -d '{"email":"bench@example.com","password":"bench-password-123"}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+  sleep 3 # the login's password-hashing area is released after 2 idle seconds
+  idle=$(rss)
+}
+stop() { kill "$pid" && wait "$pid" 2>/dev/null || true; pid=; }
 
 # One export: prints events, MB, seconds and the peak RSS (MB) sampled while it ran.
 export_once() {
   local query=$1 out=$work/export start secs peak=0 sampler
+  serve
   (while :; do rss; sleep 0.05; done) >"$work/rss" &
   sampler=$!
   start=$(date +%s%N)
@@ -95,14 +100,14 @@ export_once() {
   lines=$(wc -l <"$out"); bytes=$(stat -c %s "$out")
   case $query in format=csv*) lines=$((lines - 1)) ;; esac
   rm -f "$out"
+  stop
   awk -v l="$lines" -v b="$bytes" -v s="$secs" -v p="$peak" -v i="$idle" -v q="$query" \
     'BEGIN { printf "| `%s` | %d | %.0f MB | %.1f s | %.0f | %.1f MB | %+.1f MB |\n", q, l, b / 1e6, s, l / s, p / 1024, (p - i) / 1024 }'
 }
 
 echo "commit $(git rev-parse --short HEAD), $(nproc) cores, database: ${db:-sqlite}, $events events seeded in $seed_secs s"
-echo "server RSS at idle: $((idle / 1024)) MB"
 echo
-echo "| export | events | size | time | events/s | peak RSS | over idle |"
+echo "| export | events | size | time | events/s | server's peak RSS | over its idle RSS |"
 echo "|---|---|---|---|---|---|---|"
 export_once "format=csv&client_id=$slice_client"
 export_once "format=csv"
