@@ -42,25 +42,7 @@ export PGOPTIONS="-c client_min_messages=warning"
 
 awk 'BEGIN { print "name,email,phone,company,status,tags"; for (i = 0; i < 10000; i++) printf "Seed %d,seed%d@example.com,+49 30 %07d,Company %d,active,t%d;all\n", i, i, i, i % 97, i % 7 }' >"$work/seed.csv"
 
-# Each wrk thread numbers its own requests, so every POST has a new email.
-cat >"$work/post.lua" <<'LUA'
-local threads = {}
-function setup(thread)
-  thread:set("tid", #threads)
-  table.insert(threads, thread)
-end
-function init(args)
-  counter = 0
-  run = os.getenv("BENCH_RUN")
-end
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  counter = counter + 1
-  local key = run .. "-" .. tid .. "-" .. counter
-  return wrk.format(nil, nil, nil, '{"name":"Bench ' .. key .. '","email":"bench-' .. key .. '@example.com","phone":"+49 30 1234567","company":"Bench GmbH","tags":["bench","t' .. (counter % 7) .. '"]}')
-end
-LUA
+cp bench/post_client.lua "$work/post.lua"
 cat >"$work/patch.lua" <<'LUA'
 wrk.method = "PATCH"
 wrk.headers["Content-Type"] = "application/merge-patch+json"

@@ -31,24 +31,7 @@ export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-pa
 work=$(mktemp -d)
 pid=
 trap '[ -n "$pid" ] && kill $pid 2>/dev/null && wait $pid 2>/dev/null; rm -rf "$work"' EXIT
-cat >"$work/post.lua" <<'LUA'
-local threads = {}
-function setup(thread)
-  thread:set("tid", #threads)
-  table.insert(threads, thread)
-end
-function init(args)
-  counter = 0
-  run = os.time()
-end
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  counter = counter + 1
-  local key = run .. "-" .. tid .. "-" .. counter
-  return wrk.format(nil, nil, nil, '{"name":"Bench ' .. key .. '","email":"bench-' .. key .. '@example.com","phone":"+49 30 1234567","company":"Bench GmbH","tags":["bench","t' .. (counter % 7) .. '"]}')
-end
-LUA
+cp "$(dirname "$0")/post_client.lua" "$work/post.lua"
 
 server_ticks() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
 # PostgreSQL's live processes plus the children its postmaster has reaped (autovacuum workers).
@@ -72,11 +55,11 @@ measure() {
   token=$(curl -fs "http://127.0.0.1:$port/api/v1/auth/login" -H 'content-type: application/json' \
     -d '{"email":"bench@example.com","password":"bench-password-123"}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
   # Warm up, then start from a checkpoint so that full-page images are alike for every binary.
-  wrk -t2 -c16 -d2s -s "$work/post.lua" -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/v1/clients" >/dev/null
+  BENCH_RUN=warm-$(date +%s%N) wrk -t2 -c16 -d2s -s "$work/post.lua" -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/v1/clients" >/dev/null
   psql -q "$db" -c CHECKPOINT
   w0=$(psql -Atq "$db" -c 'SELECT pg_current_wal_lsn()')
   s0=$(server_ticks); p0=$(postgres_ticks)
-  out=$(wrk -t2 -c16 -d"${duration}s" -s "$work/post.lua" -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/v1/clients")
+  out=$(BENCH_RUN=run-$(date +%s%N) wrk -t2 -c16 -d"${duration}s" -s "$work/post.lua" -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/v1/clients")
   s1=$(server_ticks); p1=$(postgres_ticks)
   sleep 0.2 # the sequencer's last batch
   w1=$(psql -Atq "$db" -c 'SELECT pg_current_wal_lsn()')
