@@ -692,3 +692,93 @@ async fn queued_events_are_chained_by_any_instance() {
         assert!(e.to_string().contains("immutable"), "{refused}: {e}");
     }
 }
+
+/// Events wait outside the indexed log until a batch moves them in (PostgreSQL's queue, SQLite's
+/// tail), and a move copies and deletes in one transaction. When the log refuses the batch, as a
+/// damaged schema would, the move is undone whole: the events still wait, none is lost, and the
+/// next move takes them in once, in order.
+#[tokio::test]
+async fn a_refused_move_leaves_the_events_waiting() {
+    let app = TestApp::spawn().await;
+    let postgres = app.core.db.backend() == DatabaseBackend::Postgres;
+    app.core.flush_audit().await.unwrap();
+    let before = app.core.verify_audit().await.unwrap().checked;
+    let waiting_table = if postgres {
+        "audit_queue"
+    } else {
+        "audit_tail"
+    };
+    let count = |sql: String| {
+        let conn = app.core.db.writer();
+        async move {
+            conn.query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get_by_index::<i64>(0)
+                .unwrap()
+        }
+    };
+    let refuse_all: &[&str] = if postgres {
+        &[
+            "CREATE FUNCTION test_refuse_all() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$",
+            "CREATE TRIGGER test_refuse_all BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION test_refuse_all()",
+        ]
+    } else {
+        &[
+            "CREATE TRIGGER test_refuse_all BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        ]
+    };
+    for sql in refuse_all {
+        raw(&app, sql).await.unwrap();
+    }
+    for _ in 0..3 {
+        let txn = app.core.db.begin().await.unwrap();
+        app.core
+            .append(
+                &txn,
+                AuditRecord::new("test.refused", Outcome::Success, &RequestMeta::default()),
+            )
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
+    }
+    let refused = app.core.flush_audit().await;
+    assert!(refused.is_err(), "a refused move is an error: {refused:?}");
+    assert_eq!(
+        count(format!(
+            "SELECT COUNT(*) FROM {waiting_table} WHERE action = 'test.refused'"
+        ))
+        .await,
+        3,
+        "the events still wait"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM audit_events WHERE action = 'test.refused'".into()).await,
+        0
+    );
+
+    let e = raw(
+        &app,
+        &format!("UPDATE {waiting_table} SET action = 'forged'"),
+    )
+    .await
+    .expect_err("waiting events are immutable too");
+    assert!(e.to_string().contains("immutable"), "{e}");
+
+    let restore = if postgres {
+        "DROP TRIGGER test_refuse_all ON audit_events"
+    } else {
+        "DROP TRIGGER test_refuse_all"
+    };
+    raw(&app, restore).await.unwrap();
+    app.core.flush_audit().await.unwrap();
+    assert_eq!(
+        count(format!("SELECT COUNT(*) FROM {waiting_table}")).await,
+        0,
+        "moved once the log takes them"
+    );
+    let report = app.core.verify_audit().await.unwrap();
+    assert!(report.valid, "{report:?}");
+    assert_eq!(report.checked, before + 3, "each event in the log once");
+}

@@ -4,13 +4,16 @@
 //! row is detectable. `seq` is gapless under any number of concurrent writers because one writer
 //! at a time extends the chain:
 //! - on SQLite, the writing transaction chains its event itself, under the write lock it holds
-//!   anyway;
+//!   anyway, into a tail table with a single B-tree; the sequencer moves the tail into the
+//!   indexed log in batches (each B-tree an event lands in costs a WAL page at commit);
 //! - on PostgreSQL, the writing transaction queues its event (`audit_queue`, in the same
 //!   statement as the change where it can), and the sequencer moves queued events into the chain
 //!   in batches under an advisory lock, right after they commit. Chaining inside the writing
 //!   transaction would hold that lock through every COMMIT and its WAL flush, serialising all
-//!   writers. Every read of the log (list, get, verify, export) first chains what is queued, so a
-//!   reader always sees every committed event.
+//!   writers.
+//!
+//! Every read of the log (list, get, verify, export) first moves what waits (queue or tail), so a
+//! reader always sees every committed event.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -219,8 +222,9 @@ pub fn event_hash(e: &AuditEvent) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// This process's side of the chain: on SQLite the last event as it last appended it, on
-/// PostgreSQL the signal that wakes its sequencer (which reads the head under the chain's lock).
+/// This process's side of the chain: on SQLite the last event as it last appended it (PostgreSQL's
+/// sequencer reads the head under the chain's lock instead), and the signal that wakes the
+/// sequencer.
 ///
 /// The head is only a hint: the database's chain trigger refuses an insert that does not
 /// continue the chain, so a stale head (another process wrote, or a transaction that appended
@@ -252,10 +256,10 @@ macro_rules! event_body_columns {
     };
 }
 
-/// SQLite: appends a chained event. Positional parameters, for the combined call: a statement
-/// that follows it and uses `?` binds from the 17th value on.
+/// SQLite: appends a chained event to the tail (migration m0008). Positional parameters, for the
+/// combined call: a statement that follows it and uses `?` binds from the 17th value on.
 const INSERT_EVENT: &str = concat!(
-    "INSERT INTO audit_events (",
+    "INSERT INTO audit_tail (",
     event_body_columns!(),
     ", seq, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 );
@@ -307,15 +311,36 @@ const MOVE_CHAINED: &str = concat!(
     ", seq, prev_hash, hash FROM moved ORDER BY seq"
 );
 
-/// What SQLite's chain trigger says when it refuses an event (migration m0006).
+/// SQLite: events the tail move copies per transaction.
+const TAIL_BATCH: i64 = 1000;
+
+/// SQLite, in a write transaction: copies the oldest [`TAIL_BATCH`] events of the tail into the
+/// log, in `seq` order (the log's chain trigger checks each against the one before).
+const COPY_TAIL: &str = concat!(
+    "INSERT INTO audit_events (",
+    event_body_columns!(),
+    ", seq, prev_hash, hash) SELECT ",
+    event_body_columns!(),
+    ", seq, prev_hash, hash FROM audit_tail WHERE seq < (SELECT MIN(seq) FROM audit_tail) + ?1 ORDER BY seq"
+);
+
+/// SQLite, right after [`COPY_TAIL`] in its transaction: removes what it copied.
+const TRIM_TAIL: &str = "DELETE FROM audit_tail WHERE seq < (SELECT MIN(seq) FROM audit_tail) + ?1";
+
+/// What SQLite's chain triggers say when they refuse an event (migrations m0006, m0008).
 pub(crate) const HEAD_MOVED: &str = "audit chain head moved";
 
-/// The last event's `seq` and `hash` as the table has them (the genesis hash when empty).
+/// SQLite: the chain's last event, which is the tail's last while the tail holds any.
+const READ_HEAD: &str = "SELECT seq, hash FROM (SELECT seq, hash FROM audit_tail ORDER BY seq DESC LIMIT 1) \
+     UNION ALL SELECT seq, hash FROM (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1) \
+     ORDER BY seq DESC LIMIT 1";
+
+/// SQLite: the chain's last `seq` and `hash` (the genesis hash when the chain is empty).
 async fn read_head(conn: &impl ConnectionTrait) -> Result<(i64, String)> {
     let last = conn
         .query_one_raw(Statement::from_string(
             conn.get_database_backend(),
-            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            READ_HEAD,
         ))
         .await?;
     Ok(match last {
@@ -525,6 +550,8 @@ async fn append_with(
             Err(e) => return Err(e.into()),
             Ok(done) => {
                 head.set(event.seq, &event.hash);
+                // The tail mover waits a moment after the wake; see `spawn_sequencer`.
+                head.queued.notify_one();
                 // The change's rows are the total less the event's one.
                 return Ok(change
                     .is_some()
@@ -600,6 +627,66 @@ async fn chain_queued(db: &Database) -> Result<usize> {
     Ok(count)
 }
 
+/// SQLite: moves the oldest [`TAIL_BATCH`] events of the tail into the log in one write
+/// transaction; returns how many it moved. The tail's events are chained already, so the move
+/// only copies them in `seq` order and deletes the copies; the log's chain trigger refuses a copy
+/// that does not continue the log, and then nothing is moved.
+async fn move_tail(db: &Database) -> Result<usize> {
+    let backend = sea_orm::DatabaseBackend::Sqlite;
+    // Look with a reader first: an empty tail costs no turn at the write lock.
+    let waiting = db
+        .reader()
+        .query_one_raw(Statement::from_string(
+            backend,
+            "SELECT EXISTS (SELECT 1 FROM audit_tail)",
+        ))
+        .await?
+        .map(|row| row.try_get_by_index::<bool>(0))
+        .transpose()?
+        .unwrap_or(false);
+    if !waiting {
+        return Ok(0);
+    }
+    let txn = db.begin().await?;
+    let batch = [sea_orm::Value::from(TAIL_BATCH)];
+    let copied = txn
+        .execute_raw(Statement::from_sql_and_values(
+            backend,
+            COPY_TAIL,
+            batch.clone(),
+        ))
+        .await?
+        .rows_affected();
+    if copied == 0 {
+        txn.commit().await?;
+        return Ok(0);
+    }
+    let trimmed = txn
+        .execute_raw(Statement::from_sql_and_values(backend, TRIM_TAIL, batch))
+        .await?
+        .rows_affected();
+    if trimmed != copied {
+        // Both statements name the same rows under the write lock; anything else means the
+        // schema is damaged. Roll back (the transaction is dropped): the tail keeps its events.
+        return Err(Error::Internal(format!(
+            "the audit tail move copied {copied} events but removed {trimmed}"
+        )));
+    }
+    txn.commit().await?;
+    Ok(copied as usize)
+}
+
+/// Moves one batch of events that wait outside the indexed log into it: PostgreSQL's queue
+/// (chained now), SQLite's tail (chained already); returns how many, and the most one batch
+/// moves.
+async fn chain_step(db: &Database) -> Result<(usize, usize)> {
+    if db.backend() == sea_orm::DatabaseBackend::Postgres {
+        Ok((chain_queued(db).await?, CHAIN_BATCH))
+    } else {
+        Ok((move_tail(db).await?, TAIL_BATCH as usize))
+    }
+}
+
 /// How long the sequencer waits for a wake before it looks for queued events anyway (events
 /// queued by another instance, or left queued by one that stopped).
 const SEQUENCER_TICK: Duration = Duration::from_secs(1);
@@ -607,8 +694,8 @@ const SEQUENCER_TICK: Duration = Duration::from_secs(1);
 /// trips and a WAL flush, whatever its size.
 const SEQUENCER_WINDOW: Duration = Duration::from_millis(25);
 
-/// Starts this process's sequencer (PostgreSQL only); it stops once every clone of `head` is
-/// gone.
+/// Starts this process's sequencer, which moves waiting events into the log (PostgreSQL's queue,
+/// SQLite's tail); it stops once every clone of `head` is gone.
 pub(crate) fn spawn_sequencer(db: Database, head: &ChainHead) {
     // The task holds the wake signal only weakly, so that dropping the last Core ends it.
     let signal = Arc::downgrade(&head.queued);
@@ -621,8 +708,8 @@ pub(crate) fn spawn_sequencer(db: Database, head: &ChainHead) {
             let mut empty_looks = 0;
             while empty_looks < 3 {
                 tokio::time::sleep(SEQUENCER_WINDOW).await;
-                match chain_queued(&db).await {
-                    Ok(0) => empty_looks += 1,
+                match chain_step(&db).await {
+                    Ok((0, _)) => empty_looks += 1,
                     Ok(_) => empty_looks = 0,
                     Err(e) => {
                         tracing::warn!(error = %e, "chaining queued audit events failed; retrying");
@@ -728,29 +815,35 @@ impl Core {
         Ok(())
     }
 
-    /// Chains every event committed so far that still waits in the queue (PostgreSQL; nothing
-    /// to do on SQLite, where events are chained as they are written). Reads of the log call it
-    /// first, so they see every committed event.
+    /// Moves every event committed so far that still waits outside the indexed log into it
+    /// (PostgreSQL's queue, chained now; SQLite's tail, chained already). Reads of the log call
+    /// it first, so they see every committed event.
     pub async fn flush_audit(&self) -> Result<()> {
-        if self.db.backend() != sea_orm::DatabaseBackend::Postgres
-            || cfg!(feature = "bench-without-audit")
-        {
+        if cfg!(feature = "bench-without-audit") {
             return Ok(());
         }
-        let conn = self.db.writer();
-        let waiting = conn
-            .query_one_raw(Statement::from_string(
-                conn.get_database_backend(),
-                "SELECT EXISTS (SELECT 1 FROM audit_queue)",
-            ))
-            .await?
-            .map(|row| row.try_get_by_index::<bool>(0))
-            .transpose()?
-            .unwrap_or(false);
-        if waiting {
-            while chain_queued(&self.db).await? == CHAIN_BATCH {}
+        let postgres = self.db.backend() == sea_orm::DatabaseBackend::Postgres;
+        if postgres {
+            let conn = self.db.writer();
+            let waiting = conn
+                .query_one_raw(Statement::from_string(
+                    conn.get_database_backend(),
+                    "SELECT EXISTS (SELECT 1 FROM audit_queue)",
+                ))
+                .await?
+                .map(|row| row.try_get_by_index::<bool>(0))
+                .transpose()?
+                .unwrap_or(false);
+            if !waiting {
+                return Ok(());
+            }
         }
-        Ok(())
+        loop {
+            let (moved, batch) = chain_step(&self.db).await?;
+            if moved < batch {
+                return Ok(());
+            }
+        }
     }
 
     /// A page of events, newest first; the cursor is the last `seq` seen.

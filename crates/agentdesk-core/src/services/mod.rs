@@ -91,9 +91,7 @@ impl Core {
         );
         caches.spawn_listener();
         let audit_head = audit::ChainHead::default();
-        if db.backend() == sea_orm::DatabaseBackend::Postgres {
-            audit::spawn_sequencer(db.clone(), &audit_head);
-        }
+        audit::spawn_sequencer(db.clone(), &audit_head);
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
