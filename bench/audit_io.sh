@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# SQLite: the I/O that a `POST /api/v1/clients` costs under load, for each binary given (e.g. one
+# built with and one without the `bench-without-audit` feature): wrk -t2 -c16 for `seconds`
+# after a 2 s warm-up, on a fresh data directory, then from the server's /proc/PID/io the bytes
+# it sent to storage (WAL frames and checkpoints into the database file) and its write system
+# calls, each per request. Unlike req/s these hardly move between runs.
+# Usage: bash bench/audit_io.sh [-s seconds] BINARY...   (needs wrk)
+set -euo pipefail
+duration=6
+while getopts s: opt; do
+  case $opt in
+    s) duration=$OPTARG ;;
+    *) exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+[ $# -gt 0 ] || { echo "usage: $0 [-s seconds] BINARY..." >&2; exit 2; }
+port=${BENCH_PORT:-18594}
+script=$(dirname "$0")/post_client.lua
+export AGENTDESK_BIND=127.0.0.1:$port AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
+export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-password-123
+work=$(mktemp -d)
+pid=
+trap '[ -n "$pid" ] && kill $pid 2>/dev/null && wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+io() { awk -v key="$1:" '$1 == key { print $2 }' "/proc/$pid/io"; }
+
+echo "| binary | req/s | bytes to storage per request | write calls per request |"
+echo "|---|---|---|---|"
+for bin in "$@"; do
+  rm -rf "$work/data" && mkdir "$work/data"
+  AGENTDESK_DATA_DIR=$work/data "$bin" serve >"$work/serve.log" 2>&1 &
+  pid=$!
+  until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.01; done
+  token=$(curl -fs "http://127.0.0.1:$port/api/v1/auth/login" -H 'content-type: application/json' \
+    -d '{"email":"bench@example.com","password":"bench-password-123"}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+  BENCH_RUN=warm-$(date +%s%N) wrk -t2 -c16 -d2s -s "$script" -H "Authorization: Bearer $token" \
+    "http://127.0.0.1:$port/api/v1/clients" >/dev/null
+  bytes0=$(io write_bytes) calls0=$(io syscw)
+  out=$(BENCH_RUN=run-$(date +%s%N) wrk -t2 -c16 -d"${duration}s" -s "$script" -H "Authorization: Bearer $token" \
+    "http://127.0.0.1:$port/api/v1/clients")
+  sleep 0.2 # the sequencer's last move
+  bytes1=$(io write_bytes) calls1=$(io syscw)
+  kill "$pid" && wait "$pid" 2>/dev/null || true
+  pid=
+  if echo "$out" | grep -q 'Non-2xx'; then echo "$out" >&2; echo "non-2xx answers" >&2; exit 1; fi
+  n=$(echo "$out" | awk '/requests in/ {print $1}')
+  echo "| $(basename "$bin") | $(echo "$out" | awk '/Requests\/sec/ {print $2}') | $(( (bytes1 - bytes0) / n )) | $(( (calls1 - calls0) / n )) |"
+done
