@@ -9,6 +9,7 @@ set -euo pipefail
 [ $# -gt 0 ] || { echo "usage: $0 BINARY..." >&2; exit 2; }
 port=${BENCH_PORT:-18593}
 requests=25
+. "$(dirname "$0")/lib.sh"
 export AGENTDESK_BIND=127.0.0.1:$port AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
 export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-password-123
 work=$(mktemp -d)
@@ -18,12 +19,7 @@ trap '[ -n "$pid" ] && kill $pid 2>/dev/null && wait $pid 2>/dev/null; rm -rf "$
 echo "| binary | WAL frames per POST /clients |"
 echo "|---|---|"
 for bin in "$@"; do
-  rm -rf "$work/data" && mkdir "$work/data"
-  AGENTDESK_DATA_DIR=$work/data "$bin" serve >"$work/serve.log" 2>&1 &
-  pid=$!
-  until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.01; done
-  token=$(curl -fs "http://127.0.0.1:$port/api/v1/auth/login" -H 'content-type: application/json' \
-    -d '{"email":"bench@example.com","password":"bench-password-123"}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+  start_fresh "$bin" "$work/data" "$port"
   post() {
     curl -fs -o /dev/null "http://127.0.0.1:$port/api/v1/clients" -H "Authorization: Bearer $token" \
       -H 'content-type: application/json' -d "{\"name\":\"C $1\",\"email\":\"c$1@example.com\",\"tags\":[\"bench\",\"t7\"]}"
@@ -32,7 +28,6 @@ for bin in "$@"; do
   sqlite3 "$work/data/agentdesk.db" 'PRAGMA wal_checkpoint(TRUNCATE);' >/dev/null
   for i in $(seq 1 $requests); do post "m$i"; done
   frames=$(sqlite3 "$work/data/agentdesk.db" 'PRAGMA wal_checkpoint(PASSIVE);' | awk -F'|' '{ print $2 }')
-  kill "$pid" && wait "$pid" 2>/dev/null || true
-  pid=
+  stop_server
   awk -v b="$(basename "$bin")" -v f="$frames" -v n=$requests 'BEGIN { printf "| %s | %.1f |\n", b, f / n }'
 done

@@ -17,6 +17,7 @@ shift $((OPTIND - 1))
 [ $# -gt 0 ] || { echo "usage: $0 [-s seconds] BINARY..." >&2; exit 2; }
 port=${BENCH_PORT:-18594}
 script=$(dirname "$0")/post_client.lua
+. "$(dirname "$0")/lib.sh"
 export AGENTDESK_BIND=127.0.0.1:$port AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
 export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-password-123
 work=$(mktemp -d)
@@ -27,12 +28,7 @@ io() { awk -v key="$1:" '$1 == key { print $2 }' "/proc/$pid/io"; }
 echo "| binary | req/s | bytes to storage per request | write calls per request |"
 echo "|---|---|---|---|"
 for bin in "$@"; do
-  rm -rf "$work/data" && mkdir "$work/data"
-  AGENTDESK_DATA_DIR=$work/data "$bin" serve >"$work/serve.log" 2>&1 &
-  pid=$!
-  until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.01; done
-  token=$(curl -fs "http://127.0.0.1:$port/api/v1/auth/login" -H 'content-type: application/json' \
-    -d '{"email":"bench@example.com","password":"bench-password-123"}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+  start_fresh "$bin" "$work/data" "$port"
   BENCH_RUN=warm-$(date +%s%N) wrk -t2 -c16 -d2s -s "$script" -H "Authorization: Bearer $token" \
     "http://127.0.0.1:$port/api/v1/clients" >/dev/null
   bytes0=$(io write_bytes) calls0=$(io syscw)
@@ -40,8 +36,7 @@ for bin in "$@"; do
     "http://127.0.0.1:$port/api/v1/clients")
   sleep 0.2 # the sequencer's last move
   bytes1=$(io write_bytes) calls1=$(io syscw)
-  kill "$pid" && wait "$pid" 2>/dev/null || true
-  pid=
+  stop_server
   if echo "$out" | grep -q 'Non-2xx'; then echo "$out" >&2; echo "non-2xx answers" >&2; exit 1; fi
   n=$(echo "$out" | awk '/requests in/ {print $1}')
   echo "| $(basename "$bin") | $(echo "$out" | awk '/Requests\/sec/ {print $2}') | $(( (bytes1 - bytes0) / n )) | $(( (calls1 - calls0) / n )) |"

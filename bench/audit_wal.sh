@@ -24,6 +24,7 @@ port=${BENCH_PORT:-18590}
 pg_bin=$(dirname "$(ls /usr/lib/postgresql/*/bin/pg_waldump | sort -V | tail -n 1)")
 wal_dir=$(psql -Atq "$db" -c 'SHOW data_directory')/pg_wal
 hz=$(getconf CLK_TCK)
+. "$(dirname "$0")/lib.sh"
 export PGOPTIONS="-c client_min_messages=warning"
 export AGENTDESK_DATABASE_URL=$db AGENTDESK_BIND=127.0.0.1:$port AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
 export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-password-123
@@ -48,12 +49,7 @@ postgres_ticks() {
 measure() {
   local bin=$1 out w0 w1 s0 s1 p0 p1 n
   psql -q "$db" -c 'DROP SCHEMA public CASCADE; CREATE SCHEMA public'
-  rm -rf "$work/data" && mkdir "$work/data"
-  AGENTDESK_DATA_DIR=$work/data "$bin" serve >"$work/serve.log" 2>&1 &
-  pid=$!
-  until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.01; done
-  token=$(curl -fs "http://127.0.0.1:$port/api/v1/auth/login" -H 'content-type: application/json' \
-    -d '{"email":"bench@example.com","password":"bench-password-123"}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+  start_fresh "$bin" "$work/data" "$port"
   # Warm up, then start from a checkpoint so that full-page images are alike for every binary.
   BENCH_RUN=warm-$(date +%s%N) wrk -t2 -c16 -d2s -s "$work/post.lua" -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/v1/clients" >/dev/null
   psql -q "$db" -c CHECKPOINT
@@ -63,8 +59,7 @@ measure() {
   s1=$(server_ticks); p1=$(postgres_ticks)
   sleep 0.2 # the sequencer's last batch
   w1=$(psql -Atq "$db" -c 'SELECT pg_current_wal_lsn()')
-  kill "$pid" && wait "$pid" 2>/dev/null || true
-  pid=
+  stop_server
   if echo "$out" | grep -q 'Non-2xx'; then echo "$out" >&2; echo "non-2xx answers" >&2; exit 1; fi
   n=$(echo "$out" | awk '/requests in/ {print $1}')
   printf '| %s | %s | %s | %s | %s |\n' "$(basename "$bin")" \
