@@ -634,17 +634,7 @@ async fn chain_queued(db: &Database) -> Result<usize> {
 async fn move_tail(db: &Database) -> Result<usize> {
     let backend = sea_orm::DatabaseBackend::Sqlite;
     // Look with a reader first: an empty tail costs no turn at the write lock.
-    let waiting = db
-        .reader()
-        .query_one_raw(Statement::from_string(
-            backend,
-            "SELECT EXISTS (SELECT 1 FROM audit_tail)",
-        ))
-        .await?
-        .map(|row| row.try_get_by_index::<bool>(0))
-        .transpose()?
-        .unwrap_or(false);
-    if !waiting {
+    if !any_waiting(db.reader(), "audit_tail").await? {
         return Ok(0);
     }
     let txn = db.begin().await?;
@@ -674,6 +664,20 @@ async fn move_tail(db: &Database) -> Result<usize> {
     }
     txn.commit().await?;
     Ok(copied as usize)
+}
+
+/// Whether `table` (the queue or the tail) holds any event waiting for the log.
+async fn any_waiting(conn: &impl ConnectionTrait, table: &str) -> Result<bool> {
+    let row = conn
+        .query_one_raw(Statement::from_string(
+            conn.get_database_backend(),
+            format!("SELECT EXISTS (SELECT 1 FROM {table})"),
+        ))
+        .await?;
+    Ok(row
+        .map(|row| row.try_get_by_index::<bool>(0))
+        .transpose()?
+        .unwrap_or(false))
 }
 
 /// Moves one batch of events that wait outside the indexed log into it: PostgreSQL's queue
@@ -823,20 +827,8 @@ impl Core {
             return Ok(());
         }
         let postgres = self.db.backend() == sea_orm::DatabaseBackend::Postgres;
-        if postgres {
-            let conn = self.db.writer();
-            let waiting = conn
-                .query_one_raw(Statement::from_string(
-                    conn.get_database_backend(),
-                    "SELECT EXISTS (SELECT 1 FROM audit_queue)",
-                ))
-                .await?
-                .map(|row| row.try_get_by_index::<bool>(0))
-                .transpose()?
-                .unwrap_or(false);
-            if !waiting {
-                return Ok(());
-            }
+        if postgres && !any_waiting(self.db.writer(), "audit_queue").await? {
+            return Ok(());
         }
         loop {
             let (moved, batch) = chain_step(&self.db).await?;
