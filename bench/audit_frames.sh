@@ -10,11 +10,6 @@ set -euo pipefail
 port=${BENCH_PORT:-18593}
 requests=25
 . "$(dirname "$0")/lib.sh"
-export AGENTDESK_BIND=127.0.0.1:$port AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
-export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-password-123
-work=$(mktemp -d)
-pid=
-trap '[ -n "$pid" ] && kill $pid 2>/dev/null && wait $pid 2>/dev/null; rm -rf "$work"' EXIT
 
 echo "| binary | WAL frames per POST /clients |"
 echo "|---|---|"

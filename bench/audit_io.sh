@@ -18,11 +18,6 @@ shift $((OPTIND - 1))
 port=${BENCH_PORT:-18594}
 script=$(dirname "$0")/post_client.lua
 . "$(dirname "$0")/lib.sh"
-export AGENTDESK_BIND=127.0.0.1:$port AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
-export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-password-123
-work=$(mktemp -d)
-pid=
-trap '[ -n "$pid" ] && kill $pid 2>/dev/null && wait $pid 2>/dev/null; rm -rf "$work"' EXIT
 io() { awk -v key="$1:" '$1 == key { print $2 }' "/proc/$pid/io"; }
 
 echo "| binary | req/s | bytes to storage per request | write calls per request |"

@@ -26,12 +26,7 @@ wal_dir=$(psql -Atq "$db" -c 'SHOW data_directory')/pg_wal
 hz=$(getconf CLK_TCK)
 . "$(dirname "$0")/lib.sh"
 export PGOPTIONS="-c client_min_messages=warning"
-export AGENTDESK_DATABASE_URL=$db AGENTDESK_BIND=127.0.0.1:$port AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
-export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-password-123
-
-work=$(mktemp -d)
-pid=
-trap '[ -n "$pid" ] && kill $pid 2>/dev/null && wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+export AGENTDESK_DATABASE_URL=$db
 cp "$(dirname "$0")/post_client.lua" "$work/post.lua"
 
 server_ticks() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }

@@ -1,5 +1,10 @@
-# Shared by the bench scripts (sourced). They export AGENTDESK_BIND, AGENTDESK_ADMIN_EMAIL and
-# AGENTDESK_ADMIN_PASSWORD first.
+# Shared by the bench scripts (sourced, after they set $port): the server's settings, a scratch
+# folder $work, and a trap that stops the server and removes $work on exit.
+export AGENTDESK_BIND=127.0.0.1:$port AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
+export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-password-123
+work=$(mktemp -d)
+pid=
+trap '[ -n "$pid" ] && kill $pid 2>/dev/null && wait $pid 2>/dev/null; rm -rf "$work"' EXIT
 
 # start_fresh BINARY DATA_DIR PORT: serves BINARY on an empty DATA_DIR (log beside it), waits
 # until it is ready and logs in as the admin; sets $pid and $token.

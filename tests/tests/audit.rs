@@ -695,8 +695,9 @@ async fn queued_events_are_chained_by_any_instance() {
 
 /// Events wait outside the indexed log until a batch moves them in (PostgreSQL's queue, SQLite's
 /// tail), and a move copies and deletes in one transaction. When the log refuses the batch, as a
-/// damaged schema would, the move is undone whole: the events still wait, none is lost, and the
-/// next move takes them in once, in order.
+/// damaged schema would, by an error or by skipping rows (PostgreSQL's chain trigger skips), the
+/// move is undone whole: the events still wait, none is lost, and the next move takes them in
+/// once, in order. The sequencer moves them without any read asking.
 #[tokio::test]
 async fn a_refused_move_leaves_the_events_waiting() {
     let app = TestApp::spawn().await;
@@ -719,20 +720,7 @@ async fn a_refused_move_leaves_the_events_waiting() {
                 .unwrap()
         }
     };
-    let refuse_all: &[&str] = if postgres {
-        &[
-            "CREATE FUNCTION test_refuse_all() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$",
-            "CREATE TRIGGER test_refuse_all BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION test_refuse_all()",
-        ]
-    } else {
-        &[
-            "CREATE TRIGGER test_refuse_all BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'refused'); END",
-        ]
-    };
-    for sql in refuse_all {
-        raw(&app, sql).await.unwrap();
-    }
-    for _ in 0..3 {
+    let append = || async {
         let txn = app.core.db.begin().await.unwrap();
         app.core
             .append(
@@ -742,43 +730,83 @@ async fn a_refused_move_leaves_the_events_waiting() {
             .await
             .unwrap();
         txn.commit().await.unwrap();
-    }
-    let refused = app.core.flush_audit().await;
-    assert!(refused.is_err(), "a refused move is an error: {refused:?}");
-    assert_eq!(
-        count(format!(
-            "SELECT COUNT(*) FROM {waiting_table} WHERE action = 'test.refused'"
-        ))
-        .await,
-        3,
-        "the events still wait"
-    );
-    assert_eq!(
-        count("SELECT COUNT(*) FROM audit_events WHERE action = 'test.refused'".into()).await,
-        0
-    );
-
-    let e = raw(
-        &app,
-        &format!("UPDATE {waiting_table} SET action = 'forged'"),
-    )
-    .await
-    .expect_err("waiting events are immutable too");
-    assert!(e.to_string().contains("immutable"), "{e}");
-
+    };
+    // An error, and rows skipped without one.
+    let refusals: [&[&str]; 2] = if postgres {
+        [
+            &[
+                "CREATE OR REPLACE FUNCTION test_refuse_all() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$",
+                "CREATE TRIGGER test_refuse_all BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION test_refuse_all()",
+            ],
+            &[
+                "CREATE OR REPLACE FUNCTION test_refuse_all() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$",
+                "CREATE TRIGGER test_refuse_all BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION test_refuse_all()",
+            ],
+        ]
+    } else {
+        [
+            &[
+                "CREATE TRIGGER test_refuse_all BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'refused'); END",
+            ],
+            &[
+                "CREATE TRIGGER test_refuse_all BEFORE INSERT ON audit_events BEGIN SELECT RAISE(IGNORE); END",
+            ],
+        ]
+    };
     let restore = if postgres {
         "DROP TRIGGER test_refuse_all ON audit_events"
     } else {
         "DROP TRIGGER test_refuse_all"
     };
-    raw(&app, restore).await.unwrap();
-    app.core.flush_audit().await.unwrap();
-    assert_eq!(
-        count(format!("SELECT COUNT(*) FROM {waiting_table}")).await,
-        0,
-        "moved once the log takes them"
-    );
+    for (round, refusal) in refusals.iter().enumerate() {
+        for sql in *refusal {
+            raw(&app, sql).await.unwrap();
+        }
+        for _ in 0..3 {
+            append().await;
+        }
+        let refused = app.core.flush_audit().await;
+        assert!(
+            refused.is_err(),
+            "refusal {round}: a refused move is an error: {refused:?}"
+        );
+        assert_eq!(
+            count(format!(
+                "SELECT COUNT(*) FROM {waiting_table} WHERE action = 'test.refused'"
+            ))
+            .await,
+            3 * (round as i64 + 1),
+            "refusal {round}: the events still wait"
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM audit_events WHERE action = 'test.refused'".into()).await,
+            0,
+            "refusal {round}"
+        );
+        raw(&app, restore).await.unwrap();
+        if round == 0 {
+            // The waiting events are as immutable as the log's.
+            let e = raw(
+                &app,
+                &format!("UPDATE {waiting_table} SET action = 'forged'"),
+            )
+            .await
+            .expect_err("waiting events are immutable too");
+            assert!(e.to_string().contains("immutable"), "{e}");
+        }
+    }
+
+    // With the log whole again, the sequencer moves them, and a new one, without a read.
+    append().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while count(format!("SELECT COUNT(*) FROM {waiting_table}")).await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sequencer moves waiting events by itself"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let report = app.core.verify_audit().await.unwrap();
     assert!(report.valid, "{report:?}");
-    assert_eq!(report.checked, before + 3, "each event in the log once");
+    assert_eq!(report.checked, before + 7, "each event in the log once");
 }

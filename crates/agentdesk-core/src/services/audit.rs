@@ -284,12 +284,12 @@ fn lock_chain() -> String {
 }
 
 /// PostgreSQL, under the chain's lock: up to `$1` queued events, oldest queued first, as
-/// `audit_events` rows whose `seq` holds their place in the queue, each with the chain's head
-/// (`head_seq` and `head_hash`, null while the log is empty).
+/// `audit_events` rows with empty chain fields, each with its place in the queue (`queued`) and
+/// the chain's head (`head_seq` and `head_hash`, null while the log is empty).
 const READ_QUEUED: &str = concat!(
     "SELECT ",
     event_body_columns!(),
-    ", queued AS seq, '' AS prev_hash, '' AS hash, \
+    ", 0::BIGINT AS seq, '' AS prev_hash, '' AS hash, queued, \
      (SELECT seq FROM audit_events ORDER BY seq DESC LIMIT 1) AS head_seq, \
      (SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1) AS head_hash \
      FROM audit_queue ORDER BY queued LIMIT $1"
@@ -312,7 +312,7 @@ const MOVE_CHAINED: &str = concat!(
 );
 
 /// SQLite: events the tail move copies per transaction.
-const TAIL_BATCH: i64 = 1000;
+const TAIL_BATCH: usize = 1000;
 
 /// SQLite, in a write transaction: copies the oldest [`TAIL_BATCH`] events of the tail into the
 /// log, in `seq` order (the log's chain trigger checks each against the one before).
@@ -592,8 +592,8 @@ async fn chain_queued(db: &Database) -> Result<usize> {
         .unwrap_or_else(|| GENESIS_HASH.to_owned());
     let mut chain = Vec::with_capacity(rows.len());
     for row in &rows {
+        let queued = row.try_get::<i64>("", "queued")?;
         let mut event = AuditEvent::from(audit::Model::from_query_result(row, "")?);
-        let queued = event.seq;
         seq += 1;
         event.seq = seq;
         event.prev_hash = prev_hash;
@@ -633,12 +633,8 @@ async fn chain_queued(db: &Database) -> Result<usize> {
 /// that does not continue the log, and then nothing is moved.
 async fn move_tail(db: &Database) -> Result<usize> {
     let backend = sea_orm::DatabaseBackend::Sqlite;
-    // Look with a reader first: an empty tail costs no turn at the write lock.
-    if !any_waiting(db.reader(), "audit_tail").await? {
-        return Ok(0);
-    }
     let txn = db.begin().await?;
-    let batch = [sea_orm::Value::from(TAIL_BATCH)];
+    let batch = [sea_orm::Value::from(TAIL_BATCH as i64)];
     let copied = txn
         .execute_raw(Statement::from_sql_and_values(
             backend,
@@ -647,17 +643,14 @@ async fn move_tail(db: &Database) -> Result<usize> {
         ))
         .await?
         .rows_affected();
-    if copied == 0 {
-        txn.commit().await?;
-        return Ok(0);
-    }
+    // Also when nothing was copied: a copy the log skipped must not count as an empty tail.
     let trimmed = txn
         .execute_raw(Statement::from_sql_and_values(backend, TRIM_TAIL, batch))
         .await?
         .rows_affected();
     if trimmed != copied {
-        // Both statements name the same rows under the write lock; anything else means the
-        // schema is damaged. Roll back (the transaction is dropped): the tail keeps its events.
+        // Both statements name the same rows under the write lock, so the log refused some
+        // (a damaged schema). Roll back (the transaction is dropped): the tail keeps its events.
         return Err(Error::Internal(format!(
             "the audit tail move copied {copied} events but removed {trimmed}"
         )));
@@ -681,13 +674,32 @@ async fn any_waiting(conn: &impl ConnectionTrait, table: &str) -> Result<bool> {
 }
 
 /// Moves one batch of events that wait outside the indexed log into it: PostgreSQL's queue
-/// (chained now), SQLite's tail (chained already); returns how many, and the most one batch
-/// moves.
-async fn chain_step(db: &Database) -> Result<(usize, usize)> {
-    if db.backend() == sea_orm::DatabaseBackend::Postgres {
-        Ok((chain_queued(db).await?, CHAIN_BATCH))
+/// (chained now), SQLite's tail (chained already); returns how many it moved, at most
+/// [`step_limit`]. An empty queue or tail costs one read, not a write transaction (nor, on
+/// PostgreSQL, the chain's lock).
+async fn chain_step(db: &Database) -> Result<usize> {
+    let postgres = db.backend() == sea_orm::DatabaseBackend::Postgres;
+    let waiting = if postgres {
+        "audit_queue"
     } else {
-        Ok((move_tail(db).await?, TAIL_BATCH as usize))
+        "audit_tail"
+    };
+    if !any_waiting(db.reader(), waiting).await? {
+        return Ok(0);
+    }
+    if postgres {
+        chain_queued(db).await
+    } else {
+        move_tail(db).await
+    }
+}
+
+/// The most events one [`chain_step`] moves: one that moved fewer left nothing behind.
+fn step_limit(db: &Database) -> usize {
+    if db.backend() == sea_orm::DatabaseBackend::Postgres {
+        CHAIN_BATCH
+    } else {
+        TAIL_BATCH
     }
 }
 
@@ -713,10 +725,10 @@ pub(crate) fn spawn_sequencer(db: Database, head: &ChainHead) {
             while empty_looks < 3 {
                 tokio::time::sleep(SEQUENCER_WINDOW).await;
                 match chain_step(&db).await {
-                    Ok((0, _)) => empty_looks += 1,
+                    Ok(0) => empty_looks += 1,
                     Ok(_) => empty_looks = 0,
                     Err(e) => {
-                        tracing::warn!(error = %e, "chaining queued audit events failed; retrying");
+                        tracing::warn!(error = %e, "moving waiting audit events into the log failed; retrying");
                         break;
                     }
                 }
@@ -826,16 +838,9 @@ impl Core {
         if cfg!(feature = "bench-without-audit") {
             return Ok(());
         }
-        let postgres = self.db.backend() == sea_orm::DatabaseBackend::Postgres;
-        if postgres && !any_waiting(self.db.writer(), "audit_queue").await? {
-            return Ok(());
-        }
-        loop {
-            let (moved, batch) = chain_step(&self.db).await?;
-            if moved < batch {
-                return Ok(());
-            }
-        }
+        let limit = step_limit(&self.db);
+        while chain_step(&self.db).await? == limit {}
+        Ok(())
     }
 
     /// A page of events, newest first; the cursor is the last `seq` seen.
