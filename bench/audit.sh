@@ -14,6 +14,7 @@
 # median of the rounds' own ratios (each round compares runs made seconds apart).
 # With PostgreSQL it also shows, per request, the server's and PostgreSQL's CPU time and the WAL.
 # Usage: bash bench/audit.sh [seconds-per-run] [rounds] [database-url]   (needs wrk)
+#        BENCH_AUDITED=bin BENCH_UNAUDITED=bin bash bench/audit.sh …   (binaries built already)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-8}
@@ -31,10 +32,16 @@ cleanup() {
 }
 trap cleanup EXIT
 # Both variants in the one target directory (only our crates differ); each copied aside.
-cargo build --release -p agentdesk --features agentdesk/bench-without-audit
-cp target/release/agentdesk "$work/agentdesk-without-audit"
-cargo build --release -p agentdesk
-cp target/release/agentdesk "$work/agentdesk"
+# BENCH_AUDITED and BENCH_UNAUDITED name binaries built before (from one commit) instead.
+if [ -n "${BENCH_AUDITED:-}" ] && [ -n "${BENCH_UNAUDITED:-}" ]; then
+  cp "$BENCH_UNAUDITED" "$work/agentdesk-without-audit"
+  cp "$BENCH_AUDITED" "$work/agentdesk"
+else
+  cargo build --release -p agentdesk --features agentdesk/bench-without-audit
+  cp target/release/agentdesk "$work/agentdesk-without-audit"
+  cargo build --release -p agentdesk
+  cp target/release/agentdesk "$work/agentdesk"
+fi
 export AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
 export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-password-123
 # psql: no NOTICEs from the schema reset.

@@ -297,7 +297,8 @@ const READ_QUEUED: &str = concat!(
 
 /// PostgreSQL, under the chain's lock: moves the queued events named in `$1` (a JSON array of
 /// `{queued, seq, prev_hash, hash}`) from the queue into the log with those chain fields, in
-/// `seq` order (the chain trigger checks each row against the one before). Only the chain fields
+/// `seq` order (the chain trigger checks the statement's rows against the log's head and each
+/// other, once per statement: migration m0009). Only the chain fields
 /// travel: the events' bodies go from one table to the other inside the database.
 const MOVE_CHAINED: &str = concat!(
     "WITH chain AS (SELECT * FROM jsonb_to_recordset($1) \
@@ -327,7 +328,7 @@ const COPY_TAIL: &str = concat!(
 /// SQLite, right after [`COPY_TAIL`] in its transaction: removes what it copied.
 const TRIM_TAIL: &str = "DELETE FROM audit_tail WHERE seq < (SELECT MIN(seq) FROM audit_tail) + ?1";
 
-/// What SQLite's chain triggers say when they refuse an event (migrations m0006, m0008).
+/// What the chain triggers say when they refuse an event (migrations m0006, m0008, m0009).
 pub(crate) const HEAD_MOVED: &str = "audit chain head moved";
 
 /// SQLite: the chain's last event, which is the tail's last while the tail holds any.
@@ -616,9 +617,9 @@ async fn chain_queued(db: &Database) -> Result<usize> {
         .await?
         .rows_affected();
     if moved != count as u64 {
-        // Nothing else moves the head while the lock is held, so the chain trigger refused a
-        // row only if the schema is damaged. Roll back (the transaction is dropped) and leave
-        // the events queued.
+        // Nothing else moves the head while the lock is held, so a row went missing only if
+        // the schema is damaged (a trigger that skips rows). Roll back (the transaction is
+        // dropped) and leave the events queued. A broken chain fails the statement itself.
         return Err(Error::Internal(
             "the audit chain refused a batch of queued events; is the chain trigger intact?".into(),
         ));
@@ -659,18 +660,18 @@ async fn move_tail(db: &Database) -> Result<usize> {
     Ok(copied as usize)
 }
 
-/// Whether `table` (the queue or the tail) holds any event waiting for the log.
-async fn any_waiting(conn: &impl ConnectionTrait, table: &str) -> Result<bool> {
+/// Whether `table` (the queue or the tail) holds any event waiting for the log, read through
+/// its key's index. (`EXISTS (SELECT 1 FROM audit_queue)` is a sequential scan on PostgreSQL,
+/// which walks every event the sequencer has moved since the last vacuum before it finds a
+/// live one; in the index those are marked dead after the first look and skipped.)
+async fn any_waiting(conn: &impl ConnectionTrait, table: &str, key: &str) -> Result<bool> {
     let row = conn
         .query_one_raw(Statement::from_string(
             conn.get_database_backend(),
-            format!("SELECT EXISTS (SELECT 1 FROM {table})"),
+            format!("SELECT {key} FROM {table} ORDER BY {key} LIMIT 1"),
         ))
         .await?;
-    Ok(row
-        .map(|row| row.try_get_by_index::<bool>(0))
-        .transpose()?
-        .unwrap_or(false))
+    Ok(row.is_some())
 }
 
 /// Moves one batch of events that wait outside the indexed log into it: PostgreSQL's queue
@@ -679,12 +680,12 @@ async fn any_waiting(conn: &impl ConnectionTrait, table: &str) -> Result<bool> {
 /// PostgreSQL, the chain's lock).
 async fn chain_step(db: &Database) -> Result<usize> {
     let postgres = db.backend() == sea_orm::DatabaseBackend::Postgres;
-    let waiting = if postgres {
-        "audit_queue"
+    let (waiting, key) = if postgres {
+        ("audit_queue", "queued")
     } else {
-        "audit_tail"
+        ("audit_tail", "seq")
     };
-    if !any_waiting(db.reader(), waiting).await? {
+    if !any_waiting(db.reader(), waiting, key).await? {
         return Ok(0);
     }
     if postgres {
