@@ -814,3 +814,46 @@ async fn a_refused_move_leaves_the_events_waiting() {
     assert!(report.valid, "{report:?}");
     assert_eq!(report.checked, before + 7, "each event in the log once");
 }
+
+/// The latest migration (m0009 on PostgreSQL: the chain checked once per statement) can be
+/// undone and done again, and the chain is guarded in between: by m0006's per-row trigger, which
+/// skips a forged event on PostgreSQL, and once more by m0009's, which refuses it.
+#[tokio::test]
+async fn the_chain_stays_guarded_through_the_last_migration_down_and_up() {
+    use sea_orm_migration::MigratorTrait;
+    let app = TestApp::spawn().await;
+    let postgres = app.core.db.backend() == DatabaseBackend::Postgres;
+    app.core.flush_audit().await.unwrap();
+    let forged = || {
+        format!(
+            "INSERT INTO audit_events (id, seq, at, action, outcome, prev_hash, hash) \
+             VALUES ('{}', (SELECT MAX(seq) + 1 FROM audit_events), '2026-01-01T00:00:00Z', \
+             'forged', 'success', 'forged', 'x')",
+            uuid::Uuid::now_v7()
+        )
+    };
+    let conn = app.core.db.writer();
+    agentdesk_core::migration::Migrator::down(conn, Some(1))
+        .await
+        .unwrap();
+    match raw(&app, &forged()).await {
+        Ok(rows) => assert!(postgres && rows == 0, "m0006 skips a forged row: {rows}"),
+        Err(e) => assert!(!postgres && e.to_string().contains("audit chain head moved")),
+    }
+    agentdesk_core::migration::Migrator::up(conn, None)
+        .await
+        .unwrap();
+    let refused = raw(&app, &forged()).await.expect_err("m0009 refuses it");
+    assert!(
+        refused.to_string().contains("audit chain head moved"),
+        "{refused}"
+    );
+    // And the sequencer's batches still pass the check.
+    for _ in 0..3 {
+        app.login("admin@test.local", ADMIN_PASSWORD)
+            .await
+            .expect(200, None);
+    }
+    app.core.flush_audit().await.unwrap();
+    assert!(app.core.verify_audit().await.unwrap().valid);
+}
