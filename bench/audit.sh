@@ -33,6 +33,10 @@ cleanup() {
 trap cleanup EXIT
 # Both variants in the one target directory (only our crates differ); each copied aside.
 # BENCH_AUDITED and BENCH_UNAUDITED name binaries built before (from one commit) instead.
+if [ "${BENCH_AUDITED:+set}" != "${BENCH_UNAUDITED:+set}" ]; then
+  echo "set both BENCH_AUDITED and BENCH_UNAUDITED, or neither" >&2
+  exit 1
+fi
 if [ -n "${BENCH_AUDITED:-}" ] && [ -n "${BENCH_UNAUDITED:-}" ]; then
   cp "$BENCH_UNAUDITED" "$work/agentdesk-without-audit"
   cp "$BENCH_AUDITED" "$work/agentdesk"

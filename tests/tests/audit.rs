@@ -7,6 +7,9 @@ use agentdesk_tests::{ADMIN_PASSWORD, TestApp, unique_email};
 use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
 use serde_json::{Value, json};
 
+/// What the chain triggers say when they refuse an event.
+const HEAD_MOVED: &str = "audit chain head moved";
+
 async fn events(app: &TestApp, token: &str, query: &str) -> Vec<Value> {
     let r = app
         .get(&format!("/api/v1/audit/events?limit=200&{query}"), token)
@@ -363,7 +366,7 @@ async fn the_database_refuses_to_change_events_and_verify_finds_tampering() {
         );
         let refused = raw(&app, &insert).await.expect_err(&insert);
         assert!(
-            refused.to_string().contains("audit chain head moved"),
+            refused.to_string().contains(HEAD_MOVED),
             "{insert}: {refused}"
         );
     }
@@ -694,7 +697,8 @@ async fn queued_events_are_chained_by_any_instance() {
 /// Events wait outside the indexed log until a batch moves them in (PostgreSQL's queue, SQLite's
 /// tail), and a move copies and deletes in one transaction. When the log refuses the batch, as a
 /// damaged schema would, by an error or by skipping rows, the move is undone whole: the events
-/// still wait, none is lost, and the next move takes them in once, in order. The sequencer moves them without any read asking.
+/// still wait, none is lost, and the next move takes them in once, in order. The sequencer moves
+/// them without any read asking.
 #[tokio::test]
 async fn a_refused_move_leaves_the_events_waiting() {
     let app = TestApp::spawn().await;
@@ -838,16 +842,13 @@ async fn the_chain_stays_guarded_through_the_last_migration_down_and_up() {
         .unwrap();
     match raw(&app, &forged()).await {
         Ok(rows) => assert!(postgres && rows == 0, "m0006 skips a forged row: {rows}"),
-        Err(e) => assert!(!postgres && e.to_string().contains("audit chain head moved")),
+        Err(e) => assert!(!postgres && e.to_string().contains(HEAD_MOVED)),
     }
     agentdesk_core::migration::Migrator::up(conn, None)
         .await
         .unwrap();
     let refused = raw(&app, &forged()).await.expect_err("m0009 refuses it");
-    assert!(
-        refused.to_string().contains("audit chain head moved"),
-        "{refused}"
-    );
+    assert!(refused.to_string().contains(HEAD_MOVED), "{refused}");
     // And the sequencer's batches still pass the check.
     for _ in 0..3 {
         app.login("admin@test.local", ADMIN_PASSWORD)
@@ -856,4 +857,89 @@ async fn the_chain_stays_guarded_through_the_last_migration_down_and_up() {
     }
     app.core.flush_audit().await.unwrap();
     assert!(app.core.verify_audit().await.unwrap().valid);
+}
+
+/// The chain triggers judge a statement that appends several events as a whole (per statement
+/// on PostgreSQL, per row on SQLite): rows that continue the head and each other go in, one bad
+/// row refuses them all, and on PostgreSQL rows that continue the head are refused when an event
+/// already follows it.
+#[tokio::test]
+async fn an_append_that_breaks_the_chain_anywhere_is_refused_whole() {
+    let app = TestApp::spawn().await;
+    let postgres = app.core.db.backend() == DatabaseBackend::Postgres;
+    app.login("admin@test.local", ADMIN_PASSWORD)
+        .await
+        .expect(200, None);
+    app.core.flush_audit().await.unwrap();
+    let conn = app.core.db.writer();
+    let head = || async {
+        let row = conn
+            .query_one_raw(Statement::from_string(
+                conn.get_database_backend(),
+                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        (
+            row.try_get_by_index::<i64>(0).unwrap(),
+            row.try_get_by_index::<String>(1).unwrap(),
+        )
+    };
+    let insert = |rows: &[(i64, &str, &str)]| {
+        let values: Vec<String> = rows
+            .iter()
+            .map(|(seq, prev_hash, hash)| {
+                format!(
+                    "('{}', {seq}, '2026-01-01T00:00:00Z', 'forged', 'success', '{prev_hash}', '{hash}')",
+                    uuid::Uuid::now_v7()
+                )
+            })
+            .collect();
+        format!(
+            "INSERT INTO audit_events (id, seq, at, action, outcome, prev_hash, hash) VALUES {}",
+            values.join(", ")
+        )
+    };
+
+    let (seq, hash) = head().await;
+    let refused = raw(
+        &app,
+        &insert(&[(seq + 1, &hash, "h1"), (seq + 2, "forged", "h2")]),
+    )
+    .await
+    .expect_err("the second row breaks the chain");
+    assert!(refused.to_string().contains(HEAD_MOVED), "{refused}");
+    assert_eq!(head().await, (seq, hash.clone()), "neither row went in");
+
+    let rows = raw(
+        &app,
+        &insert(&[(seq + 1, &hash, "h1"), (seq + 2, "h1", "h2")]),
+    )
+    .await
+    .expect("two rows that continue the chain go in");
+    assert_eq!(rows, 2);
+    assert_eq!(head().await, (seq + 2, "h2".to_owned()));
+
+    if postgres {
+        // An event past a gap, put there with the check disabled: a row that continues the head
+        // is then not the log's last, and is refused.
+        raw(
+            &app,
+            "ALTER TABLE audit_events DISABLE TRIGGER audit_events_chain_check",
+        )
+        .await
+        .unwrap();
+        raw(&app, &insert(&[(seq + 10, "x", "h10")])).await.unwrap();
+        raw(
+            &app,
+            "ALTER TABLE audit_events ENABLE TRIGGER audit_events_chain_check",
+        )
+        .await
+        .unwrap();
+        let refused = raw(&app, &insert(&[(seq + 3, "h2", "h3")]))
+            .await
+            .expect_err("an event follows it");
+        assert!(refused.to_string().contains(HEAD_MOVED), "{refused}");
+    }
 }

@@ -53,7 +53,6 @@ impl MigrationTrait for Migration {
             DatabaseBackend::Postgres => postgres(),
             _ => sqlite(),
         };
-        let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
         super::run_statements(manager, &statements).await
     }
 

@@ -54,9 +54,7 @@ impl MigrationTrait for Migration {
         if manager.get_database_backend() == DatabaseBackend::Postgres {
             return Ok(());
         }
-        let statements = statements();
-        let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
-        super::run_statements(manager, &statements).await
+        super::run_statements(manager, &statements()).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

@@ -11,10 +11,10 @@ pub struct Migration;
 // last event): a fixed cost on every audited write. The check now runs once per statement, over
 // the statement's rows together (a transition table): they must continue the event before them
 // and each other, and the last of them must be the log's last. Every look-up into the log is an
-// `ORDER BY seq DESC LIMIT 1` on the `seq` index: a range condition such as `seq > $1` is planned
-// for a third of the table and read it whole, on every batch. A statement that breaks the chain fails whole
-// with "audit chain head moved", as on SQLite (only the sequencer appends, so an error is the
-// right answer now: it rolls its batch back, and the events stay queued).
+// `ORDER BY seq DESC LIMIT 1` on the `seq` index: a range condition such as `seq > $1` is
+// planned for a third of the table and reads it whole, on every batch. A statement that breaks
+// the chain fails whole with "audit chain head moved", as on SQLite (only the sequencer appends,
+// so an error is the right answer now: it rolls its batch back, and the events stay queued).
 //
 // The lock is taken before the statement's rows are inserted, so concurrent appenders still
 // queue there; the check's queries (a VOLATILE function takes a fresh snapshot for each) then see
@@ -69,9 +69,7 @@ impl MigrationTrait for Migration {
         if manager.get_database_backend() != DatabaseBackend::Postgres {
             return Ok(());
         }
-        let statements = statements();
-        let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
-        super::run_statements(manager, &statements).await
+        super::run_statements(manager, &statements()).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

@@ -59,15 +59,16 @@ pub(crate) async fn ddl(manager: &SchemaManager<'_>, script: &str) -> Result<(),
     Ok(())
 }
 
-/// Runs backend-specific statements (search indexes, triggers) one by one.
+/// Runs backend-specific statements (search indexes, triggers) one by one: literals, or SQL built
+/// with `format!` around shared constants.
 pub(crate) async fn run_statements(
     manager: &SchemaManager<'_>,
-    statements: &[&str],
+    statements: &[impl AsRef<str>],
 ) -> Result<(), DbErr> {
     for statement in statements {
         manager
             .get_connection()
-            .execute_unprepared(statement)
+            .execute_unprepared(statement.as_ref())
             .await?;
     }
     Ok(())

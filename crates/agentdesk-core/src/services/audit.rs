@@ -298,8 +298,8 @@ const READ_QUEUED: &str = concat!(
 /// PostgreSQL, under the chain's lock: moves the queued events named in `$1` (a JSON array of
 /// `{queued, seq, prev_hash, hash}`) from the queue into the log with those chain fields, in
 /// `seq` order (the chain trigger checks the statement's rows against the log's head and each
-/// other, once per statement: migration m0009). Only the chain fields
-/// travel: the events' bodies go from one table to the other inside the database.
+/// other, once per statement: migration m0009). Only the chain fields travel: the events' bodies
+/// go from one table to the other inside the database.
 const MOVE_CHAINED: &str = concat!(
     "WITH chain AS (SELECT * FROM jsonb_to_recordset($1) \
        AS c(queued BIGINT, seq BIGINT, prev_hash TEXT, hash TEXT)), \
