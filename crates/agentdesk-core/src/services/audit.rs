@@ -15,7 +15,6 @@
 //! Every read of the log (list, get, verify, export) first moves what waits (queue or tail), so a
 //! reader always sees every committed event.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -173,39 +172,81 @@ pub fn diff(before: &Value, after: &Value, secret: &[&str]) -> Value {
 }
 
 /// JSON with object keys sorted at every level, so the encoding does not depend on map order.
+/// Written straight from the value: an event's hash is computed while the write transaction
+/// holds SQLite's one writer, so it must not copy the value first.
 fn canonical_json(value: &Value) -> String {
-    fn sort(value: &Value) -> Value {
+    fn write(value: &Value, out: &mut Vec<u8>) {
         match value {
             Value::Object(map) => {
-                let sorted: BTreeMap<&String, Value> =
-                    map.iter().map(|(k, v)| (k, sort(v))).collect();
-                Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                // Already in order unless serde_json keeps insertion order (its
+                // `preserve_order` feature); sorting a sorted run is one pass.
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                out.push(b'{');
+                for (i, (key, item)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_scalar(key, out);
+                    out.push(b':');
+                    write(item, out);
+                }
+                out.push(b'}');
             }
-            Value::Array(items) => Value::Array(items.iter().map(sort).collect()),
-            other => other.clone(),
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(item, out);
+                }
+                out.push(b']');
+            }
+            scalar => write_scalar(scalar, out),
         }
     }
-    sort(value).to_string()
+    // serde_json's own compact encoding of a string, number, boolean or null; writing into a
+    // Vec cannot fail.
+    fn write_scalar<T: serde::Serialize + ?Sized>(scalar: &T, out: &mut Vec<u8>) {
+        let _ = serde_json::to_writer(&mut *out, scalar);
+    }
+    let mut out = Vec::with_capacity(256);
+    write(value, &mut out);
+    // Only serde_json's output and ASCII punctuation went in.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The hash of an event: SHA-256 over `prev_hash` and a length-prefixed encoding of every field.
 pub fn event_hash(e: &AuditEvent) -> String {
-    let fields: [Option<String>; 15] = [
-        Some(e.id.to_string()),
-        Some(e.seq.to_string()),
-        Some(e.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
-        e.actor_id.map(|v| v.to_string()),
-        e.actor_email.clone(),
-        Some(e.action.clone()),
-        e.resource_type.clone(),
-        e.resource_id.clone(),
-        e.client_id.map(|v| v.to_string()),
-        Some(e.outcome.clone()),
-        e.ip.clone(),
-        e.user_agent.clone(),
-        e.request_id.clone(),
-        e.changes.as_ref().map(canonical_json),
-        Some(e.prev_hash.clone()),
+    let changes = e.changes.as_ref().map(canonical_json);
+    event_hash_with(e, changes.as_deref())
+}
+
+/// [`event_hash`] with the event's `changes` already in canonical form (the writer binds that
+/// same text, so it encodes the value once).
+fn event_hash_with(e: &AuditEvent, changes: Option<&str>) -> String {
+    let id = e.id.to_string();
+    let seq = e.seq.to_string();
+    let at = e.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let actor_id = e.actor_id.map(|v| v.to_string());
+    let client_id = e.client_id.map(|v| v.to_string());
+    let fields: [Option<&str>; 15] = [
+        Some(&id),
+        Some(&seq),
+        Some(&at),
+        actor_id.as_deref(),
+        e.actor_email.as_deref(),
+        Some(&e.action),
+        e.resource_type.as_deref(),
+        e.resource_id.as_deref(),
+        client_id.as_deref(),
+        Some(&e.outcome),
+        e.ip.as_deref(),
+        e.user_agent.as_deref(),
+        e.request_id.as_deref(),
+        changes,
+        Some(&e.prev_hash),
     ];
     let mut hasher = Sha256::new();
     hasher.update(b"agentdesk-audit-v1");
@@ -380,6 +421,11 @@ fn new_event(record: AuditRecord) -> AuditEvent {
 
 /// The event's columns in the order of [`QUEUE_EVENT`]: everything but the chain fields.
 fn queue_values(event: &AuditEvent) -> Vec<sea_orm::Value> {
+    body_values(event, event.changes.clone().into())
+}
+
+/// The event's columns apart from the chain's, with `changes` as given.
+fn body_values(event: &AuditEvent, changes: sea_orm::Value) -> Vec<sea_orm::Value> {
     vec![
         event.id.into(),
         event.at.into(),
@@ -393,13 +439,15 @@ fn queue_values(event: &AuditEvent) -> Vec<sea_orm::Value> {
         event.ip.clone().into(),
         event.user_agent.clone().into(),
         event.request_id.clone().into(),
-        event.changes.clone().into(),
+        changes,
     ]
 }
 
-/// The event's columns in the order of [`INSERT_EVENT`].
-fn event_values(event: &AuditEvent) -> Vec<sea_orm::Value> {
-    let mut values = queue_values(event);
+/// SQLite: the event's columns in the order of [`INSERT_EVENT`], `changes` as the canonical
+/// text that was hashed (SQLite stores JSON as text; binding the text spares the writer's
+/// thread encoding the value again).
+fn event_values(event: &AuditEvent, changes: Option<&str>) -> Vec<sea_orm::Value> {
+    let mut values = body_values(event, changes.map(str::to_owned).into());
     values.push(event.seq.into());
     values.push(event.prev_hash.clone().into());
     values.push(event.hash.clone().into());
@@ -518,6 +566,7 @@ async fn append_with(
         head.queued.notify_one();
         return Ok(change.is_some().then_some(rows));
     }
+    let changes = event.changes.as_ref().map(canonical_json);
     let mut cached = head.get();
     // Two turns suffice (the second reads the head under the lock); the bound only guards
     // against a damaged schema looping forever.
@@ -528,8 +577,8 @@ async fn append_with(
         };
         event.seq = last_seq + 1;
         event.prev_hash = last_hash;
-        event.hash = event_hash(&event);
-        let mut values = event_values(&event);
+        event.hash = event_hash_with(&event, changes.as_deref());
+        let mut values = event_values(&event, changes.as_deref());
         let statement = match &change {
             // The event first: when the trigger refuses it, the change has not run either.
             Some(change) => {
@@ -1016,6 +1065,93 @@ mod tests {
         let recursive = with_queued_event("WITH RECURSIVE r AS (SELECT 1) DELETE FROM t");
         assert!(recursive.starts_with("WITH RECURSIVE audit_queued AS ("));
         assert!(recursive.ends_with("), r AS (SELECT 1) DELETE FROM t"));
+    }
+
+    /// The encoding before it was written straight from the value: a sorted copy, serialised.
+    /// Every event chained so far was hashed with it, so the two must agree byte for byte.
+    fn canonical_json_by_copy(value: &Value) -> String {
+        fn sort(value: &Value) -> Value {
+            match value {
+                Value::Object(map) => {
+                    let sorted: std::collections::BTreeMap<&String, Value> =
+                        map.iter().map(|(k, v)| (k, sort(v))).collect();
+                    Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+                }
+                Value::Array(items) => Value::Array(items.iter().map(sort).collect()),
+                other => other.clone(),
+            }
+        }
+        sort(value).to_string()
+    }
+
+    #[test]
+    fn canonical_json_is_the_encoding_every_chained_event_was_hashed_with() {
+        let values = [
+            serde_json::json!(null),
+            serde_json::json!(true),
+            serde_json::json!(-0.5e-7),
+            serde_json::json!(u64::MAX),
+            serde_json::json!(i64::MIN),
+            serde_json::json!(1.0),
+            serde_json::json!(
+                "quote \" backslash \\ newline \n tab \t nul \u{0} bell \u{7} é ☃ 😀"
+            ),
+            serde_json::json!([]),
+            serde_json::json!({}),
+            serde_json::json!({"b": 1, "a": [1, {"y": [], "x": {}}], "": null, "Z": "z", "é": 2, "aa": {"c": [true, false, null, 1.5]}}),
+            serde_json::json!({"before": null, "after": {"name": "Ada \"Countess\"", "tags": ["x", "y"], "metadata": {"k\u{1}": "v"}, "version": 3}}),
+        ];
+        for value in &values {
+            assert_eq!(
+                canonical_json(value),
+                canonical_json_by_copy(value),
+                "{value}"
+            );
+        }
+        // Deep nesting (each level an object and an array, keys out of order), wide objects.
+        let mut deep = serde_json::json!({"leaf": [1, 2, 3]});
+        for i in 0..50 {
+            deep = serde_json::json!({"z": i, format!("k{i}"): [deep, {"b": i, "a": null}]});
+        }
+        let wide: serde_json::Map<String, Value> = (0..300)
+            .rev()
+            .map(|i| {
+                (
+                    format!("key{i}"),
+                    serde_json::json!({"n": i, "s": i.to_string()}),
+                )
+            })
+            .collect();
+        for value in [deep, Value::Object(wide)] {
+            assert_eq!(canonical_json(&value), canonical_json_by_copy(&value));
+        }
+    }
+
+    #[test]
+    fn the_writer_hashes_the_same_text_as_verify() {
+        let e = AuditEvent {
+            id: Uuid::now_v7(),
+            seq: 7,
+            at: Utc::now().trunc_subsecs(6),
+            actor_id: Some(Uuid::now_v7()),
+            actor_email: Some("a@b.c".into()),
+            action: "client.create".into(),
+            resource_type: Some("client".into()),
+            resource_id: Some("r".into()),
+            client_id: Some(Uuid::now_v7()),
+            outcome: "success".into(),
+            ip: Some("127.0.0.1".into()),
+            user_agent: Some("ua".into()),
+            request_id: Some("req".into()),
+            changes: Some(serde_json::json!({"before": null, "after": {"b": 1, "a": "x"}})),
+            prev_hash: GENESIS_HASH.into(),
+            hash: String::new(),
+        };
+        let text = e.changes.as_ref().map(canonical_json);
+        assert_eq!(event_hash_with(&e, text.as_deref()), event_hash(&e));
+        // What the writer binds reads back as the same value.
+        let stored: Value = serde_json::from_str(text.as_deref().unwrap_or_default()).unwrap();
+        assert_eq!(Some(stored), e.changes);
     }
 
     #[test]

@@ -710,14 +710,15 @@ impl Core {
                 .deny(permit.actor(), "clients", "write", None, reason)
                 .await);
         }
-        let txn = self.db.begin().await?;
+        // Row and event are built before the transaction: on SQLite it holds the one writer.
         let (created, insert) = new_client_row(&fields, Some(permit.user().id))?;
         let record = permit
             .audit("client.create", Outcome::Success)
             .resource("client", created.id)
             .client(Some(created.id))
             .changes(json!({"before": null, "after": serde_json::to_value(&created).unwrap_or_default()}));
-        let insert = client::Entity::insert(insert).build(txn.get_database_backend());
+        let insert = client::Entity::insert(insert).build(self.db.backend());
+        let txn = self.db.begin().await?;
         self.execute_audited(&txn, insert, record)
             .await
             .map_err(email_conflict)?;
