@@ -10,9 +10,17 @@
 #   - POST /api/v1/clients (a new client each request: one insert, its tags, one audit event)
 #   - PATCH /api/v1/clients/{id} on 200 different clients (row lock, update, one audit event)
 # against one binary and then the other, seconds apart, swapping which goes first every round,
-# so that drift on a shared machine hits both alike. The summary compares the medians, and the
-# median of the rounds' own ratios (each round compares runs made seconds apart).
+# so that drift on a shared machine hits both alike. The summary compares the medians, the
+# median of the rounds' own ratios (each round compares runs made seconds apart) and their
+# geometric mean (which cancels a bias of the first or second place in a round).
 # With PostgreSQL it also shows, per request, the server's and PostgreSQL's CPU time and the WAL.
+#
+# BENCH_BLOCKS=N runs one server at a time instead: blocks in the order with, without, without,
+# with (N times), each block a fresh server and database, one unmeasured run of each write, then
+# `rounds` measured runs of each back to back. Side by side, the run in a round's second place
+# was up to ~20 % slower than the first whichever binary it was (BENCHMARKS.md, 2026-12-02
+# evening); alone, a server's runs after its first one are steady, and the order of the blocks
+# cancels a drift that is linear over the run.
 # Usage: bash bench/audit.sh [seconds-per-run] [rounds] [database-url]   (needs wrk)
 #        BENCH_AUDITED=bin BENCH_UNAUDITED=bin bash bench/audit.sh …   (binaries built already)
 set -euo pipefail
@@ -147,6 +155,55 @@ load() {
   fi
 }
 
+mean() { tr ' ' '\n' | grep -v '^$' | awk '{ s += $1 } END { printf "%.1f", s / NR }'; }
+adds() { awk -v u="$1" -v a="$2" 'BEGIN { printf "%+.1f %%", (u / a - 1) * 100 }'; }
+
+if [ -n "${BENCH_BLOCKS:-}" ]; then
+  declare -A bin_of=([audited]="$work/agentdesk" [unaudited]="$work/agentdesk-without-audit")
+  declare -A runs_of cycle_of
+  echo "commit $(git rev-parse --short HEAD), $(nproc) cores, database: ${db:-sqlite}, wrk -t2 -c16 -d${duration}s, $BENCH_BLOCKS × (with, without, without, with), $rounds measured runs of each write per block"
+  echo
+  echo "| block | binary | POST /clients req/s | PATCH /clients/{id} req/s |"
+  echo "|---|---|---|---|"
+  block=0
+  for cycle in $(seq "$BENCH_BLOCKS"); do
+    for variant in audited unaudited unaudited audited; do
+      block=$((block + 1))
+      rm -rf "${work:?}/$variant"
+      start "$variant" "${bin_of[$variant]}" "$port"
+      declare -A line=()
+      for kind in post patch; do
+        load "$variant" "$work/$kind.lua" >/dev/null # the first run after a start is not steady
+        for run in $(seq "$rounds"); do
+          read -r r _ < <(load "$variant" "$work/$kind.lua")
+          [ -n "$r" ] || exit 1
+          line[$kind]="${line[$kind]:-} $r"
+          runs_of[$variant,$kind]="${runs_of[$variant,$kind]:-} $r"
+          cycle_of[$cycle,$variant,$kind]="${cycle_of[$cycle,$variant,$kind]:-} $r"
+        done
+      done
+      echo "| $block | $variant |${line[post]} |${line[patch]} |"
+      kill "${pid[$variant]}" && wait "${pid[$variant]}" 2>/dev/null || true
+      unset "pid[$variant]"
+    done
+  done
+  echo
+  echo "| write | without audit (mean req/s) | with audit (mean req/s) | audit adds (means) | audit adds, each cycle of four blocks |"
+  echo "|---|---|---|---|---|"
+  for kind in post patch; do
+    without=$(echo "${runs_of[unaudited,$kind]}" | mean)
+    with=$(echo "${runs_of[audited,$kind]}" | mean)
+    each=
+    for cycle in $(seq "$BENCH_BLOCKS"); do
+      each="$each $(adds "$(echo "${cycle_of[$cycle,unaudited,$kind]}" | mean)" "$(echo "${cycle_of[$cycle,audited,$kind]}" | mean)"),"
+    done
+    label="POST /clients"
+    [ "$kind" = patch ] && label="PATCH /clients/{id}"
+    echo "| $label | $without | $with | $(adds "$without" "$with") |${each%,} |"
+  done
+  exit 0
+fi
+
 start audited "$work/agentdesk" "$port"
 start unaudited "$work/agentdesk-without-audit" $((port + 1))
 
@@ -182,8 +239,8 @@ done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 echo
-echo "| write | without audit (median req/s) | with audit (median req/s) | audit adds (medians) | audit adds (median of the rounds' ratios) |"
-echo "|---|---|---|---|---|"
+echo "| write | without audit (median req/s) | with audit (median req/s) | audit adds (medians) | audit adds (median of the rounds' ratios) | audit adds (geometric mean of the rounds' ratios) |"
+echo "|---|---|---|---|---|---|"
 for kind in post patch; do
   with_all= without_all= ratios=
   for round in $(seq "$rounds"); do
@@ -194,10 +251,13 @@ for kind in post patch; do
   without=$(echo "$without_all" | median)
   with=$(echo "$with_all" | median)
   paired=$(echo "$ratios" | median)
+  # Which binary runs first swaps every round, so a bias of the first (or second) place cancels
+  # out of the mean of the ratios' logarithms, where a median of alternating ratios can miss it.
+  geometric=$(echo "$ratios" | tr ' ' '\n' | grep -v '^$' | awk '{ s += log($1 + 1) } END { printf "%+.1f %%", (exp(s / NR) - 1) * 100 }')
   # Added cost per request: (1/with - 1/without) / (1/without) = without/with - 1.
   added=$(awk -v a="$without" -v b="$with" 'BEGIN { printf "%+.1f %%", (a / b - 1) * 100 }')
   paired=$(awk -v r="$paired" 'BEGIN { printf "%+.1f %%", r * 100 }')
   label="POST /clients"
   [ "$kind" = patch ] && label="PATCH /clients/{id}"
-  echo "| $label | $without | $with | $added | $paired |"
+  echo "| $label | $without | $with | $added | $paired | $geometric |"
 done
