@@ -155,14 +155,21 @@ load() {
   fi
 }
 
-mean() { tr ' ' '\n' | grep -v '^$' | awk '{ s += $1 } END { printf "%.1f", s / NR }'; }
+# Summaries: the numbers of a space-separated list, one a line.
+numbers() { tr ' ' '\n' | grep -v '^$'; }
+mean() { numbers | awk '{ s += $1 } END { printf "%.1f", s / NR }'; }
+median() { numbers | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+# The cost audit adds per request, from req/s without and with it: (1/with - 1/without) / (1/without).
 adds() { awk -v u="$1" -v a="$2" 'BEGIN { printf "%+.1f %%", (u / a - 1) * 100 }'; }
+label() { if [ "$1" = patch ]; then echo "PATCH /clients/{id}"; else echo "POST /clients"; fi; }
+setup="commit $(git rev-parse --short HEAD), $(nproc) cores, database: ${db:-sqlite}, wrk -t2 -c16 -d${duration}s"
 
 if [ -n "${BENCH_BLOCKS:-}" ]; then
   declare -A bin_of=([audited]="$work/agentdesk" [unaudited]="$work/agentdesk-without-audit")
   declare -A runs_of cycle_of
-  echo "commit $(git rev-parse --short HEAD), $(nproc) cores, database: ${db:-sqlite}, wrk -t2 -c16 -d${duration}s, $BENCH_BLOCKS × (with, without, without, with), $rounds measured runs of each write per block"
+  echo "$setup, $BENCH_BLOCKS × (with, without, without, with), $rounds measured runs of each write per block"
   echo
+  [ -n "$db" ] && echo "Each run: req/s (server CPU µs / PostgreSQL CPU µs / WAL bytes, per request)." && echo
   echo "| block | binary | POST /clients req/s | PATCH /clients/{id} req/s |"
   echo "|---|---|---|---|"
   block=0
@@ -175,9 +182,9 @@ if [ -n "${BENCH_BLOCKS:-}" ]; then
       for kind in post patch; do
         load "$variant" "$work/$kind.lua" >/dev/null # the first run after a start is not steady
         for run in $(seq "$rounds"); do
-          read -r r _ < <(load "$variant" "$work/$kind.lua")
+          read -r r d < <(load "$variant" "$work/$kind.lua")
           [ -n "$r" ] || exit 1
-          line[$kind]="${line[$kind]:-} $r"
+          line[$kind]="${line[$kind]:-} $r${d:+ ($d)}"
           runs_of[$variant,$kind]="${runs_of[$variant,$kind]:-} $r"
           cycle_of[$cycle,$variant,$kind]="${cycle_of[$cycle,$variant,$kind]:-} $r"
         done
@@ -197,9 +204,7 @@ if [ -n "${BENCH_BLOCKS:-}" ]; then
     for cycle in $(seq "$BENCH_BLOCKS"); do
       each="$each $(adds "$(echo "${cycle_of[$cycle,unaudited,$kind]}" | mean)" "$(echo "${cycle_of[$cycle,audited,$kind]}" | mean)"),"
     done
-    label="POST /clients"
-    [ "$kind" = patch ] && label="PATCH /clients/{id}"
-    echo "| $label | $without | $with | $(adds "$without" "$with") |${each%,} |"
+    echo "| $(label "$kind") | $without | $with | $(adds "$without" "$with") |${each%,} |"
   done
   exit 0
 fi
@@ -207,7 +212,7 @@ fi
 start audited "$work/agentdesk" "$port"
 start unaudited "$work/agentdesk-without-audit" $((port + 1))
 
-echo "commit $(git rev-parse --short HEAD), $(nproc) cores, database: ${db:-sqlite}, wrk -t2 -c16 -d${duration}s, $rounds rounds"
+echo "$setup, $rounds rounds"
 echo
 if [ -n "$db" ]; then
   echo "Per request: server CPU µs / PostgreSQL CPU µs / WAL bytes."
@@ -237,7 +242,6 @@ for round in $(seq "$rounds"); do
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 echo
 echo "| write | without audit (median req/s) | with audit (median req/s) | audit adds (medians) | audit adds (median of the rounds' ratios) | audit adds (geometric mean of the rounds' ratios) |"
 echo "|---|---|---|---|---|---|"
@@ -253,11 +257,7 @@ for kind in post patch; do
   paired=$(echo "$ratios" | median)
   # Which binary runs first swaps every round, so a bias of the first (or second) place cancels
   # out of the mean of the ratios' logarithms, where a median of alternating ratios can miss it.
-  geometric=$(echo "$ratios" | tr ' ' '\n' | grep -v '^$' | awk '{ s += log($1 + 1) } END { printf "%+.1f %%", (exp(s / NR) - 1) * 100 }')
-  # Added cost per request: (1/with - 1/without) / (1/without) = without/with - 1.
-  added=$(awk -v a="$without" -v b="$with" 'BEGIN { printf "%+.1f %%", (a / b - 1) * 100 }')
+  geometric=$(echo "$ratios" | numbers | awk '{ s += log($1 + 1) } END { printf "%+.1f %%", (exp(s / NR) - 1) * 100 }')
   paired=$(awk -v r="$paired" 'BEGIN { printf "%+.1f %%", r * 100 }')
-  label="POST /clients"
-  [ "$kind" = patch ] && label="PATCH /clients/{id}"
-  echo "| $label | $without | $with | $added | $paired | $geometric |"
+  echo "| $(label "$kind") | $without | $with | $(adds "$without" "$with") | $paired | $geometric |"
 done
