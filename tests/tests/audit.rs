@@ -819,9 +819,10 @@ async fn a_refused_move_leaves_the_events_waiting() {
     assert_eq!(report.checked, before + 7, "each event in the log once");
 }
 
-/// The latest migration (m0009 on PostgreSQL: the chain checked once per statement) can be
-/// undone and done again, and the chain is guarded in between: by m0006's per-row trigger, which
-/// skips a forged event on PostgreSQL, and once more by m0009's, which refuses it.
+/// The latest migrations (m0010: the body digest; m0009 on PostgreSQL: the chain checked once
+/// per statement) can be undone and done again, and the chain is guarded in between: by m0006's
+/// per-row trigger, which skips a forged event on PostgreSQL, and once more by m0009's, which
+/// refuses it.
 #[tokio::test]
 async fn the_chain_stays_guarded_through_the_last_migration_down_and_up() {
     use sea_orm_migration::MigratorTrait;
@@ -837,7 +838,7 @@ async fn the_chain_stays_guarded_through_the_last_migration_down_and_up() {
         )
     };
     let conn = app.core.db.writer();
-    agentdesk_core::migration::Migrator::down(conn, Some(1))
+    agentdesk_core::migration::Migrator::down(conn, Some(2))
         .await
         .unwrap();
     match raw(&app, &forged()).await {
@@ -942,4 +943,234 @@ async fn an_append_that_breaks_the_chain_anywhere_is_refused_whole() {
             .expect_err("an event follows it");
         assert!(refused.to_string().contains(HEAD_MOVED), "{refused}");
     }
+}
+
+/// PostgreSQL: events chained before migration m0010 (hash version 1, `changes` stored as JSONB
+/// and hashed as read back) still verify after it, beside the version 2 events written since;
+/// a change to either kind is found.
+#[tokio::test]
+async fn events_hashed_before_the_body_digest_verify_beside_those_after() {
+    use agentdesk_core::models::audit::AuditEvent;
+    use agentdesk_core::services::audit::{GENESIS_HASH, event_hash};
+    use agentdesk_tests::{Backend, TestEnv, backend};
+    use chrono::SubsecRound;
+    use sea_orm_migration::MigratorTrait;
+    if backend() != Backend::Postgres {
+        return;
+    }
+    let env = TestEnv::new().await;
+    let old = sea_orm::Database::connect(env.database_url())
+        .await
+        .unwrap();
+    // The schema of the release before m0010 (its `down` keeps what version 2 events need).
+    agentdesk_core::migration::Migrator::down(&old, Some(1))
+        .await
+        .unwrap();
+    for sql in [
+        "ALTER TABLE audit_events DROP COLUMN hash_version",
+        "ALTER TABLE audit_events ALTER COLUMN changes TYPE JSONB",
+        "ALTER TABLE audit_queue ALTER COLUMN changes TYPE JSONB",
+    ] {
+        old.execute_unprepared(sql).await.unwrap();
+    }
+    // As the sequencer chained them before m0010: the hash over the value read back from JSONB,
+    // which re-encodes numbers (`1e16` comes back as an integer, `1.50` as 1.50, -0.0 as 0.0).
+    let mut prev_hash = GENESIS_HASH.to_owned();
+    let written = [
+        json!({"before": null, "after": {"n": 1e16, "f": 1.5, "z": -0.0, "s": "é \"q\""}}),
+        json!({"b": [1, {"y": null}], "a": u64::MAX}),
+    ];
+    for (seq, changes) in (1..).zip(written) {
+        let stored: Value = old
+            .query_one_raw(Statement::from_sql_and_values(
+                DatabaseBackend::Postgres,
+                "SELECT $1::jsonb AS v",
+                [changes.into()],
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get("", "v")
+            .unwrap();
+        let mut event = AuditEvent {
+            id: uuid::Uuid::now_v7(),
+            seq,
+            at: chrono::Utc::now().trunc_subsecs(6),
+            actor_id: None,
+            actor_email: Some("old@test.local".into()),
+            action: "test.before_digest".into(),
+            resource_type: None,
+            resource_id: None,
+            client_id: None,
+            outcome: "success".into(),
+            ip: None,
+            user_agent: None,
+            request_id: None,
+            changes: Some(stored.clone()),
+            prev_hash: prev_hash.clone(),
+            hash: String::new(),
+        };
+        event.hash = event_hash(&event);
+        old.execute_raw(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            "INSERT INTO audit_events (id, seq, at, actor_email, action, outcome, changes, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            [
+                event.id.into(),
+                event.seq.into(),
+                event.at.into(),
+                event.actor_email.clone().into(),
+                event.action.clone().into(),
+                event.outcome.clone().into(),
+                stored.into(),
+                event.prev_hash.clone().into(),
+                event.hash.clone().into(),
+            ],
+        ))
+        .await
+        .unwrap();
+        prev_hash = event.hash;
+    }
+    old.close().await.unwrap();
+
+    // The instance migrates to m0010 as it starts; its own events are version 2, `changes`
+    // kept as the text that was hashed (numbers that JSONB would re-encode included).
+    let app = env.spawn(&[]).await;
+    let admin = app.admin_token().await;
+    let client = app
+        .post(
+            "/api/v1/clients",
+            &admin,
+            json!({"name": "Digest Ltd", "metadata": {"big": 1e16, "neg": -0.0, "f": 1.5e-7}}),
+        )
+        .await;
+    client.expect(201, None);
+    let report = app.core.verify_audit().await.unwrap();
+    assert!(report.valid, "{report:?}");
+    let versions = app
+        .core
+        .db
+        .writer()
+        .query_all_raw(Statement::from_string(
+            DatabaseBackend::Postgres,
+            "SELECT hash_version, MIN(seq) AS first, COUNT(*) AS n FROM audit_events \
+             GROUP BY hash_version ORDER BY hash_version",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row.try_get::<i16>("", "hash_version").unwrap(),
+                row.try_get::<i64>("", "first").unwrap(),
+                row.try_get::<i64>("", "n").unwrap(),
+            )
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    assert_eq!((versions[0].0, versions[0].1, versions[0].2), (1, 1, 2));
+    assert_eq!((versions[1].0, versions[1].1), (2, 3));
+    assert_eq!(report.checked as i64, 2 + versions[1].2);
+
+    // A version 2 event relabelled as version 1 breaks the chain at its seq; so does a changed
+    // event of either version (only the first break is reported, so the later one goes first).
+    raw(
+        &app,
+        "ALTER TABLE audit_events DISABLE TRIGGER audit_events_immutable",
+    )
+    .await
+    .unwrap();
+    let last = report.checked as i64;
+    raw(
+        &app,
+        &format!("UPDATE audit_events SET hash_version = 1 WHERE seq = {last}"),
+    )
+    .await
+    .unwrap();
+    let report = app.core.verify_audit().await.unwrap();
+    assert_eq!(report.first_invalid_seq, Some(last), "{report:?}");
+    raw(
+        &app,
+        &format!("UPDATE audit_events SET hash_version = 2 WHERE seq = {last}"),
+    )
+    .await
+    .unwrap();
+    assert!(app.core.verify_audit().await.unwrap().valid);
+    // The client's event keeps `1e+16` and `-0.0` as they were hashed (JSONB would not).
+    let created = app
+        .core
+        .db
+        .writer()
+        .query_one_raw(Statement::from_string(
+            DatabaseBackend::Postgres,
+            "SELECT seq, changes::text AS text FROM audit_events WHERE action = 'client.create'",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let created_seq = created.try_get::<i64>("", "seq").unwrap();
+    let text = created.try_get::<String>("", "text").unwrap();
+    assert!(
+        text.contains("1e+16") && text.contains("-0.0"),
+        "stored as hashed: {text}"
+    );
+    raw(
+        &app,
+        &format!(
+            "UPDATE audit_events SET changes = replace(changes::text, '1e+16', '2e+16')::json \
+             WHERE seq = {created_seq}"
+        ),
+    )
+    .await
+    .unwrap();
+    let report = app.core.verify_audit().await.unwrap();
+    assert_eq!(report.first_invalid_seq, Some(created_seq), "{report:?}");
+    raw(
+        &app,
+        "UPDATE audit_events SET changes = '{\"b\": [1, {\"y\": 2}], \"a\": 0}' WHERE seq = 2",
+    )
+    .await
+    .unwrap();
+    let report = app.core.verify_audit().await.unwrap();
+    assert_eq!(report.first_invalid_seq, Some(2), "{report:?}");
+}
+
+/// PostgreSQL: the sequencer chains a queued event over the digest its writer queued with it,
+/// so a forged queue row (a body with a digest that is not its own) is found by verify at its
+/// place in the chain.
+#[tokio::test]
+async fn a_queued_digest_that_is_not_the_bodys_is_found_by_verify() {
+    let app = TestApp::spawn().await;
+    if app.core.db.backend() != DatabaseBackend::Postgres {
+        return;
+    }
+    app.core.flush_audit().await.unwrap();
+    assert!(app.core.verify_audit().await.unwrap().valid);
+    raw(
+        &app,
+        &format!(
+            "INSERT INTO audit_queue (id, at, action, outcome, changes, digest) \
+             VALUES ('{}', now(), 'test.forged_digest', 'success', '{{\"a\": 1}}', '{}')",
+            uuid::Uuid::now_v7(),
+            "0".repeat(64)
+        ),
+    )
+    .await
+    .unwrap();
+    app.core.flush_audit().await.unwrap();
+    let report = app.core.verify_audit().await.unwrap();
+    let forged = app
+        .core
+        .db
+        .writer()
+        .query_one_raw(Statement::from_string(
+            DatabaseBackend::Postgres,
+            "SELECT seq FROM audit_events WHERE action = 'test.forged_digest'",
+        ))
+        .await
+        .unwrap()
+        .expect("the sequencer chained it")
+        .try_get_by_index::<i64>(0)
+        .unwrap();
+    assert_eq!(report.first_invalid_seq, Some(forged), "{report:?}");
 }

@@ -12,6 +12,7 @@ mod m0006_audit_chain_guard;
 mod m0007_audit_queue;
 mod m0008_audit_tail;
 mod m0009_audit_chain_per_statement;
+mod m0010_audit_body_digest;
 
 /// Applies the schema, in order. A migration, once released, is never edited: add a new one.
 pub struct Migrator;
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0007_audit_queue::Migration),
             Box::new(m0008_audit_tail::Migration),
             Box::new(m0009_audit_chain_per_statement::Migration),
+            Box::new(m0010_audit_body_digest::Migration),
         ]
     }
 }

@@ -25,6 +25,9 @@ pub struct Model {
     pub changes: Option<Json>,
     pub prev_hash: String,
     pub hash: String,
+    /// How `hash` was computed: 1 over the whole event, 2 over a digest of its body
+    /// (services::audit).
+    pub hash_version: i16,
 }
 
 /// Relations the ORM does not need.

@@ -217,7 +217,8 @@ fn canonical_json(value: &Value) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// The hash of an event: SHA-256 over `prev_hash` and a length-prefixed encoding of every field.
+/// The hash of an event as version 1 computes it: SHA-256 over a length-prefixed encoding of
+/// every field, `prev_hash` last. SQLite's events and PostgreSQL's before migration m0010.
 pub fn event_hash(e: &AuditEvent) -> String {
     let changes = e.changes.as_ref().map(canonical_json);
     event_hash_with(e, changes.as_deref())
@@ -226,14 +227,65 @@ pub fn event_hash(e: &AuditEvent) -> String {
 /// [`event_hash`] with the event's `changes` already in canonical form (the writer binds that
 /// same text, so it encodes the value once).
 fn event_hash_with(e: &AuditEvent, changes: Option<&str>) -> String {
-    let id = e.id.to_string();
     let seq = e.seq.to_string();
+    let mut hasher = Sha256::new();
+    hasher.update(b"agentdesk-audit-v1");
+    with_body_fields(e, changes, |body| {
+        // Version 1's order: the id, then `seq`, then the rest of the body.
+        hash_fields(&mut hasher, &body[..1]);
+        hash_fields(&mut hasher, &[Some(&seq)]);
+        hash_fields(&mut hasher, &body[1..]);
+    });
+    hash_fields(&mut hasher, &[Some(&e.prev_hash)]);
+    hex::encode(hasher.finalize())
+}
+
+/// Version 2, first half: SHA-256 (hex) over a length-prefixed encoding of the event's body,
+/// every field but the chain's. The writer computes it (with `changes` in canonical form) and
+/// queues it with the event, so the sequencer never reads a body back (PostgreSQL).
+fn body_digest(e: &AuditEvent, changes: Option<&str>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"agentdesk-audit-body-v2");
+    with_body_fields(e, changes, |body| hash_fields(&mut hasher, body));
+    hex::encode(hasher.finalize())
+}
+
+/// Version 2, second half: the event's hash, SHA-256 over its `seq`, `prev_hash` and the body's
+/// digest. Changing any field still changes the hash, through the digest.
+fn chained_hash(seq: i64, prev_hash: &str, digest: &str) -> String {
+    let seq = seq.to_string();
+    let mut hasher = Sha256::new();
+    hasher.update(b"agentdesk-audit-v2");
+    hash_fields(&mut hasher, &[Some(&seq), Some(prev_hash), Some(digest)]);
+    hex::encode(hasher.finalize())
+}
+
+/// The hash an event must have under `version` (as stored beside it); `None` for a version
+/// this build does not know, which verify reports as a break.
+fn expected_hash(e: &AuditEvent, version: i16) -> Option<String> {
+    match version {
+        1 => Some(event_hash(e)),
+        2 => {
+            let changes = e.changes.as_ref().map(canonical_json);
+            let digest = body_digest(e, changes.as_deref());
+            Some(chained_hash(e.seq, &e.prev_hash, &digest))
+        }
+        _ => None,
+    }
+}
+
+/// Calls `f` with the event's body as text, in the order of [`event_body_columns`].
+fn with_body_fields<R>(
+    e: &AuditEvent,
+    changes: Option<&str>,
+    f: impl FnOnce(&[Option<&str>; 13]) -> R,
+) -> R {
+    let id = e.id.to_string();
     let at = e.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let actor_id = e.actor_id.map(|v| v.to_string());
     let client_id = e.client_id.map(|v| v.to_string());
-    let fields: [Option<&str>; 15] = [
+    f(&[
         Some(&id),
-        Some(&seq),
         Some(&at),
         actor_id.as_deref(),
         e.actor_email.as_deref(),
@@ -246,13 +298,14 @@ fn event_hash_with(e: &AuditEvent, changes: Option<&str>) -> String {
         e.user_agent.as_deref(),
         e.request_id.as_deref(),
         changes,
-        Some(&e.prev_hash),
-    ];
-    let mut hasher = Sha256::new();
-    hasher.update(b"agentdesk-audit-v1");
+    ])
+}
+
+/// Feeds each field to `hasher`, length-prefixed; a null encodes differently from an empty
+/// string.
+fn hash_fields(hasher: &mut Sha256, fields: &[Option<&str>]) {
     for field in fields {
         match field {
-            // A null and an empty string encode differently.
             None => hasher.update(u64::MAX.to_be_bytes()),
             Some(text) => {
                 hasher.update((text.len() as u64).to_be_bytes());
@@ -260,7 +313,6 @@ fn event_hash_with(e: &AuditEvent, changes: Option<&str>) -> String {
             }
         }
     }
-    hex::encode(hasher.finalize())
 }
 
 /// This process's side of the chain: on SQLite the last event as it last appended it (PostgreSQL's
@@ -288,7 +340,7 @@ impl ChainHead {
     }
 }
 
-/// The event's columns apart from the chain's, in the order of [`queue_values`]; the chain's
+/// The event's columns apart from the chain's, in the order of [`body_values`]; the chain's
 /// (`seq, prev_hash, hash`) follow them wherever a whole event is written.
 macro_rules! event_body_columns {
     () => {
@@ -306,13 +358,14 @@ const INSERT_EVENT: &str = concat!(
 );
 const EVENT_VALUES: usize = 16;
 
-/// PostgreSQL: queues an event for the sequencer (migration m0007).
+/// PostgreSQL: queues an event for the sequencer with its body's digest (migrations m0007 and
+/// m0010); `changes` is the canonical text that was hashed, which a JSON column keeps as is.
 const QUEUE_EVENT: &str = concat!(
     "INSERT INTO audit_queue (",
     event_body_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    ", digest) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::json, $14)"
 );
-const QUEUE_VALUES: usize = 13;
+const QUEUE_VALUES: usize = 14;
 
 /// Events the sequencer moves per transaction.
 const CHAIN_BATCH: usize = 500;
@@ -324,20 +377,27 @@ fn lock_chain() -> String {
     format!("SELECT pg_advisory_xact_lock({AUDIT_LOCK_KEY})")
 }
 
-/// PostgreSQL, under the chain's lock: up to `$1` queued events, oldest queued first, as
-/// `audit_events` rows with empty chain fields, each with its place in the queue (`queued`) and
-/// the chain's head (`head_seq` and `head_hash`, null while the log is empty).
-const READ_QUEUED: &str = concat!(
-    "SELECT ",
-    event_body_columns!(),
-    ", 0::BIGINT AS seq, '' AS prev_hash, '' AS hash, queued, \
+/// PostgreSQL, under the chain's lock: up to `$1` queued events, oldest queued first: each
+/// one's place in the queue (`queued`) and body digest, with the chain's head (`head_seq` and
+/// `head_hash`, null while the log is empty). No body: the writer hashed it.
+const READ_QUEUED: &str = "SELECT queued, digest, \
      (SELECT seq FROM audit_events ORDER BY seq DESC LIMIT 1) AS head_seq, \
      (SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1) AS head_hash \
-     FROM audit_queue ORDER BY queued LIMIT $1"
+     FROM audit_queue ORDER BY queued LIMIT $1";
+
+/// PostgreSQL, under the chain's lock: the bodies of the queued events from `$1` to `$2` that
+/// have no digest (queued before migration m0010), as `audit_events` rows with empty chain
+/// fields, each with its place in the queue.
+const READ_UNDIGESTED: &str = concat!(
+    "SELECT ",
+    event_body_columns!(),
+    ", 0::BIGINT AS seq, '' AS prev_hash, '' AS hash, 2::SMALLINT AS hash_version, queued \
+     FROM audit_queue WHERE digest IS NULL AND queued BETWEEN $1 AND $2"
 );
 
 /// PostgreSQL, under the chain's lock: moves the queued events named in `$1` (a JSON array of
-/// `{queued, seq, prev_hash, hash}`) from the queue into the log with those chain fields, in
+/// `{queued, seq, prev_hash, hash}`) from the queue into the log with those chain fields (hash
+/// version 2), in
 /// `seq` order (the chain trigger checks the statement's rows against the log's head and each
 /// other, once per statement: migration m0009). Only the chain fields travel: the events' bodies
 /// go from one table to the other inside the database.
@@ -348,9 +408,9 @@ const MOVE_CHAINED: &str = concat!(
        RETURNING q.*, c.seq, c.prev_hash, c.hash) \
      INSERT INTO audit_events (",
     event_body_columns!(),
-    ", seq, prev_hash, hash) SELECT ",
+    ", seq, prev_hash, hash, hash_version) SELECT ",
     event_body_columns!(),
-    ", seq, prev_hash, hash FROM moved ORDER BY seq"
+    ", seq, prev_hash, hash, 2 FROM moved ORDER BY seq"
 );
 
 /// SQLite: events the tail move copies per transaction.
@@ -419,9 +479,14 @@ fn new_event(record: AuditRecord) -> AuditEvent {
     }
 }
 
-/// The event's columns in the order of [`QUEUE_EVENT`]: everything but the chain fields.
+/// PostgreSQL: the event's columns in the order of [`QUEUE_EVENT`]: the body, `changes` as its
+/// canonical text, and the body's digest.
 fn queue_values(event: &AuditEvent) -> Vec<sea_orm::Value> {
-    body_values(event, event.changes.clone().into())
+    let changes = event.changes.as_ref().map(canonical_json);
+    let digest = body_digest(event, changes.as_deref());
+    let mut values = body_values(event, changes.into());
+    values.push(digest.into());
+    values
 }
 
 /// The event's columns apart from the chain's, with `changes` as given.
@@ -618,9 +683,9 @@ async fn append_with(
 /// one transaction under the chain's advisory lock; returns how many it moved. Events whose
 /// transaction has not committed yet are not seen, and follow in a later batch.
 ///
-/// Five round trips whatever the batch's size: BEGIN, the lock, reading the batch with the
-/// chain's head (current, as the lock is held), moving it with the chain fields computed here,
-/// COMMIT. Holding the lock from before the read, nothing else can move the head or the batch.
+/// Five round trips whatever the batch's size: BEGIN, the lock, reading the batch's digests with
+/// the chain's head (current, as the lock is held), moving it with the chain fields computed
+/// here, COMMIT (one more to read the bodies of events queued without a digest). Holding the lock from before the read, nothing else can move the head or the batch.
 async fn chain_queued(db: &Database) -> Result<usize> {
     let backend = sea_orm::DatabaseBackend::Postgres;
     let txn = db.begin().await?;
@@ -640,21 +705,35 @@ async fn chain_queued(db: &Database) -> Result<usize> {
     let mut prev_hash = first
         .try_get::<Option<String>>("", "head_hash")?
         .unwrap_or_else(|| GENESIS_HASH.to_owned());
-    let mut chain = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let queued = row.try_get::<i64>("", "queued")?;
-        let mut event = AuditEvent::from(audit::Model::from_query_result(row, "")?);
+    let mut batch = rows
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<i64>("", "queued")?,
+                row.try_get::<Option<String>>("", "digest")?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if batch.iter().any(|(_, digest)| digest.is_none()) {
+        digest_queued_bodies(&txn, &mut batch).await?;
+    }
+    let mut chain = Vec::with_capacity(batch.len());
+    for (queued, digest) in batch {
+        let Some(digest) = digest else {
+            // Nothing moves the batch while the lock is held, so its body was just read.
+            return Err(Error::Internal(format!(
+                "queued audit event {queued} has neither a digest nor a body"
+            )));
+        };
         seq += 1;
-        event.seq = seq;
-        event.prev_hash = prev_hash;
-        event.hash = event_hash(&event);
+        let hash = chained_hash(seq, &prev_hash, &digest);
         chain.push(serde_json::json!({
             "queued": queued,
             "seq": seq,
-            "prev_hash": event.prev_hash,
-            "hash": event.hash,
+            "prev_hash": prev_hash,
+            "hash": hash,
         }));
-        prev_hash = event.hash;
+        prev_hash = hash;
     }
     let count = chain.len();
     let moved = txn
@@ -675,6 +754,37 @@ async fn chain_queued(db: &Database) -> Result<usize> {
     }
     txn.commit().await?;
     Ok(count)
+}
+
+/// PostgreSQL, under the chain's lock: fills in the digests the `batch` of queued events lacks
+/// (events queued before migration m0010) from their bodies.
+async fn digest_queued_bodies(
+    txn: &impl ConnectionTrait,
+    batch: &mut [(i64, Option<String>)],
+) -> Result<()> {
+    let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+        return Ok(());
+    };
+    let rows = txn
+        .query_all_raw(Statement::from_sql_and_values(
+            sea_orm::DatabaseBackend::Postgres,
+            READ_UNDIGESTED,
+            [first.0.into(), last.0.into()],
+        ))
+        .await?;
+    let mut digests = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let queued = row.try_get::<i64>("", "queued")?;
+        let event = AuditEvent::from(audit::Model::from_query_result(row, "")?);
+        let changes = event.changes.as_ref().map(canonical_json);
+        digests.insert(queued, body_digest(&event, changes.as_deref()));
+    }
+    for (queued, digest) in batch.iter_mut() {
+        if digest.is_none() {
+            *digest = digests.remove(queued);
+        }
+    }
+    Ok(())
 }
 
 /// SQLite: moves the oldest [`TAIL_BATCH`] events of the tail into the log in one write
@@ -946,10 +1056,11 @@ impl Core {
                 .await?;
             let done = (rows.len() as u64) < BATCH;
             for row in rows {
+                let version = row.hash_version;
                 let event = AuditEvent::from(row);
                 let intact = event.seq == expected_seq
                     && event.prev_hash == prev_hash
-                    && event_hash(&event) == event.hash;
+                    && expected_hash(&event, version).as_deref() == Some(event.hash.as_str());
                 if !intact {
                     return Ok(Verification {
                         valid: false,
@@ -1050,7 +1161,7 @@ mod tests {
         let plain = with_queued_event("UPDATE t SET a = $1 WHERE id = $2");
         assert!(plain.starts_with("WITH audit_queued AS (INSERT INTO audit_queue "));
         assert!(
-            plain.ends_with(") UPDATE t SET a = $14 WHERE id = $15"),
+            plain.ends_with(") UPDATE t SET a = $15 WHERE id = $16"),
             "{plain}"
         );
         let listed = with_queued_event("with x AS (SELECT $1) DELETE FROM t USING x");
@@ -1059,7 +1170,7 @@ mod tests {
             "{listed}"
         );
         assert!(
-            listed.ends_with("), x AS (SELECT $14) DELETE FROM t USING x"),
+            listed.ends_with("), x AS (SELECT $15) DELETE FROM t USING x"),
             "{listed}"
         );
         let recursive = with_queued_event("WITH RECURSIVE r AS (SELECT 1) DELETE FROM t");
@@ -1168,6 +1279,107 @@ mod tests {
             .and_then(|t| serde_json::from_str::<Value>(t).ok());
         assert_eq!(read_back.changes, e.changes);
         assert_eq!(event_hash(&read_back), written);
+    }
+
+    #[test]
+    fn the_digest_the_postgres_writer_queues_verifies_from_the_text_it_stored() {
+        let mut e = sample_event();
+        e.seq = 7;
+        e.prev_hash = "ab".repeat(32);
+        // Numbers that JSONB would re-encode: the JSON column keeps the text as written.
+        e.changes = Some(serde_json::json!({"after": {
+            "big": 1e16, "neg": -0.0, "small": 1.5e-7, "max": u64::MAX, "s": "é \"q\" \u{1}"
+        }}));
+        let values = queue_values(&e);
+        let (Some(sea_orm::Value::String(Some(text))), Some(sea_orm::Value::String(Some(digest)))) =
+            (values.get(12), values.get(13))
+        else {
+            panic!("changes and digest are the last two values: {values:?}");
+        };
+        assert_eq!(values.len(), QUEUE_VALUES);
+        let mut read_back = e.clone();
+        read_back.changes = serde_json::from_str(text).ok();
+        assert_eq!(read_back.changes, e.changes);
+        assert_eq!(
+            expected_hash(&read_back, 2),
+            Some(chained_hash(e.seq, &e.prev_hash, digest))
+        );
+    }
+
+    /// Both versions against digests computed outside this code (a Python script following
+    /// the documented encoding), so that a refactoring cannot change what stored events hash to.
+    #[test]
+    fn both_versions_hash_a_fixed_event_to_known_values() {
+        let e = AuditEvent {
+            id: "01a237b3-f1e4-7126-9f39-226ae607929a"
+                .parse()
+                .unwrap_or_default(),
+            seq: 42,
+            at: "2026-12-02T17:01:09.476827Z".parse().unwrap_or_default(),
+            actor_id: None,
+            actor_email: Some("a@b.c".into()),
+            action: "auth.login".into(),
+            resource_type: Some("client".into()),
+            resource_id: Some("r-1".into()),
+            client_id: None,
+            outcome: "success".into(),
+            ip: Some("127.0.0.1".into()),
+            user_agent: Some(String::new()),
+            request_id: None,
+            changes: Some(serde_json::json!({"b": 1, "a": [1, {"y": 1, "x": 2}]})),
+            prev_hash: GENESIS_HASH.into(),
+            hash: String::new(),
+        };
+        assert_eq!(
+            expected_hash(&e, 1).as_deref(),
+            Some("0c97533da2aaf74be43675e7b8de28e18ce28e3eeb97d7838fbf0bb79eed3598")
+        );
+        assert_eq!(
+            expected_hash(&e, 2).as_deref(),
+            Some("849c7fb5693f05ed7700e2d944ea7b8afba39e5970f8ebbae5bad13a068ef5c3")
+        );
+    }
+
+    #[test]
+    fn version_2_hash_changes_with_any_field() {
+        let e = sample_event();
+        let h = expected_hash(&e, 2).unwrap();
+        assert_ne!(
+            Some(&h),
+            expected_hash(&e, 1).as_ref(),
+            "the versions differ"
+        );
+        assert_eq!(
+            expected_hash(&e, 3),
+            None,
+            "an unknown version matches nothing"
+        );
+        let changed: [fn(&mut AuditEvent); 7] = [
+            |e| e.seq += 1,
+            |e| e.prev_hash = "1".repeat(64),
+            |e| e.outcome = "denied".into(),
+            |e| e.actor_email = None,
+            |e| e.user_agent = Some(String::new()),
+            |e| e.at += chrono::Duration::microseconds(1),
+            |e| e.changes = Some(serde_json::json!({"b": 2, "a": [1, {"y": 1, "x": 2}]})),
+        ];
+        for change in changed {
+            let mut other = e.clone();
+            change(&mut other);
+            assert_ne!(expected_hash(&other, 2).unwrap(), h, "{other:?}");
+        }
+        let mut same = e.clone();
+        same.changes = Some(serde_json::json!({"a": [1, {"x": 2, "y": 1}], "b": 1}));
+        assert_eq!(
+            expected_hash(&same, 2).unwrap(),
+            h,
+            "key order does not matter"
+        );
+        // A field's bytes cannot move to its neighbour unnoticed.
+        let mut moved = e.clone();
+        moved.actor_email = Some("a@b.cauth.login".into());
+        moved.action = String::new();
+        assert_ne!(expected_hash(&moved, 2).unwrap(), h);
     }
 
     #[test]
