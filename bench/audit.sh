@@ -128,11 +128,15 @@ postgres_ticks() {
   echo "$total"
 }
 wal_lsn() { psql -Atq "$db" -c 'SELECT pg_current_wal_lsn()'; }
+# The machine's CPU ticks: "steal total" (steal: time the hypervisor ran someone else while this
+# machine wanted the CPU; a run with much of it measured a slower machine).
+cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t }' /proc/stat; }
 
 # Prints req/s of one wrk run against a variant and fails on any non-2xx answer. With PostgreSQL
 # it also prints, per request, the server's and PostgreSQL's CPU time (µs) and the WAL (bytes).
 load() {
-  local variant=$1 script=$2 out s0 p0 w0 rate
+  local variant=$1 script=$2 out s0 p0 w0 rate steal0 total0 steal1 total1 steal
+  read -r steal0 total0 < <(cpu_ticks)
   if [ -n "$db" ]; then s0=$(ticks "${pid[$variant]}"); p0=$(postgres_ticks); w0=$(wal_lsn); fi
   out=$(BENCH_IDS=$work/$variant.ids BENCH_RUN=$variant-$(date +%s%N) wrk -t2 -c16 -d"${duration}s" -s "$script" \
     -H "Authorization: Bearer ${token_of[$variant]}" "http://127.0.0.1:${port_of[$variant]}/api/v1/clients")
@@ -142,6 +146,8 @@ load() {
     exit 1
   fi
   rate=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  read -r steal1 total1 < <(cpu_ticks)
+  steal=$(awk -v s=$((steal1 - steal0)) -v t=$((total1 - total0)) 'BEGIN { printf "%.0f", t ? s * 100 / t : 0 }')
   if [ -n "$db" ]; then
     local requests s1 p1 wal hz
     requests=$(echo "$out" | awk '/requests in/ {print $1}')
@@ -149,9 +155,9 @@ load() {
     wal=$(psql -Atq "$db" -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$w0')")
     hz=$(getconf CLK_TCK)
     awk -v r="$rate" -v n="$requests" -v s=$((s1 - s0)) -v p=$((p1 - p0)) -v w="$wal" -v hz="$hz" \
-      'BEGIN { printf "%s %.0f/%.0f/%.0f\n", r, s * 1e6 / hz / n, p * 1e6 / hz / n, w / n }'
+      -v st="$steal" 'BEGIN { printf "%s %.0f/%.0f/%.0f/%s%%\n", r, s * 1e6 / hz / n, p * 1e6 / hz / n, w / n, st }'
   else
-    echo "$rate"
+    echo "$rate steal $steal %"
   fi
 }
 
@@ -169,7 +175,11 @@ if [ -n "${BENCH_BLOCKS:-}" ]; then
   declare -A runs_of cycle_of
   echo "$setup, $BENCH_BLOCKS × (with, without, without, with), $rounds measured runs of each write per block"
   echo
-  [ -n "$db" ] && echo "Each run: req/s (server CPU µs / PostgreSQL CPU µs / WAL bytes, per request)." && echo
+  if [ -n "$db" ]; then
+    echo "Each run: req/s (server CPU µs / PostgreSQL CPU µs / WAL bytes, per request / CPU steal)." && echo
+  else
+    echo "Each run: req/s (CPU steal: the share of the machine's CPU time the hypervisor gave to others)." && echo
+  fi
   echo "| block | binary | POST /clients req/s | PATCH /clients/{id} req/s |"
   echo "|---|---|---|---|"
   block=0
@@ -215,7 +225,7 @@ start unaudited "$work/agentdesk-without-audit" $((port + 1))
 echo "$setup, $rounds rounds"
 echo
 if [ -n "$db" ]; then
-  echo "Per request: server CPU µs / PostgreSQL CPU µs / WAL bytes."
+  echo "Per request: server CPU µs / PostgreSQL CPU µs / WAL bytes / CPU steal."
   echo
   echo "| round | binary | POST /clients req/s | PATCH /clients/{id} req/s | POST per request | PATCH per request |"
   echo "|---|---|---|---|---|---|"

@@ -1,7 +1,9 @@
 //! The audit log: one event per state change, denied request and login attempt, written in the
 //! same transaction as the change. Events form a hash chain in `seq` order: each event's hash is
 //! SHA-256 over its canonical encoding and the previous hash, so a changed, inserted or deleted
-//! row is detectable. `seq` is gapless under any number of concurrent writers because one writer
+//! row is detectable. Two encodings, recorded per event as `hash_version`: version 1 hashes every
+//! field at once (SQLite); version 2 (PostgreSQL since migration m0010) hashes `seq`, `prev_hash`
+//! and a digest of the body that the writer computed, so that chaining reads no body back. `seq` is gapless under any number of concurrent writers because one writer
 //! at a time extends the chain:
 //! - on SQLite, the writing transaction chains its event itself, under the write lock it holds
 //!   anyway, into a tail table with a single B-tree; the sequencer moves the tail into the
