@@ -313,6 +313,18 @@ async fn the_chain_holds_under_eight_concurrent_writers() {
     );
 }
 
+/// The first row `sql` reads straight from the database (none is a test failure).
+async fn row(app: &TestApp, sql: &str) -> sea_orm::QueryResult {
+    let conn = app.core.db.writer();
+    conn.query_one_raw(Statement::from_string(
+        conn.get_database_backend(),
+        sql.to_owned(),
+    ))
+    .await
+    .unwrap()
+    .unwrap_or_else(|| panic!("no row: {sql}"))
+}
+
 async fn raw(app: &TestApp, sql: &str) -> Result<u64, sea_orm::DbErr> {
     let conn = app.core.db.writer();
     conn.execute_raw(Statement::from_string(
@@ -638,19 +650,13 @@ async fn queued_events_are_chained_by_any_instance() {
     raw(&a, &queue("by-tick")).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let chained = a
-            .core
-            .db
-            .writer()
-            .query_one_raw(Statement::from_string(
-                DatabaseBackend::Postgres,
-                "SELECT COUNT(*) FROM audit_events WHERE request_id = 'by-tick'",
-            ))
-            .await
-            .unwrap()
-            .unwrap()
-            .try_get_by_index::<i64>(0)
-            .unwrap();
+        let chained = row(
+            &a,
+            "SELECT COUNT(*) FROM audit_events WHERE request_id = 'by-tick'",
+        )
+        .await
+        .try_get_by_index::<i64>(0)
+        .unwrap();
         if chained == 1 {
             break;
         }
@@ -1097,17 +1103,11 @@ async fn events_hashed_before_the_body_digest_verify_beside_those_after() {
     .unwrap();
     assert!(app.core.verify_audit().await.unwrap().valid);
     // The client's event keeps `1e+16` and `-0.0` as they were hashed (JSONB would not).
-    let created = app
-        .core
-        .db
-        .writer()
-        .query_one_raw(Statement::from_string(
-            DatabaseBackend::Postgres,
-            "SELECT seq, changes::text AS text FROM audit_events WHERE action = 'client.create'",
-        ))
-        .await
-        .unwrap()
-        .unwrap();
+    let created = row(
+        &app,
+        "SELECT seq, changes::text AS text FROM audit_events WHERE action = 'client.create'",
+    )
+    .await;
     let created_seq = created.try_get::<i64>("", "seq").unwrap();
     let text = created.try_get::<String>("", "text").unwrap();
     assert!(
@@ -1159,18 +1159,13 @@ async fn a_queued_digest_that_is_not_the_bodys_is_found_by_verify() {
     .unwrap();
     app.core.flush_audit().await.unwrap();
     let report = app.core.verify_audit().await.unwrap();
-    let forged = app
-        .core
-        .db
-        .writer()
-        .query_one_raw(Statement::from_string(
-            DatabaseBackend::Postgres,
-            "SELECT seq FROM audit_events WHERE action = 'test.forged_digest'",
-        ))
-        .await
-        .unwrap()
-        .expect("the sequencer chained it")
-        .try_get_by_index::<i64>(0)
-        .unwrap();
+    // The sequencer chained it (`row` fails the test otherwise).
+    let forged = row(
+        &app,
+        "SELECT seq FROM audit_events WHERE action = 'test.forged_digest'",
+    )
+    .await
+    .try_get_by_index::<i64>(0)
+    .unwrap();
     assert_eq!(report.first_invalid_seq, Some(forged), "{report:?}");
 }

@@ -3,8 +3,9 @@
 //! SHA-256 over its canonical encoding and the previous hash, so a changed, inserted or deleted
 //! row is detectable. Two encodings, recorded per event as `hash_version`: version 1 hashes every
 //! field at once (SQLite); version 2 (PostgreSQL since migration m0010) hashes `seq`, `prev_hash`
-//! and a digest of the body that the writer computed, so that chaining reads no body back. `seq` is gapless under any number of concurrent writers because one writer
-//! at a time extends the chain:
+//! and a digest of the body that the writer computed, so that chaining reads no body back.
+//! `seq` is gapless under any number of concurrent writers because one writer at a time extends
+//! the chain:
 //! - on SQLite, the writing transaction chains its event itself, under the write lock it holds
 //!   anyway, into a tail table with a single B-tree; the sequencer moves the tail into the
 //!   indexed log in batches (each B-tree an event lands in costs a WAL page at commit);
@@ -252,6 +253,12 @@ fn body_digest(e: &AuditEvent, changes: Option<&str>) -> String {
     hex::encode(hasher.finalize())
 }
 
+/// [`body_digest`] of an event as read back, its `changes` put in canonical form first.
+fn stored_body_digest(e: &AuditEvent) -> String {
+    let changes = e.changes.as_ref().map(canonical_json);
+    body_digest(e, changes.as_deref())
+}
+
 /// Version 2, second half: the event's hash, SHA-256 over its `seq`, `prev_hash` and the body's
 /// digest. Changing any field still changes the hash, through the digest.
 fn chained_hash(seq: i64, prev_hash: &str, digest: &str) -> String {
@@ -267,11 +274,7 @@ fn chained_hash(seq: i64, prev_hash: &str, digest: &str) -> String {
 fn expected_hash(e: &AuditEvent, version: i16) -> Option<String> {
     match version {
         1 => Some(event_hash(e)),
-        2 => {
-            let changes = e.changes.as_ref().map(canonical_json);
-            let digest = body_digest(e, changes.as_deref());
-            Some(chained_hash(e.seq, &e.prev_hash, &digest))
-        }
+        2 => Some(chained_hash(e.seq, &e.prev_hash, &stored_body_digest(e))),
         _ => None,
     }
 }
@@ -399,10 +402,9 @@ const READ_UNDIGESTED: &str = concat!(
 
 /// PostgreSQL, under the chain's lock: moves the queued events named in `$1` (a JSON array of
 /// `{queued, seq, prev_hash, hash}`) from the queue into the log with those chain fields (hash
-/// version 2), in
-/// `seq` order (the chain trigger checks the statement's rows against the log's head and each
-/// other, once per statement: migration m0009). Only the chain fields travel: the events' bodies
-/// go from one table to the other inside the database.
+/// version 2), in `seq` order (the chain trigger checks the statement's rows against the log's head
+/// and each other, once per statement: migration m0009). Only the chain fields travel: the events'
+/// bodies go from one table to the other inside the database.
 const MOVE_CHAINED: &str = concat!(
     "WITH chain AS (SELECT * FROM jsonb_to_recordset($1) \
        AS c(queued BIGINT, seq BIGINT, prev_hash TEXT, hash TEXT)), \
@@ -687,7 +689,8 @@ async fn append_with(
 ///
 /// Five round trips whatever the batch's size: BEGIN, the lock, reading the batch's digests with
 /// the chain's head (current, as the lock is held), moving it with the chain fields computed
-/// here, COMMIT (one more to read the bodies of events queued without a digest). Holding the lock from before the read, nothing else can move the head or the batch.
+/// here, COMMIT (one more to read the bodies of events queued without a digest). Holding the
+/// lock from before the read, nothing else can move the head or the batch.
 async fn chain_queued(db: &Database) -> Result<usize> {
     let backend = sea_orm::DatabaseBackend::Postgres;
     let txn = db.begin().await?;
@@ -778,8 +781,7 @@ async fn digest_queued_bodies(
     for row in &rows {
         let queued = row.try_get::<i64>("", "queued")?;
         let event = AuditEvent::from(audit::Model::from_query_result(row, "")?);
-        let changes = event.changes.as_ref().map(canonical_json);
-        digests.insert(queued, body_digest(&event, changes.as_deref()));
+        digests.insert(queued, stored_body_digest(&event));
     }
     for (queued, digest) in batch.iter_mut() {
         if digest.is_none() {
