@@ -81,14 +81,12 @@ start() {
   base="http://127.0.0.1:$variant_port"
   mkdir -p "$work/$variant"
   if [ -n "$db" ]; then
-    local url=$db
-    if [ "$variant" = unaudited ]; then
-      local name=${db##*/}
-      name=${name%%\?*}
-      url=${db%/*}/${name}_without_audit
-      psql -q "$db" -tAc "SELECT 1 FROM pg_database WHERE datname = '${name}_without_audit'" | grep -q 1 \
-        || psql -q "$db" -c "CREATE DATABASE ${name}_without_audit" >/dev/null
-    fi
+    local url=$db name=${db##*/}
+    name=${name%%\?*}
+    [ "$variant" = unaudited ] && { name=${name}_without_audit; url=${db%/*}/$name; }
+    # Each database is made on first use, through the server's `postgres` database.
+    psql -q "${db%/*}/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$name'" | grep -q 1 \
+      || psql -q "${db%/*}/postgres" -c "CREATE DATABASE $name" >/dev/null
     psql -q "$url" -c 'DROP SCHEMA public CASCADE; CREATE SCHEMA public' >/dev/null
     db_of[$variant]=$url
   fi
