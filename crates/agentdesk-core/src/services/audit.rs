@@ -565,10 +565,12 @@ fn shift_parameters(sql: &str, by: usize) -> String {
             Some(_) => {}
             None if b == b'\'' || b == b'"' => quote = Some(b),
             None if b == b'$' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => {
-                let digits_end = bytes[i + 1..]
-                    .iter()
-                    .position(|d| !d.is_ascii_digit())
-                    .map_or(bytes.len(), |n| i + 1 + n);
+                let digits_end = i
+                    + 1
+                    + bytes[i + 1..]
+                        .iter()
+                        .take_while(|d| d.is_ascii_digit())
+                        .count();
                 let n: usize = sql[i + 1..digits_end].parse().unwrap_or(0);
                 out.push_str(&sql[copied..i]);
                 let _ = write!(out, "${}", n + by);
@@ -905,11 +907,15 @@ pub(crate) fn spawn_sequencer(db: Database, head: &ChainHead) {
                 tokio::time::sleep(SEQUENCER_WINDOW).await;
                 // Under load every step after one that moved events finds more, so the look
                 // before it would only cost; an idle tick still looks before it writes.
-                let step = chain_step(&db, !moved_some).await;
-                moved_some = matches!(step, Ok(n) if n > 0);
-                match step {
-                    Ok(0) => empty_looks += 1,
-                    Ok(_) => empty_looks = 0,
+                match chain_step(&db, !moved_some).await {
+                    Ok(0) => {
+                        empty_looks += 1;
+                        moved_some = false;
+                    }
+                    Ok(_) => {
+                        empty_looks = 0;
+                        moved_some = true;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "moving waiting audit events into the log failed; retrying");
                         break;
@@ -1166,6 +1172,36 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sequencer skips the look for waiting events after a step that moved some: a step
+    /// without it moves what waits, and on an empty tail moves nothing and leaves the log whole.
+    #[tokio::test]
+    async fn a_step_without_the_look_moves_what_waits_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = crate::config::Settings {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        let db = Database::connect(&settings).await.unwrap();
+        db.migrate().await.unwrap();
+        assert_eq!(chain_step(&db, false).await.unwrap(), 0);
+        let head = ChainHead::default();
+        let txn = db.begin().await.unwrap();
+        for _ in 0..3 {
+            let record = AuditRecord::new("test.step", Outcome::Success, &RequestMeta::default());
+            append(&txn, &head, record).await.unwrap();
+        }
+        txn.commit().await.unwrap();
+        assert_eq!(chain_step(&db, false).await.unwrap(), 3);
+        assert_eq!(chain_step(&db, false).await.unwrap(), 0);
+        let logged = audit::Entity::find()
+            .order_by_asc(audit::Column::Seq)
+            .all(db.reader())
+            .await
+            .unwrap();
+        let seqs: Vec<i64> = logged.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+    }
 
     #[test]
     fn numbered_parameters_shift_outside_quoted_text() {
