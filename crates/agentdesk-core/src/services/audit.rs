@@ -1173,17 +1173,57 @@ impl Core {
 mod tests {
     use super::*;
 
+    /// A database for one test on the backend the suite runs on (`AGENTDESK_TEST_DATABASE`, as
+    /// in the black-box tests): a SQLite file in `dir`, or a fresh PostgreSQL database, whose
+    /// name is returned for [`drop_postgres`].
+    async fn test_database(dir: &std::path::Path) -> (Database, Option<String>) {
+        let mut settings = crate::config::Settings {
+            data_dir: dir.to_owned(),
+            ..Default::default()
+        };
+        let postgres = std::env::var("AGENTDESK_TEST_DATABASE").as_deref() == Ok("postgres");
+        let name = postgres.then(|| format!("agentdesk_unit_{}", Uuid::now_v7().simple()));
+        if let Some(name) = &name {
+            let server = postgres_server();
+            let admin = sea_orm::Database::connect(format!("{server}/postgres"))
+                .await
+                .unwrap();
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap();
+            admin.close().await.unwrap();
+            settings.database_url = Some(crate::config::Secret::new(format!("{server}/{name}")));
+        }
+        let db = Database::connect(&settings).await.unwrap();
+        db.migrate().await.unwrap();
+        (db, name)
+    }
+
+    fn postgres_server() -> String {
+        std::env::var("AGENTDESK_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    }
+
+    async fn drop_postgres(name: Option<String>) {
+        let Some(name) = name else { return };
+        let admin = sea_orm::Database::connect(format!("{}/postgres", postgres_server()))
+            .await
+            .unwrap();
+        admin
+            .execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+    }
+
     /// The sequencer skips the look for waiting events after a step that moved some: a step
-    /// without it moves what waits, and on an empty tail moves nothing and leaves the log whole.
+    /// without it moves what waits (SQLite's tail, PostgreSQL's queue), and with nothing waiting
+    /// moves nothing and leaves the log whole.
     #[tokio::test]
     async fn a_step_without_the_look_moves_what_waits_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = crate::config::Settings {
-            data_dir: dir.path().to_owned(),
-            ..Default::default()
-        };
-        let db = Database::connect(&settings).await.unwrap();
-        db.migrate().await.unwrap();
+        let (db, postgres) = test_database(dir.path()).await;
         assert_eq!(chain_step(&db, false).await.unwrap(), 0);
         let head = ChainHead::default();
         let txn = db.begin().await.unwrap();
@@ -1201,6 +1241,18 @@ mod tests {
             .unwrap();
         let seqs: Vec<i64> = logged.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [1, 2, 3]);
+        // Chained as `verify_audit` checks it: each event hashes to its `hash` and links to
+        // the one before.
+        let mut prev_hash = GENESIS_HASH.to_owned();
+        for row in logged {
+            let version = row.hash_version;
+            let event = AuditEvent::from(row);
+            assert_eq!(event.prev_hash, prev_hash);
+            assert_eq!(expected_hash(&event, version), Some(event.hash.clone()));
+            prev_hash = event.hash;
+        }
+        db.close().await;
+        drop_postgres(postgres).await;
     }
 
     #[test]
