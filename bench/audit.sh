@@ -59,25 +59,15 @@ export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-pa
 # psql: no NOTICEs from the schema reset.
 export PGOPTIONS="-c client_min_messages=warning"
 
-awk 'BEGIN { print "name,email,phone,company,status,tags"; for (i = 0; i < 10000; i++) printf "Seed %d,seed%d@example.com,+49 30 %07d,Company %d,active,t%d;all\n", i, i, i, i % 97, i % 7 }' >"$work/seed.csv"
+. bench/seed.sh
+write_seed_csv "$work/seed.csv"
 
 cp bench/post_client.lua "$work/post.lua"
-cat >"$work/patch.lua" <<'LUA'
-wrk.method = "PATCH"
-wrk.headers["Content-Type"] = "application/merge-patch+json"
-ids = {}
-for line in io.lines(os.getenv("BENCH_IDS")) do table.insert(ids, line) end
-counter = 0
-request = function()
-  counter = counter + 1
-  local id = ids[(counter % #ids) + 1]
-  return wrk.format(nil, "/api/v1/clients/" .. id, nil, '{"notes":"note ' .. counter .. '"}')
-end
-LUA
+cp bench/patch_client.lua "$work/patch.lua"
 
 # Starts a variant on a fresh data directory (or a fresh PostgreSQL database) with the seed clients.
 start() {
-  local variant=$1 bin=$2 variant_port=$3 base token job status
+  local variant=$1 bin=$2 variant_port=$3 base token
   base="http://127.0.0.1:$variant_port"
   mkdir -p "$work/$variant"
   if [ -n "$db" ]; then
@@ -100,16 +90,7 @@ start() {
   token=$(curl -fs "$base/api/v1/auth/login" -H 'content-type: application/json' \
     -d '{"email":"bench@example.com","password":"bench-password-123"}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
   token_of[$variant]=$token
-  job=$(curl -fs "$base/api/v1/clients/import" -H "Authorization: Bearer $token" \
-    -H 'content-type: text/csv' --data-binary @"$work/seed.csv" | sed -E 's/.*"id":"([^"]+)".*/\1/')
-  while :; do
-    status=$(curl -fs "$base/api/v1/jobs/$job" -H "Authorization: Bearer $token" | sed -E 's/.*"status":"([a-z]+)".*/\1/')
-    [ "$status" = succeeded ] && break
-    [ "$status" = failed ] && { echo "seed import failed" >&2; exit 1; }
-    sleep 0.2
-  done
-  curl -fs "$base/api/v1/clients?limit=200" -H "Authorization: Bearer $token" \
-    | python3 -c 'import json, sys; print("\n".join(c["id"] for c in json.load(sys.stdin)["items"]))' >"$work/$variant.ids"
+  import_seed "$base" "$token" "$work/seed.csv" "$work/$variant.ids"
 }
 
 # CPU time (clock ticks) of a process, and of PostgreSQL: its live processes plus the children

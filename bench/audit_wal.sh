@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
 # Where a client write's cost goes on PostgreSQL: for each binary given, `POST /api/v1/clients`
-# under wrk on a fresh schema, then per request the server's and PostgreSQL's CPU time and the
+# (or with `-w patch`, `PATCH /api/v1/clients/{id}` over 200 of 10,000 imported clients, as in
+# bench/audit.sh) under wrk on a fresh schema, then per request the server's and PostgreSQL's CPU time and the
 # WAL written, and the WAL's records by type (pg_waldump). Compare binaries built from two commits,
 # or one with and one without the `bench-without-audit` feature; they take turns, `rounds` times.
 #
 # Needs a local PostgreSQL whose WAL directory this user can read (pg_waldump), and wrk.
-# Usage: bash bench/audit_wal.sh [-s seconds] [-r rounds] [-d database-url] BINARY...
+# Usage: bash bench/audit_wal.sh [-s seconds] [-r rounds] [-d database-url] [-w post|patch] BINARY...
 set -euo pipefail
 duration=6
 rounds=1
 db=postgres://postgres@127.0.0.1:5432/agentdesk_bench
-while getopts s:r:d: opt; do
+write=post
+while getopts s:r:d:w: opt; do
   case $opt in
     s) duration=$OPTARG ;;
     r) rounds=$OPTARG ;;
     d) db=$OPTARG ;;
+    w) write=$OPTARG ;;
     *) exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
-[ $# -gt 0 ] || { echo "usage: $0 [-s seconds] [-r rounds] [-d database-url] BINARY..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: $0 [-s seconds] [-r rounds] [-d database-url] [-w post|patch] BINARY..." >&2; exit 2; }
+case $write in post | patch) ;; *) echo "-w takes post or patch" >&2; exit 2 ;; esac
 port=${BENCH_PORT:-18590}
 pg_bin=$(dirname "$(ls /usr/lib/postgresql/*/bin/pg_waldump | sort -V | tail -n 1)")
 wal_dir=$(psql -Atq "$db" -c 'SHOW data_directory')/pg_wal
@@ -27,7 +31,9 @@ hz=$(getconf CLK_TCK)
 . "$(dirname "$0")/lib.sh"
 export PGOPTIONS="-c client_min_messages=warning"
 export AGENTDESK_DATABASE_URL=$db
-cp "$(dirname "$0")/post_client.lua" "$work/post.lua"
+. "$(dirname "$0")/seed.sh"
+cp "$(dirname "$0")/${write}_client.lua" "$work/load.lua"
+[ "$write" = patch ] && write_seed_csv "$work/seed.csv"
 
 server_ticks() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
 # PostgreSQL's live processes plus the children its postmaster has reaped (autovacuum workers).
@@ -45,12 +51,13 @@ measure() {
   local bin=$1 out w0 w1 s0 s1 p0 p1 n
   psql -q "$db" -c 'DROP SCHEMA public CASCADE; CREATE SCHEMA public'
   start_fresh "$bin" "$work/data" "$port"
+  [ "$write" = patch ] && import_seed "http://127.0.0.1:$port" "$token" "$work/seed.csv" "$work/ids"
   # Warm up, then start from a checkpoint so that full-page images are alike for every binary.
-  BENCH_RUN=warm-$(date +%s%N) wrk -t2 -c16 -d2s -s "$work/post.lua" -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/v1/clients" >/dev/null
+  BENCH_IDS=$work/ids BENCH_RUN=warm-$(date +%s%N) wrk -t2 -c16 -d2s -s "$work/load.lua" -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/v1/clients" >/dev/null
   psql -q "$db" -c CHECKPOINT
   w0=$(psql -Atq "$db" -c 'SELECT pg_current_wal_lsn()')
   s0=$(server_ticks); p0=$(postgres_ticks)
-  out=$(BENCH_RUN=run-$(date +%s%N) wrk -t2 -c16 -d"${duration}s" -s "$work/post.lua" -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/v1/clients")
+  out=$(BENCH_IDS=$work/ids BENCH_RUN=run-$(date +%s%N) wrk -t2 -c16 -d"${duration}s" -s "$work/load.lua" -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/v1/clients")
   s1=$(server_ticks); p1=$(postgres_ticks)
   sleep 0.2 # the sequencer's last batch
   w1=$(psql -Atq "$db" -c 'SELECT pg_current_wal_lsn()')
@@ -66,7 +73,8 @@ measure() {
     >>"$work/records"
 }
 
-echo "$(nproc) cores, wrk -t2 -c16 -d${duration}s, POST /api/v1/clients, $rounds round(s)"
+label=$([ "$write" = patch ] && echo "PATCH /api/v1/clients/{id}" || echo "POST /api/v1/clients")
+echo "$(nproc) cores, wrk -t2 -c16 -d${duration}s, $label, $rounds round(s)"
 echo
 echo "| binary | req/s | server CPU µs/request | PostgreSQL CPU µs/request | WAL bytes/request |"
 echo "|---|---|---|---|---|"
