@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Where a client write's cost goes on PostgreSQL: for each binary given, `POST /api/v1/clients`
 # (or with `-w patch`, `PATCH /api/v1/clients/{id}` over 200 of 10,000 imported clients, as in
-# bench/audit.sh) under wrk on a fresh schema, then per request the server's and PostgreSQL's CPU time and the
-# WAL written, and the WAL's records by type (pg_waldump). Compare binaries built from two commits,
+# bench/audit.sh) under wrk on a fresh schema, then per request the server's and PostgreSQL's
+# CPU time and the WAL written, and the WAL's records by type (pg_waldump; bytes are each type's
+# combined size, full-page images included). Compare binaries built from two commits,
 # or one with and one without the `bench-without-audit` feature; they take turns, `rounds` times.
 #
 # Needs a local PostgreSQL whose WAL directory this user can read (pg_waldump), and wrk.
