@@ -18,7 +18,8 @@
 //! Every read of the log (list, get, verify, export) first moves what waits (queue or tail), so a
 //! reader always sees every committed event.
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -400,14 +401,19 @@ const READ_UNDIGESTED: &str = concat!(
      FROM audit_queue WHERE digest IS NULL AND queued BETWEEN $1 AND $2"
 );
 
-/// PostgreSQL, under the chain's lock: moves the queued events named in `$1` (a JSON array of
-/// `{queued, seq, prev_hash, hash}`) from the queue into the log with those chain fields (hash
-/// version 2), in `seq` order (the chain trigger checks the statement's rows against the log's head
-/// and each other, once per statement: migration m0009). Only the chain fields travel: the events'
-/// bodies go from one table to the other inside the database.
+/// PostgreSQL, under the chain's lock: moves the queued events named in `$1` (their places in
+/// the queue, oldest first, as an array's text) from the queue into the log, chained in that
+/// order after the head `$3` (its `seq`, 0 while the log is empty) and `$4` (its hash): the n-th
+/// gets `seq` `$3` + n, the n-th hash of `$2` (likewise an array's text) and the hash before it
+/// as `prev_hash` (hash version 2). The rows go in `seq` order; the chain trigger checks them
+/// against the log's head and each other, once per statement (migration m0009). Only the
+/// hashes travel: the events' bodies go from one table to the other inside the database, and
+/// arrays are what PostgreSQL takes in most cheaply (a JSON document of the same cost more to
+/// build here and to parse there).
 const MOVE_CHAINED: &str = concat!(
-    "WITH chain AS (SELECT * FROM jsonb_to_recordset($1) \
-       AS c(queued BIGINT, seq BIGINT, prev_hash TEXT, hash TEXT)), \
+    "WITH chain AS (SELECT c.queued, $3::BIGINT + c.n AS seq, \
+       COALESCE(lag(c.hash) OVER (ORDER BY c.n), $4::TEXT) AS prev_hash, c.hash \
+       FROM unnest($1::TEXT::BIGINT[], $2::TEXT::TEXT[]) WITH ORDINALITY AS c(queued, hash, n)), \
      moved AS (DELETE FROM audit_queue q USING chain c WHERE q.queued = c.queued \
        RETURNING q.*, c.seq, c.prev_hash, c.hash) \
      INSERT INTO audit_events (",
@@ -472,15 +478,23 @@ fn new_event(record: AuditRecord) -> AuditEvent {
         client_id: record.client_id,
         outcome: record.outcome.as_str().to_owned(),
         ip: record.meta.ip,
-        user_agent: record
-            .meta
-            .user_agent
-            .map(|ua| ua.chars().take(512).collect()),
+        user_agent: record.meta.user_agent.map(|ua| truncate_chars(ua, 512)),
         request_id: Some(record.meta.request_id).filter(|r| !r.is_empty()),
         changes: record.changes,
         prev_hash: String::new(),
         hash: String::new(),
     }
+}
+
+/// `text` cut to its first `max` characters, without copying it when it is shorter (as nearly
+/// every user agent is: its byte length bounds its character count).
+fn truncate_chars(mut text: String, max: usize) -> String {
+    if text.len() > max
+        && let Some((end, _)) = text.char_indices().nth(max)
+    {
+        text.truncate(end);
+    }
+    text
 }
 
 /// PostgreSQL: the event's columns in the order of [`QUEUE_EVENT`]: the body, `changes` as its
@@ -523,6 +537,56 @@ fn event_values(event: &AuditEvent, changes: Option<&str>) -> Vec<sea_orm::Value
     values
 }
 
+/// The audited statements built so far, by the change's SQL: renumbering a change's parameters
+/// on every audited write was a tenth of what audit added to the server's own work per PATCH
+/// (BENCHMARKS.md), and changes come from a few code paths. Bounded all the same, as a change
+/// whose text varies (a list of values) would otherwise grow it without end.
+struct CombinedStatements(Mutex<HashMap<String, String>>);
+
+impl CombinedStatements {
+    /// Entries kept; when full, the map starts again empty.
+    const CAPACITY: usize = 256;
+
+    fn new() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+
+    /// The statement `combine` builds for `change_sql`, built once.
+    fn get(&self, change_sql: &str, combine: impl FnOnce(&str) -> String) -> String {
+        if let Some(sql) = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|map| map.get(change_sql).cloned())
+        {
+            return sql;
+        }
+        let sql = combine(change_sql);
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= Self::CAPACITY {
+                map.clear();
+            }
+            map.insert(change_sql.to_owned(), sql.clone());
+        }
+        sql
+    }
+}
+
+/// PostgreSQL: [`with_queued_event`] of each change seen.
+static QUEUED_EVENT_STATEMENTS: LazyLock<CombinedStatements> =
+    LazyLock::new(CombinedStatements::new);
+/// SQLite: [`with_chained_event`] of each change seen.
+static CHAINED_EVENT_STATEMENTS: LazyLock<CombinedStatements> =
+    LazyLock::new(CombinedStatements::new);
+
+/// SQLite: the event's insert, then `change` with its positional parameters after the event's.
+fn with_chained_event(change_sql: &str) -> String {
+    format!(
+        "{INSERT_EVENT}; {}",
+        shift_parameters(change_sql, EVENT_VALUES)
+    )
+}
+
 /// PostgreSQL: `change` with the event's queue insert in front as a data-modifying CTE, so the
 /// two are one statement; its numbered parameters move up past the event's.
 fn with_queued_event(change_sql: &str) -> String {
@@ -549,8 +613,8 @@ fn with_queued_event(change_sql: &str) -> String {
 
 /// `sql` with every numbered parameter `$n` renumbered `$n + by` (outside quoted text).
 ///
-/// Scans bytes, copying the text between parameters whole: it runs on every audited write, and
-/// the characters it looks for are ASCII, which no byte of a multi-byte UTF-8 character equals.
+/// Scans bytes, copying the text between parameters whole: the characters it looks for are
+/// ASCII, which no byte of a multi-byte UTF-8 character equals.
 fn shift_parameters(sql: &str, by: usize) -> String {
     use std::fmt::Write as _;
     let bytes = sql.as_bytes();
@@ -634,10 +698,12 @@ async fn append_with(
     }
     if backend == sea_orm::DatabaseBackend::Postgres {
         let mut values = queue_values(&event);
-        let statement = match &change {
+        let has_change = change.is_some();
+        let statement = match change {
             Some(change) => {
-                values.extend(change.values.iter().flat_map(|v| v.0.iter().cloned()));
-                Statement::from_sql_and_values(backend, with_queued_event(&change.sql), values)
+                let sql = QUEUED_EVENT_STATEMENTS.get(&change.sql, with_queued_event);
+                values.extend(change.values.into_iter().flat_map(|v| v.0));
+                Statement::from_sql_and_values(backend, sql, values)
             }
             None => Statement::from_sql_and_values(backend, QUEUE_EVENT, values),
         };
@@ -646,7 +712,7 @@ async fn append_with(
         // Woken before the commit: the sequencer waits a moment, and looks again (see
         // `run_sequencer`).
         head.queued.notify_one();
-        return Ok(change.is_some().then_some(rows));
+        return Ok(has_change.then_some(rows));
     }
     let changes = event.changes.as_ref().map(canonical_json);
     let mut cached = head.get();
@@ -667,10 +733,7 @@ async fn append_with(
                 values.extend(change.values.iter().flat_map(|v| v.0.iter().cloned()));
                 Statement::from_sql_and_values(
                     backend,
-                    format!(
-                        "{INSERT_EVENT}; {}",
-                        shift_parameters(&change.sql, EVENT_VALUES)
-                    ),
+                    CHAINED_EVENT_STATEMENTS.get(&change.sql, with_chained_event),
                     values,
                 )
             }
@@ -705,6 +768,7 @@ async fn append_with(
 /// here, COMMIT (one more to read the bodies of events queued without a digest). Holding the
 /// lock from before the read, nothing else can move the head or the batch.
 async fn chain_queued(db: &Database) -> Result<usize> {
+    use std::fmt::Write as _;
     let backend = sea_orm::DatabaseBackend::Postgres;
     let txn = db.begin().await?;
     txn.execute_unprepared(&lock_chain()).await?;
@@ -719,24 +783,28 @@ async fn chain_queued(db: &Database) -> Result<usize> {
         txn.commit().await?;
         return Ok(0);
     };
-    let mut seq = first.try_get::<Option<i64>>("", "head_seq")?.unwrap_or(0);
-    let mut prev_hash = first
-        .try_get::<Option<String>>("", "head_hash")?
+    let head_seq = first.try_get_by_index::<Option<i64>>(2)?.unwrap_or(0);
+    let head_hash = first
+        .try_get_by_index::<Option<String>>(3)?
         .unwrap_or_else(|| GENESIS_HASH.to_owned());
     let mut batch = rows
         .iter()
         .map(|row| {
             Ok((
-                row.try_get::<i64>("", "queued")?,
-                row.try_get::<Option<String>>("", "digest")?,
+                row.try_get_by_index::<i64>(0)?,
+                row.try_get_by_index::<Option<String>>(1)?,
             ))
         })
         .collect::<Result<Vec<_>>>()?;
     if batch.iter().any(|(_, digest)| digest.is_none()) {
         digest_queued_bodies(&txn, &mut batch).await?;
     }
-    let mut chain = Vec::with_capacity(batch.len());
-    for (queued, digest) in batch {
+    // The batch as two arrays' text, `{q1,q2,…}` and `{h1,h2,…}`: numbers and hex digits need no
+    // quoting in an array literal.
+    let mut queued_list = String::with_capacity(batch.len() * 12 + 2);
+    let mut hash_list = String::with_capacity(batch.len() * 65 + 2);
+    let (mut seq, mut prev_hash) = (head_seq, head_hash.clone());
+    for (queued, digest) in &batch {
         let Some(digest) = digest else {
             // Nothing moves the batch while the lock is held, so its body was just read.
             return Err(Error::Internal(format!(
@@ -744,21 +812,26 @@ async fn chain_queued(db: &Database) -> Result<usize> {
             )));
         };
         seq += 1;
-        let hash = chained_hash(seq, &prev_hash, &digest);
-        chain.push(serde_json::json!({
-            "queued": queued,
-            "seq": seq,
-            "prev_hash": prev_hash,
-            "hash": hash,
-        }));
-        prev_hash = hash;
+        prev_hash = chained_hash(seq, &prev_hash, digest);
+        let separator = if queued_list.is_empty() { '{' } else { ',' };
+        queued_list.push(separator);
+        let _ = write!(queued_list, "{queued}"); // into a String: cannot fail
+        hash_list.push(separator);
+        hash_list.push_str(&prev_hash);
     }
-    let count = chain.len();
+    queued_list.push('}');
+    hash_list.push('}');
+    let count = batch.len();
     let moved = txn
         .execute_raw(Statement::from_sql_and_values(
             backend,
             MOVE_CHAINED,
-            [Value::Array(chain).into()],
+            [
+                queued_list.into(),
+                hash_list.into(),
+                head_seq.into(),
+                head_hash.into(),
+            ],
         ))
         .await?
         .rows_affected();
@@ -1292,6 +1365,53 @@ mod tests {
         let recursive = with_queued_event("WITH RECURSIVE r AS (SELECT 1) DELETE FROM t");
         assert!(recursive.starts_with("WITH RECURSIVE audit_queued AS ("));
         assert!(recursive.ends_with("), r AS (SELECT 1) DELETE FROM t"));
+    }
+
+    #[test]
+    fn a_combined_statement_is_built_once_per_change_and_the_cache_stays_bounded() {
+        let statements = CombinedStatements::new();
+        let builds = std::cell::Cell::new(0);
+        let combine = |sql: &str| {
+            builds.set(builds.get() + 1);
+            with_queued_event(sql)
+        };
+        let first = statements.get("UPDATE t SET a = $1", combine);
+        let again = statements.get("UPDATE t SET a = $1", combine);
+        assert_eq!(first, again);
+        assert_eq!(first, with_queued_event("UPDATE t SET a = $1"));
+        assert_eq!(builds.get(), 1, "the second call is served from the cache");
+        let other = statements.get("DELETE FROM t WHERE id = $1", combine);
+        assert!(other.ends_with(") DELETE FROM t WHERE id = $15"), "{other}");
+        assert_eq!(builds.get(), 2);
+        // Changes whose text varies (a list of values) fill it; it never holds more than its
+        // capacity, and what it returns is still right.
+        for n in 0..CombinedStatements::CAPACITY * 2 {
+            let sql = format!("DELETE FROM t WHERE id IN ($1, ${})", n + 2);
+            let combined = statements.get(&sql, with_chained_event);
+            assert_eq!(combined, with_chained_event(&sql));
+            let len = statements
+                .0
+                .lock()
+                .map(|map| map.len())
+                .unwrap_or(usize::MAX);
+            assert!(len <= CombinedStatements::CAPACITY, "{len} entries");
+        }
+        assert!(
+            with_chained_event("UPDATE t SET a = ?").ends_with("; UPDATE t SET a = ?"),
+            "SQLite's positional parameters need no renumbering"
+        );
+    }
+
+    #[test]
+    fn user_agents_are_cut_to_512_characters_on_a_character_boundary() {
+        assert_eq!(truncate_chars("curl/8.5".into(), 512), "curl/8.5");
+        assert_eq!(truncate_chars(String::new(), 512), "");
+        let exactly = "é".repeat(512); // 1 024 bytes, 512 characters
+        assert_eq!(truncate_chars(exactly.clone(), 512), exactly);
+        let long = format!("{}{}", "a".repeat(511), "😀😀");
+        let cut = truncate_chars(long, 512);
+        assert_eq!(cut.chars().count(), 512);
+        assert!(cut.ends_with('😀'));
     }
 
     /// The encoding before it was written straight from the value: a sorted copy, serialised.
