@@ -22,6 +22,7 @@
 # server binaries and, for `server`, PostgreSQL on 127.0.0.1:5432 (trust auth).
 # OUT: BENCH_OUT, default /tmp/agentdesk-callgrind-<mode>-<write>.
 set -euo pipefail
+shopt -s inherit_errexit # a failure inside $(…) fails the script too
 cd "$(dirname "$0")/.."
 mode=${1:?server or postgres}
 bin=$(realpath "${2:?the binary}")
@@ -89,22 +90,43 @@ fi
 [ "$(id -u)" = 0 ] || { echo "run as root: the cluster runs as user postgres" >&2; exit 1; }
 pg_bin=$(pg_config --bindir 2>/dev/null || true)
 [ -x "$pg_bin/initdb" ] || pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+[ -x "$pg_bin/initdb" ] || { echo "PostgreSQL's initdb was not found" >&2; exit 1; }
 short=${4:-8}
 long=${5:-32}
 pg_port=${BENCH_PG_PORT:-5450}
+if "$pg_bin/pg_isready" -h 127.0.0.1 -p "$pg_port" -q; then
+  echo "port $pg_port is taken (BENCH_PG_PORT names another)" >&2
+  exit 1
+fi
 chmod 777 "$out"
+server= cluster=
+stop_all() {
+  [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
+  [ -n "$cluster" ] && runuser -u postgres -- "$pg_bin/pg_ctl" -D "$cluster" -m fast -w stop >/dev/null 2>&1
+  server= cluster=
+  return 0
+}
+trap stop_all EXIT
 
-# one SECONDS: a fresh cluster under callgrind, the server, the seed, a load; prints the requests.
+# one SECONDS: a fresh cluster under callgrind, the server, the seed, a load; writes the number
+# of requests to $out/<SECONDS>s/requests.
 one() {
-  local seconds=$1 w=$out/$1s server
+  local seconds=$1 w=$out/$1s
   mkdir -p "$w/pg" "$w/callgrind" "$w/data"
   chmod 777 "$w" "$w/callgrind"
   chown postgres "$w/pg"
   runuser -u postgres -- "$pg_bin/initdb" -D "$w/pg" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
-  runuser -u postgres -- bash -c "nohup valgrind --tool=callgrind --vgdb=no --trace-children=yes \
-    --callgrind-out-file=$w/callgrind/cg.%p $pg_bin/postgres -D $w/pg -p $pg_port \
-    -c listen_addresses=127.0.0.1 -c unix_socket_directories=$w/pg >$w/pg.log 2>&1 &"
-  until pg_isready -h 127.0.0.1 -p "$pg_port" -q; do sleep 1; done
+  runuser -u postgres -- bash -c 'nohup valgrind --tool=callgrind --vgdb=no --trace-children=yes \
+    --callgrind-out-file="$1/callgrind/cg.%p" "$2/postgres" -D "$1/pg" -p "$3" \
+    -c listen_addresses=127.0.0.1 -c unix_socket_directories="$1/pg" >"$1/pg.log" 2>&1 &' \
+    cluster "$w" "$pg_bin" "$pg_port"
+  cluster=$w/pg
+  local tries=0
+  until "$pg_bin/pg_isready" -h 127.0.0.1 -p "$pg_port" -q; do
+    tries=$((tries + 1))
+    [ $tries -lt 120 ] || { cat "$w/pg.log" >&2; echo "the cluster did not start" >&2; exit 1; }
+    sleep 1
+  done
   psql -q "postgres://postgres@127.0.0.1:$pg_port/postgres" -c "CREATE DATABASE bench" >/dev/null
   write_seed_csv "$w/seed.csv"
   head -n 1001 "$w/seed.csv" >"$w/seed-1000.csv"
@@ -115,14 +137,15 @@ one() {
   local token
   token=$(login)
   import_seed "$base" "$token" "$w/seed-1000.csv" "$w/ids"
-  run_load "$seconds" "$token" "$w/ids" 16 "$w/wrk.txt"
+  run_load "$seconds" "$token" "$w/ids" 16 "$w/wrk.txt" >"$w/requests"
   sleep 2
-  kill $server && wait $server 2>/dev/null || true
-  runuser -u postgres -- "$pg_bin/pg_ctl" -D "$w/pg" -m fast -w stop >/dev/null 2>&1 || true
+  stop_all
   sleep 3 # callgrind writes each process's profile as it exits
 }
-short_requests=$(one "$short")
-long_requests=$(one "$long")
+one "$short"
+one "$long"
+short_requests=$(cat "$out/${short}s/requests")
+long_requests=$(cat "$out/${long}s/requests")
 python3 - "$out/${short}s/callgrind" "$out/${long}s/callgrind" $((long_requests - short_requests)) <<'EOF'
 import collections, glob, re, subprocess, sys
 short_dir, long_dir, requests = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -45,6 +45,7 @@ case "$split" in quota | shares | pin) ;; *) echo "BENCH_SPLIT is quota, shares 
 # quota: each stack may use half the machine's CPUs' time, in 10 ms periods, on any CPU.
 quota_period_us=10000
 cpus_each=$(($(nproc) / 2))
+[ "$cpus_each" -ge 1 ] || { echo "the machine needs two CPUs at least" >&2; exit 1; }
 for tool in wrk curl python3; do
   command -v "$tool" >/dev/null || { echo "$tool is missing" >&2; exit 1; }
 done
@@ -53,6 +54,8 @@ done
 pg_bin=$(pg_config --bindir 2>/dev/null || true)
 [ -x "$pg_bin/initdb" ] || pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 [ -x "$pg_bin/initdb" ] || { echo "PostgreSQL's initdb was not found" >&2; exit 1; }
+psql=psql
+[ -x "$pg_bin/psql" ] && psql=$pg_bin/psql
 pg_user=postgres
 id "$pg_user" >/dev/null 2>&1 || { echo "PostgreSQL's clusters run as user $pg_user, who does not exist" >&2; exit 1; }
 
@@ -81,7 +84,9 @@ make_group() { # name
     grep -qw cpu "$cgroup_v2/cgroup.subtree_control" || echo +cpu >"$cgroup_v2/cgroup.subtree_control"
     mkdir -p "$cgroup_v2/$1"
     echo 100 >"$cgroup_v2/$1/cpu.weight"
-    [ "$split" = quota ] && echo "$((quota_period_us * cpus_each)) $quota_period_us" >"$cgroup_v2/$1/cpu.max"
+    if [ "$split" = quota ]; then
+      echo "$((quota_period_us * cpus_each)) $quota_period_us" >"$cgroup_v2/$1/cpu.max"
+    fi
   fi
 }
 remove_group() { # name (waits a few seconds for its processes to end)
@@ -127,9 +132,15 @@ declare -A server_pid
 stacks=(one two)
 declare -A pg_port=([one]=5441 [two]=5442) http_port=([one]=18591 [two]=18592) cpu_of=([one]=0 [two]=1)
 cleanup() {
-  local s
+  local s p
   set +e
   for s in "${server_pid[@]}"; do kill "$s" 2>/dev/null && wait "$s" 2>/dev/null; done
+  # Whatever else still runs in a stack (a wrk cut short) goes too; the cluster stops below.
+  for s in "${stacks[@]}"; do
+    for p in $(cat "$(join_files "$group_prefix-$s" | awk '{print $1}')" 2>/dev/null); do
+      [ "$(ps -o comm= -p "$p" 2>/dev/null)" = postgres ] || kill "$p" 2>/dev/null
+    done
+  done
   for s in "${stacks[@]}"; do
     if [ -f "$work/pg-$s/postmaster.pid" ]; then
       runuser -u "$pg_user" -- "$pg_bin/pg_ctl" -D "$work/pg-$s" -m immediate -w stop >/dev/null 2>&1
@@ -179,7 +190,7 @@ done
 start() {
   local stack=$1 variant=$2 base url token
   url="postgres://postgres@127.0.0.1:${pg_port[$stack]}"
-  psql -q "$url/postgres" -c "DROP DATABASE IF EXISTS bench WITH (FORCE)" -c "CREATE DATABASE bench" >/dev/null
+  "$psql" -q "$url/postgres" -c "DROP DATABASE IF EXISTS bench WITH (FORCE)" -c "CREATE DATABASE bench" >/dev/null
   base="http://127.0.0.1:${http_port[$stack]}"
   rm -rf "${work:?}/data-$stack" && mkdir -p "$work/data-$stack"
   in_group "$group_prefix-$stack" env AGENTDESK_DATA_DIR="$work/data-$stack" \
@@ -216,25 +227,29 @@ pin_stacks() {
   done
 }
 
-# load KIND: wrk in both stacks at once; prints per stack "req/s requests cpu_ns", stack one first.
+# load KIND: wrk in both stacks at once; writes per stack "req/s requests cpu_ns" to
+# $work/load.out, stack one first. Fails on a wrk that failed or any non-2xx answer.
 load() {
-  local kind=$1 s wrk_pids=()
-  declare -A before
+  local kind=$1 s p
+  declare -A before wrk_pid
   for s in "${stacks[@]}"; do before[$s]=$(usage_ns "$group_prefix-$s"); done
   for s in "${stacks[@]}"; do
     in_group "$group_prefix-$s" env BENCH_IDS="$work/ids-$s" BENCH_RUN="$s-$(date +%s%N)" \
       wrk -t2 -c16 -d"${duration}s" -s "$work/$kind.lua" -H "Authorization: Bearer $(cat "$work/token-$s")" \
       "http://127.0.0.1:${http_port[$s]}/api/v1/clients" >"$work/wrk-$s.out" &
-    wrk_pids+=($!)
+    wrk_pid[$s]=$!
   done
-  wait "${wrk_pids[@]}"
+  for s in "${stacks[@]}"; do
+    wait "${wrk_pid[$s]}" || { cat "$work/wrk-$s.out" >&2; echo "wrk failed in stack $s" >&2; exit 1; }
+  done
+  : >"$work/load.out"
   for s in "${stacks[@]}"; do
     if grep -q 'Non-2xx' "$work/wrk-$s.out"; then
       cat "$work/wrk-$s.out" >&2
       echo "non-2xx answers in stack $s: the run does not count" >&2
       exit 1
     fi
-    echo "$(awk '/Requests\/sec/ {print $2}' "$work/wrk-$s.out") $(awk '/requests in/ {print $1}' "$work/wrk-$s.out") $(($(usage_ns "$group_prefix-$s") - ${before[$s]}))"
+    echo "$(awk '/Requests\/sec/ {print $2}' "$work/wrk-$s.out") $(awk '/requests in/ {print $1}' "$work/wrk-$s.out") $(($(usage_ns "$group_prefix-$s") - ${before[$s]}))" >>"$work/load.out"
   done
 }
 
@@ -254,11 +269,12 @@ for pass in $(seq "$passes"); do
   for s in "${stacks[@]}"; do start "$s" "${variant_of[$s]}"; done
   for kind in $writes; do
     pin_stacks
-    load "$kind" >/dev/null # the first run after a start is not steady
+    load "$kind" # the first run after a start is not steady
     for run in $(seq "$runs"); do
       pin_stacks
       read -r steal0 total0 < <(cpu_ticks)
-      mapfile -t lines < <(load "$kind")
+      load "$kind"
+      mapfile -t lines <"$work/load.out"
       read -r steal1 total1 < <(cpu_ticks)
       declare -A rate=() cpu=() on=()
       for i in 0 1; do

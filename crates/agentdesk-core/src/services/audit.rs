@@ -408,8 +408,8 @@ const READ_UNDIGESTED: &str = concat!(
 /// as `prev_hash` (hash version 2). The rows go in `seq` order; the chain trigger checks them
 /// against the log's head and each other, once per statement (migration m0009). Only the
 /// hashes travel: the events' bodies go from one table to the other inside the database, and
-/// arrays are what PostgreSQL takes in most cheaply (a JSON document of the same cost more to
-/// build here and to parse there).
+/// arrays are what PostgreSQL takes in most cheaply (the JSON document they replaced cost more to
+/// build here and, by callgrind, ~20k instructions an event to parse there: BENCHMARKS.md).
 const MOVE_CHAINED: &str = concat!(
     "WITH chain AS (SELECT c.queued, $3::BIGINT + c.n AS seq, \
        COALESCE(lag(c.hash) OVER (ORDER BY c.n), $4::TEXT) AS prev_hash, c.hash \
@@ -538,7 +538,7 @@ fn event_values(event: &AuditEvent, changes: Option<&str>) -> Vec<sea_orm::Value
 }
 
 /// The audited statements built so far, by the change's SQL: renumbering a change's parameters
-/// on every audited write was a tenth of what audit added to the server's own work per PATCH
+/// on every audited write was a sixth of what audit added to the server's instructions per PATCH
 /// (BENCHMARKS.md), and changes come from a few code paths. Bounded all the same, as a change
 /// whose text varies (a list of values) would otherwise grow it without end.
 struct CombinedStatements(Mutex<HashMap<String, String>>);
@@ -553,22 +553,24 @@ impl CombinedStatements {
 
     /// The statement `combine` builds for `change_sql`, built once.
     fn get(&self, change_sql: &str, combine: impl FnOnce(&str) -> String) -> String {
-        if let Some(sql) = self
-            .0
-            .lock()
-            .ok()
-            .and_then(|map| map.get(change_sql).cloned())
-        {
-            return sql;
+        if let Some(sql) = self.lock().get(change_sql) {
+            return sql.clone();
         }
         let sql = combine(change_sql);
-        if let Ok(mut map) = self.0.lock() {
-            if map.len() >= Self::CAPACITY {
-                map.clear();
-            }
-            map.insert(change_sql.to_owned(), sql.clone());
+        let mut map = self.lock();
+        if map.len() >= Self::CAPACITY {
+            map.clear();
         }
+        map.insert(change_sql.to_owned(), sql.clone());
         sql
+    }
+
+    /// The map; a panic while the lock was held cannot have left it half-written (an insert or
+    /// a clear is all that happens under it), so a poisoned lock is used as it is.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -764,8 +766,9 @@ async fn append_with(
 /// transaction has not committed yet are not seen, and follow in a later batch.
 ///
 /// Five round trips whatever the batch's size: BEGIN, the lock, reading the batch's digests with
-/// the chain's head (current, as the lock is held), moving it with the chain fields computed
-/// here, COMMIT (one more to read the bodies of events queued without a digest). Holding the
+/// the chain's head (current, as the lock is held), moving it with the hashes computed here (the
+/// database numbers the events and links each to the one before), COMMIT (one more to read the
+/// bodies of events queued without a digest). Holding the
 /// lock from before the read, nothing else can move the head or the batch.
 async fn chain_queued(db: &Database) -> Result<usize> {
     use std::fmt::Write as _;
@@ -803,6 +806,8 @@ async fn chain_queued(db: &Database) -> Result<usize> {
     // quoting in an array literal.
     let mut queued_list = String::with_capacity(batch.len() * 12 + 2);
     let mut hash_list = String::with_capacity(batch.len() * 65 + 2);
+    queued_list.push('{');
+    hash_list.push('{');
     let (mut seq, mut prev_hash) = (head_seq, head_hash.clone());
     for (queued, digest) in &batch {
         let Some(digest) = digest else {
@@ -813,10 +818,11 @@ async fn chain_queued(db: &Database) -> Result<usize> {
         };
         seq += 1;
         prev_hash = chained_hash(seq, &prev_hash, digest);
-        let separator = if queued_list.is_empty() { '{' } else { ',' };
-        queued_list.push(separator);
+        if seq > head_seq + 1 {
+            queued_list.push(',');
+            hash_list.push(',');
+        }
         let _ = write!(queued_list, "{queued}"); // into a String: cannot fail
-        hash_list.push(separator);
         hash_list.push_str(&prev_hash);
     }
     queued_list.push('}');
@@ -1389,11 +1395,7 @@ mod tests {
             let sql = format!("DELETE FROM t WHERE id IN ($1, ${})", n + 2);
             let combined = statements.get(&sql, with_chained_event);
             assert_eq!(combined, with_chained_event(&sql));
-            let len = statements
-                .0
-                .lock()
-                .map(|map| map.len())
-                .unwrap_or(usize::MAX);
+            let len = statements.lock().len();
             assert!(len <= CombinedStatements::CAPACITY, "{len} entries");
         }
         assert!(
