@@ -39,31 +39,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-# Both variants in the one target directory (only our crates differ); each copied aside.
-# BENCH_AUDITED and BENCH_UNAUDITED name binaries built before (from one commit) instead.
-if [ "${BENCH_AUDITED:+set}" != "${BENCH_UNAUDITED:+set}" ]; then
-  echo "set both BENCH_AUDITED and BENCH_UNAUDITED, or neither" >&2
-  exit 1
-fi
-if [ -n "${BENCH_AUDITED:-}" ] && [ -n "${BENCH_UNAUDITED:-}" ]; then
-  cp "$BENCH_UNAUDITED" "$work/agentdesk-without-audit"
-  cp "$BENCH_AUDITED" "$work/agentdesk"
-else
-  cargo build --release -p agentdesk --features agentdesk/bench-without-audit
-  cp target/release/agentdesk "$work/agentdesk-without-audit"
-  cargo build --release -p agentdesk
-  cp target/release/agentdesk "$work/agentdesk"
-fi
-export AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
-export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-password-123
-# psql: no NOTICEs from the schema reset.
-export PGOPTIONS="-c client_min_messages=warning"
-
 . bench/seed.sh
-write_seed_csv "$work/seed.csv"
-
-cp bench/post_client.lua "$work/post.lua"
-cp bench/patch_client.lua "$work/patch.lua"
+audit_bench_setup "$work"
 
 # Starts a variant on a fresh data directory (or a fresh PostgreSQL database) with the seed clients.
 start() {

@@ -151,27 +151,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [ -n "${BENCH_AUDITED:-}" ] && [ -n "${BENCH_UNAUDITED:-}" ]; then
-  cp "$BENCH_UNAUDITED" "$work/agentdesk-without-audit"
-  cp "$BENCH_AUDITED" "$work/agentdesk"
-elif [ -z "${BENCH_AUDITED:-}${BENCH_UNAUDITED:-}" ]; then
-  cargo build --release -p agentdesk --features agentdesk/bench-without-audit
-  cp target/release/agentdesk "$work/agentdesk-without-audit"
-  cargo build --release -p agentdesk
-  cp target/release/agentdesk "$work/agentdesk"
-else
-  echo "set both BENCH_AUDITED and BENCH_UNAUDITED, or neither" >&2
-  exit 1
-fi
-declare -A bin_of=([audited]="$work/agentdesk" [unaudited]="$work/agentdesk-without-audit")
-
-export AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
-export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-password-123
-export PGOPTIONS="-c client_min_messages=warning"
 . bench/seed.sh
-write_seed_csv "$work/seed.csv"
-cp bench/post_client.lua "$work/post.lua"
-cp bench/patch_client.lua "$work/patch.lua"
+audit_bench_setup "$work"
+declare -A bin_of=([audited]="$work/agentdesk" [unaudited]="$work/agentdesk-without-audit")
 
 # One PostgreSQL cluster per stack, inside the stack's group (its backends, WAL writer and
 # autovacuum workers are the postmaster's children and stay there).

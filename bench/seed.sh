@@ -20,3 +20,32 @@ import_seed() {
   curl -fs "$base/api/v1/clients?limit=200" -H "Authorization: Bearer $token" \
     | python3 -c 'import json, sys; print("\n".join(c["id"] for c in json.load(sys.stdin)["items"]))' >"$ids"
 }
+
+# audit_bench_setup WORK: what bench/audit.sh and bench/audit_paired.sh share. The two builds
+# compared, as WORK/agentdesk and WORK/agentdesk-without-audit: BENCH_AUDITED and
+# BENCH_UNAUDITED (built before, from one commit) when both are set, otherwise both built here
+# (in the one target directory, only our crates differ); the servers' settings; the seed CSV
+# (WORK/seed.csv) and the two wrk scripts (WORK/post.lua, WORK/patch.lua).
+audit_bench_setup() {
+  local work=$1
+  if [ "${BENCH_AUDITED:+set}" != "${BENCH_UNAUDITED:+set}" ]; then
+    echo "set both BENCH_AUDITED and BENCH_UNAUDITED, or neither" >&2
+    exit 1
+  fi
+  if [ -n "${BENCH_AUDITED:-}" ]; then
+    cp "$BENCH_UNAUDITED" "$work/agentdesk-without-audit"
+    cp "$BENCH_AUDITED" "$work/agentdesk"
+  else
+    cargo build --release -p agentdesk --features agentdesk/bench-without-audit
+    cp target/release/agentdesk "$work/agentdesk-without-audit"
+    cargo build --release -p agentdesk
+    cp target/release/agentdesk "$work/agentdesk"
+  fi
+  export AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
+  export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-password-123
+  # psql: no NOTICEs from a schema or database reset.
+  export PGOPTIONS="-c client_min_messages=warning"
+  write_seed_csv "$work/seed.csv"
+  cp bench/post_client.lua "$work/post.lua"
+  cp bench/patch_client.lua "$work/patch.lua"
+}
