@@ -64,8 +64,7 @@ start() {
   pid[$variant]=$!
   port_of[$variant]=$variant_port
   until curl -fs "$base/readyz" >/dev/null 2>&1; do sleep 0.01; done
-  token=$(curl -fs "$base/api/v1/auth/login" -H 'content-type: application/json' \
-    -d '{"email":"bench@example.com","password":"bench-password-123"}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+  token=$(bench_login "$base")
   token_of[$variant]=$token
   import_seed "$base" "$token" "$work/seed.csv" "$work/$variant.ids"
 }
@@ -84,9 +83,6 @@ postgres_ticks() {
   echo "$total"
 }
 wal_lsn() { psql -Atq "$db" -c 'SELECT pg_current_wal_lsn()'; }
-# The machine's CPU ticks: "steal total" (steal: time the hypervisor ran someone else while this
-# machine wanted the CPU; a run with much of it measured a slower machine).
-cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t }' /proc/stat; }
 
 # Prints req/s of one wrk run against a variant and fails on any non-2xx answer. With PostgreSQL
 # it also prints, per request, the server's and PostgreSQL's CPU time (µs) and the WAL (bytes).
@@ -103,7 +99,7 @@ load() {
   fi
   rate=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   read -r steal1 total1 < <(cpu_ticks)
-  steal=$(awk -v s=$((steal1 - steal0)) -v t=$((total1 - total0)) 'BEGIN { printf "%.0f", t ? s * 100 / t : 0 }')
+  steal=$(steal_percent "$steal0" "$total0" "$steal1" "$total1")
   if [ -n "$db" ]; then
     local requests s1 p1 wal hz
     requests=$(echo "$out" | awk '/requests in/ {print $1}')
@@ -123,7 +119,6 @@ mean() { numbers | awk '{ s += $1 } END { printf "%.1f", s / NR }'; }
 median() { numbers | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 # The cost audit adds per request, from req/s without and with it: (1/with - 1/without) / (1/without).
 adds() { awk -v u="$1" -v a="$2" 'BEGIN { printf "%+.1f %%", (u / a - 1) * 100 }'; }
-label() { if [ "$1" = patch ]; then echo "PATCH /clients/{id}"; else echo "POST /clients"; fi; }
 setup="commit $(git rev-parse --short HEAD), $(nproc) cores, database: ${db:-sqlite}, wrk -t2 -c16 -d${duration}s"
 
 if [ -n "${BENCH_BLOCKS:-}" ]; then
@@ -170,7 +165,7 @@ if [ -n "${BENCH_BLOCKS:-}" ]; then
     for cycle in $(seq "$BENCH_BLOCKS"); do
       each="$each $(adds "$(echo "${cycle_of[$cycle,unaudited,$kind]}" | mean)" "$(echo "${cycle_of[$cycle,audited,$kind]}" | mean)"),"
     done
-    echo "| $(label "$kind") | $without | $with | $(adds "$without" "$with") |${each%,} |"
+    echo "| $(write_label "$kind") | $without | $with | $(adds "$without" "$with") |${each%,} |"
   done
   exit 0
 fi
@@ -225,5 +220,5 @@ for kind in post patch; do
   # out of the mean of the ratios' logarithms, where a median of alternating ratios can miss it.
   geometric=$(echo "$ratios" | numbers | awk '{ s += log($1 + 1) } END { printf "%+.1f %%", (exp(s / NR) - 1) * 100 }')
   paired=$(awk -v r="$paired" 'BEGIN { printf "%+.1f %%", r * 100 }')
-  echo "| $(label "$kind") | $without | $with | $(adds "$without" "$with") | $paired | $geometric |"
+  echo "| $(write_label "$kind") | $without | $with | $(adds "$without" "$with") | $paired | $geometric |"
 done

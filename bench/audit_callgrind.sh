@@ -46,10 +46,6 @@ wait_ready() {
     sleep 0.2
   done
 }
-login() {
-  curl -fs "$base/api/v1/auth/login" -H 'content-type: application/json' \
-    -d '{"email":"bench@example.com","password":"bench-password-123"}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/'
-}
 # run_load SECONDS TOKEN IDS CONNECTIONS OUTPUT
 run_load() {
   BENCH_IDS=$3 BENCH_RUN=cg-$(date +%s%N) wrk -t1 -c"$4" -d"$1s" -s "bench/${kind}_client.lua" \
@@ -71,7 +67,7 @@ if [ "$mode" = server ]; then
   server=$!
   trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
   wait_ready $server
-  token=$(login)
+  token=$(bench_login "$base")
   import_seed "$base" "$token" "$out/seed.csv" "$out/ids"
   run_load 5 "$token" "$out/ids" 4 "$out/warm-up.txt" >/dev/null
   sleep 1
@@ -88,9 +84,7 @@ fi
 
 [ "$mode" = postgres ] || { echo "mode is server or postgres" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "run as root: the cluster runs as user postgres" >&2; exit 1; }
-pg_bin=$(pg_config --bindir 2>/dev/null || true)
-[ -x "$pg_bin/initdb" ] || pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-[ -x "$pg_bin/initdb" ] || { echo "PostgreSQL's initdb was not found" >&2; exit 1; }
+pg_bin=$(pg_bindir)
 short=${4:-8}
 long=${5:-32}
 pg_port=${BENCH_PG_PORT:-5450}
@@ -135,7 +129,7 @@ one() {
   server=$!
   wait_ready $server
   local token
-  token=$(login)
+  token=$(bench_login "$base")
   import_seed "$base" "$token" "$w/seed-1000.csv" "$w/ids"
   run_load "$seconds" "$token" "$w/ids" 16 "$w/wrk.txt" >"$w/requests"
   sleep 2

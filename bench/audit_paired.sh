@@ -51,9 +51,8 @@ for tool in wrk curl python3; do
 done
 [ "$(id -u)" = 0 ] || { echo "run as root: the stacks are put into CPU cgroups" >&2; exit 1; }
 
-pg_bin=$(pg_config --bindir 2>/dev/null || true)
-[ -x "$pg_bin/initdb" ] || pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-[ -x "$pg_bin/initdb" ] || { echo "PostgreSQL's initdb was not found" >&2; exit 1; }
+. bench/seed.sh
+pg_bin=$(pg_bindir)
 psql=psql
 [ -x "$pg_bin/psql" ] && psql=$pg_bin/psql
 pg_user=postgres
@@ -120,10 +119,9 @@ in_group() {
   if [ "${split}" = pin ]; then
     set -- taskset -c "${cpu_of[${name##*-}]}" "$@"
   fi
-  if [ "$BASHPID" != "$$" ]; then
-    exec bash -c 'for f in '"$(join_files "$name")"'; do echo $$ >"$f"; done; exec "$@"' in_group "$@"
-  fi
-  bash -c 'for f in '"$(join_files "$name")"'; do echo $$ >"$f"; done; exec "$@"' in_group "$@"
+  local join=(bash -c 'for f in '"$(join_files "$name")"'; do echo $$ >"$f"; done; exec "$@"' in_group "$@")
+  if [ "$BASHPID" != "$$" ]; then exec "${join[@]}"; fi
+  "${join[@]}"
 }
 
 work=$(mktemp -d)
@@ -151,7 +149,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-. bench/seed.sh
 audit_bench_setup "$work"
 declare -A bin_of=([audited]="$work/agentdesk" [unaudited]="$work/agentdesk-without-audit")
 
@@ -183,8 +180,7 @@ start() {
     kill -0 "${server_pid[$stack]}" 2>/dev/null || { cat "$work/server-$stack.log" >&2; exit 1; }
     sleep 0.05
   done
-  token=$(curl -fs "$base/api/v1/auth/login" -H 'content-type: application/json' \
-    -d '{"email":"bench@example.com","password":"bench-password-123"}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+  token=$(bench_login "$base")
   echo "$token" >"$work/token-$stack"
   import_seed "$base" "$token" "$work/seed.csv" "$work/ids-$stack"
 }
@@ -235,7 +231,6 @@ load() {
   done
 }
 
-label() { if [ "$1" = patch ]; then echo "PATCH /clients/{id}"; else echo "POST /clients"; fi; }
 echo "commit $(git rev-parse --short HEAD), $(nproc) cores, cgroups $cgroup_mode, split $split, PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') (autovacuum $autovacuum), wrk -t2 -c16 -d${duration}s per stack, $passes passes × $runs measured runs of each write"
 echo
 echo "Each run: req/s (CPU µs of the whole stack per request). Audit adds: without/with − 1, by req/s and by CPU per request."
@@ -243,7 +238,6 @@ echo
 echo "| pass | write | run | with audit | without audit | audit adds (req/s) | audit adds (CPU/request) | steal |"
 echo "|---|---|---|---|---|---|---|---|"
 declare -A ratios_rate ratios_cpu
-cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t }' /proc/stat; }
 for pass in $(seq "$passes"); do
   # Pass 1: stack one runs the audited build; each later pass swaps.
   if [ $((pass % 2)) = 1 ]; then declare -A variant_of=([one]=audited [two]=unaudited)
@@ -272,8 +266,8 @@ for pass in $(seq "$passes"); do
       by_cpu=$(awk -v u="${cpu[unaudited]}" -v a="${cpu[audited]}" 'BEGIN { print a / u - 1 }')
       ratios_rate[$kind]="${ratios_rate[$kind]:-} $by_rate"
       ratios_cpu[$kind]="${ratios_cpu[$kind]:-} $by_cpu"
-      steal=$(awk -v s=$((steal1 - steal0)) -v t=$((total1 - total0)) 'BEGIN { printf "%.0f", t ? s * 100 / t : 0 }')
-      printf '| %s | %s | %s | %s (%s µs)%s | %s (%s µs) | %+.1f %% | %+.1f %% | %s %% |\n' "$pass" "$(label "$kind")" "$run" \
+      steal=$(steal_percent "$steal0" "$total0" "$steal1" "$total1")
+      printf '| %s | %s | %s | %s (%s µs)%s | %s (%s µs) | %+.1f %% | %+.1f %% | %s %% |\n' "$pass" "$(write_label "$kind")" "$run" \
         "${rate[audited]}" "${cpu[audited]}" "$where" "${rate[unaudited]}" "${cpu[unaudited]}" \
         "$(awk -v r="$by_rate" 'BEGIN { print r * 100 }')" "$(awk -v r="$by_cpu" 'BEGIN { print r * 100 }')" "$steal"
     done
@@ -288,5 +282,5 @@ echo
 echo "| write | audit adds, by req/s (geometric mean) | audit adds, by CPU per request (geometric mean) |"
 echo "|---|---|---|"
 for kind in $writes; do
-  echo "| $(label "$kind") | $(echo "${ratios_rate[$kind]}" | summary) | $(echo "${ratios_cpu[$kind]}" | summary) |"
+  echo "| $(write_label "$kind") | $(echo "${ratios_rate[$kind]}" | summary) | $(echo "${ratios_cpu[$kind]}" | summary) |"
 done

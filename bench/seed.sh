@@ -21,6 +21,32 @@ import_seed() {
     | python3 -c 'import json, sys; print("\n".join(c["id"] for c in json.load(sys.stdin)["items"]))' >"$ids"
 }
 
+# bench_login BASE_URL: the bench admin's access token (the servers start with
+# AGENTDESK_ADMIN_EMAIL/PASSWORD as audit_bench_setup sets them).
+bench_login() {
+  curl -fs "$1/api/v1/auth/login" -H 'content-type: application/json' \
+    -d '{"email":"bench@example.com","password":"bench-password-123"}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/'
+}
+
+# pg_bindir: the folder of PostgreSQL's server binaries (initdb, pg_ctl, postgres); fails
+# when there is none.
+pg_bindir() {
+  local dir
+  dir=$(pg_config --bindir 2>/dev/null || true)
+  [ -x "$dir/initdb" ] || dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -x "$dir/initdb" ] || { echo "PostgreSQL's initdb was not found" >&2; return 1; }
+  echo "$dir"
+}
+
+# cpu_ticks: the machine's CPU ticks, "steal total" (steal: time the hypervisor ran someone else
+# while this machine wanted the CPU); steal_percent STEAL0 TOTAL0 STEAL1 TOTAL1: its share between
+# two readings.
+cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t }' /proc/stat; }
+steal_percent() { awk -v s=$(($3 - $1)) -v t=$(($4 - $2)) 'BEGIN { printf "%.0f", t ? s * 100 / t : 0 }'; }
+
+# write_label KIND: the route a wrk script of audit_bench_setup writes to.
+write_label() { if [ "$1" = patch ]; then echo "PATCH /clients/{id}"; else echo "POST /clients"; fi; }
+
 # audit_bench_setup WORK: what bench/audit.sh and bench/audit_paired.sh share. The two builds
 # compared, as WORK/agentdesk and WORK/agentdesk-without-audit: BENCH_AUDITED and
 # BENCH_UNAUDITED (built before, from one commit) when both are set, otherwise both built here

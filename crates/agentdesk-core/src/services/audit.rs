@@ -541,22 +541,29 @@ fn event_values(event: &AuditEvent, changes: Option<&str>) -> Vec<sea_orm::Value
 /// on every audited write was a sixth of what audit added to the server's instructions per PATCH
 /// (BENCHMARKS.md), and changes come from a few code paths. Bounded all the same, as a change
 /// whose text varies (a list of values) would otherwise grow it without end.
-struct CombinedStatements(Mutex<HashMap<String, String>>);
+struct CombinedStatements {
+    /// Builds the audited statement for a change's SQL.
+    combine: fn(&str) -> String,
+    built: Mutex<HashMap<String, String>>,
+}
 
 impl CombinedStatements {
     /// Entries kept; when full, the map starts again empty.
     const CAPACITY: usize = 256;
 
-    fn new() -> Self {
-        Self(Mutex::new(HashMap::new()))
+    fn new(combine: fn(&str) -> String) -> Self {
+        Self {
+            combine,
+            built: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// The statement `combine` builds for `change_sql`, built once.
-    fn get(&self, change_sql: &str, combine: impl FnOnce(&str) -> String) -> String {
+    /// The audited statement for `change_sql`, built once.
+    fn get(&self, change_sql: &str) -> String {
         if let Some(sql) = self.lock().get(change_sql) {
             return sql.clone();
         }
-        let sql = combine(change_sql);
+        let sql = (self.combine)(change_sql);
         let mut map = self.lock();
         if map.len() >= Self::CAPACITY {
             map.clear();
@@ -568,7 +575,7 @@ impl CombinedStatements {
     /// The map; a panic while the lock was held cannot have left it half-written (an insert or
     /// a clear is all that happens under it), so a poisoned lock is used as it is.
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.0
+        self.built
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -576,10 +583,10 @@ impl CombinedStatements {
 
 /// PostgreSQL: [`with_queued_event`] of each change seen.
 static QUEUED_EVENT_STATEMENTS: LazyLock<CombinedStatements> =
-    LazyLock::new(CombinedStatements::new);
+    LazyLock::new(|| CombinedStatements::new(with_queued_event));
 /// SQLite: [`with_chained_event`] of each change seen.
 static CHAINED_EVENT_STATEMENTS: LazyLock<CombinedStatements> =
-    LazyLock::new(CombinedStatements::new);
+    LazyLock::new(|| CombinedStatements::new(with_chained_event));
 
 /// SQLite: the event's insert, then `change` with its positional parameters after the event's.
 fn with_chained_event(change_sql: &str) -> String {
@@ -703,7 +710,7 @@ async fn append_with(
         let has_change = change.is_some();
         let statement = match change {
             Some(change) => {
-                let sql = QUEUED_EVENT_STATEMENTS.get(&change.sql, with_queued_event);
+                let sql = QUEUED_EVENT_STATEMENTS.get(&change.sql);
                 values.extend(change.values.into_iter().flat_map(|v| v.0));
                 Statement::from_sql_and_values(backend, sql, values)
             }
@@ -735,7 +742,7 @@ async fn append_with(
                 values.extend(change.values.iter().flat_map(|v| v.0.iter().cloned()));
                 Statement::from_sql_and_values(
                     backend,
-                    CHAINED_EVENT_STATEMENTS.get(&change.sql, with_chained_event),
+                    CHAINED_EVENT_STATEMENTS.get(&change.sql),
                     values,
                 )
             }
@@ -768,8 +775,8 @@ async fn append_with(
 /// Five round trips whatever the batch's size: BEGIN, the lock, reading the batch's digests with
 /// the chain's head (current, as the lock is held), moving it with the hashes computed here (the
 /// database numbers the events and links each to the one before), COMMIT (one more to read the
-/// bodies of events queued without a digest). Holding the
-/// lock from before the read, nothing else can move the head or the batch.
+/// bodies of events queued without a digest). Holding the lock from before the read, nothing
+/// else can move the head or the batch.
 async fn chain_queued(db: &Database) -> Result<usize> {
     use std::fmt::Write as _;
     let backend = sea_orm::DatabaseBackend::Postgres;
@@ -809,7 +816,7 @@ async fn chain_queued(db: &Database) -> Result<usize> {
     queued_list.push('{');
     hash_list.push('{');
     let (mut seq, mut prev_hash) = (head_seq, head_hash.clone());
-    for (queued, digest) in &batch {
+    for (i, (queued, digest)) in batch.iter().enumerate() {
         let Some(digest) = digest else {
             // Nothing moves the batch while the lock is held, so its body was just read.
             return Err(Error::Internal(format!(
@@ -818,7 +825,7 @@ async fn chain_queued(db: &Database) -> Result<usize> {
         };
         seq += 1;
         prev_hash = chained_hash(seq, &prev_hash, digest);
-        if seq > head_seq + 1 {
+        if i > 0 {
             queued_list.push(',');
             hash_list.push(',');
         }
@@ -1305,21 +1312,30 @@ mod tests {
         let (db, postgres) = test_database(dir.path()).await;
         assert_eq!(chain_step(&db, false).await.unwrap(), 0);
         let head = ChainHead::default();
-        let txn = db.begin().await.unwrap();
-        for _ in 0..3 {
-            let record = AuditRecord::new("test.step", Outcome::Success, &RequestMeta::default());
-            append(&txn, &head, record).await.unwrap();
+        // Two batches: the first chains onto the empty log, the second onto the head the
+        // first left.
+        for (events, seqs) in [(3, vec![1, 2, 3]), (2, vec![1, 2, 3, 4, 5])] {
+            let txn = db.begin().await.unwrap();
+            for _ in 0..events {
+                let record =
+                    AuditRecord::new("test.step", Outcome::Success, &RequestMeta::default());
+                append(&txn, &head, record).await.unwrap();
+            }
+            txn.commit().await.unwrap();
+            assert_eq!(chain_step(&db, false).await.unwrap(), events);
+            assert_eq!(chain_step(&db, false).await.unwrap(), 0);
+            let logged = audit::Entity::find()
+                .order_by_asc(audit::Column::Seq)
+                .all(db.reader())
+                .await
+                .unwrap();
+            assert_eq!(logged.iter().map(|e| e.seq).collect::<Vec<i64>>(), seqs);
         }
-        txn.commit().await.unwrap();
-        assert_eq!(chain_step(&db, false).await.unwrap(), 3);
-        assert_eq!(chain_step(&db, false).await.unwrap(), 0);
         let logged = audit::Entity::find()
             .order_by_asc(audit::Column::Seq)
             .all(db.reader())
             .await
             .unwrap();
-        let seqs: Vec<i64> = logged.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, [1, 2, 3]);
         // Chained as `verify_audit` checks it: each event hashes to its `hash` and links to
         // the one before.
         let mut prev_hash = GENESIS_HASH.to_owned();
@@ -1375,25 +1391,31 @@ mod tests {
 
     #[test]
     fn a_combined_statement_is_built_once_per_change_and_the_cache_stays_bounded() {
-        let statements = CombinedStatements::new();
-        let builds = std::cell::Cell::new(0);
-        let combine = |sql: &str| {
-            builds.set(builds.get() + 1);
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static BUILDS: AtomicUsize = AtomicUsize::new(0);
+        fn counted(sql: &str) -> String {
+            BUILDS.fetch_add(1, Ordering::SeqCst);
             with_queued_event(sql)
-        };
-        let first = statements.get("UPDATE t SET a = $1", combine);
-        let again = statements.get("UPDATE t SET a = $1", combine);
+        }
+        let statements = CombinedStatements::new(counted);
+        let first = statements.get("UPDATE t SET a = $1");
+        let again = statements.get("UPDATE t SET a = $1");
         assert_eq!(first, again);
         assert_eq!(first, with_queued_event("UPDATE t SET a = $1"));
-        assert_eq!(builds.get(), 1, "the second call is served from the cache");
-        let other = statements.get("DELETE FROM t WHERE id = $1", combine);
+        assert_eq!(
+            BUILDS.load(Ordering::SeqCst),
+            1,
+            "the second call is served from the cache"
+        );
+        let other = statements.get("DELETE FROM t WHERE id = $1");
         assert!(other.ends_with(") DELETE FROM t WHERE id = $15"), "{other}");
-        assert_eq!(builds.get(), 2);
+        assert_eq!(BUILDS.load(Ordering::SeqCst), 2);
         // Changes whose text varies (a list of values) fill it; it never holds more than its
         // capacity, and what it returns is still right.
+        let statements = CombinedStatements::new(with_chained_event);
         for n in 0..CombinedStatements::CAPACITY * 2 {
             let sql = format!("DELETE FROM t WHERE id IN ($1, ${})", n + 2);
-            let combined = statements.get(&sql, with_chained_event);
+            let combined = statements.get(&sql);
             assert_eq!(combined, with_chained_event(&sql));
             let len = statements.lock().len();
             assert!(len <= CombinedStatements::CAPACITY, "{len} entries");
@@ -1402,6 +1424,30 @@ mod tests {
             with_chained_event("UPDATE t SET a = ?").ends_with("; UPDATE t SET a = ?"),
             "SQLite's positional parameters need no renumbering"
         );
+    }
+
+    #[test]
+    fn the_statement_cache_keeps_working_after_a_panic_poisoned_its_lock() {
+        let statements = CombinedStatements::new(with_queued_event);
+        let first = statements.get("UPDATE t SET a = $1");
+        let poisoner = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let _held = statements.built.lock();
+                    panic!("poisons the lock");
+                })
+                .join()
+        });
+        assert!(poisoner.is_err());
+        assert!(statements.built.is_poisoned());
+        assert_eq!(
+            statements.get("UPDATE t SET a = $1"),
+            first,
+            "served as before"
+        );
+        let other = statements.get("DELETE FROM t WHERE id = $1");
+        assert!(other.ends_with(") DELETE FROM t WHERE id = $15"), "{other}");
+        assert_eq!(statements.lock().len(), 2, "and still kept");
     }
 
     #[test]
