@@ -306,6 +306,23 @@ async fn bad_uploads_get_clear_errors() {
         .await;
     assert_eq!(doc["status"], "failed");
     assert_eq!(doc["error"]["code"], "pdf_corrupt");
+    // A truncated file whose cross-reference table and page tree are gone: corrupt, and no
+    // page is invented from what is left of the first page's dictionary.
+    let mut truncated = b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n".to_vec();
+    truncated.extend_from_slice(b"4 0 obj\n<< /Type /Page /MediaBox [0 0 612 792] /Conte");
+    let r = app
+        .upload_document(&admin, &client, "truncated.pdf", truncated)
+        .await;
+    r.expect(202, None);
+    let doc = app
+        .processed_document(&admin, r.json["id"].as_str().unwrap(), WAIT)
+        .await;
+    assert_eq!(doc["status"], "failed", "{doc}");
+    assert_eq!(doc["error"]["code"], "pdf_corrupt", "{doc}");
+    assert!(
+        doc["page_count"].is_null(),
+        "no page count without pages: {doc}"
+    );
     app.get("/healthz", &admin).await.expect(200, None);
 }
 

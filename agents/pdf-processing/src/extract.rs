@@ -240,6 +240,14 @@ fn extract_inner(bytes: Vec<u8>, limits: &Limits) -> Extraction {
         }
     }
     read_metadata(&doc, &mut out.metadata);
+    // The parser rescues what it can from a damaged file, down to a page dictionary cut off
+    // mid-way when the page tree itself is gone; such a document has no page we can vouch for.
+    if !page_tree_readable(&doc) {
+        out.error = Some(ExtractError::corrupt(
+            "the PDF has no readable page tree (the file is damaged or truncated)",
+        ));
+        return out;
+    }
     let count = match doc.page_count() {
         Ok(0) => {
             out.error = Some(ExtractError::corrupt("the PDF has no pages"));
@@ -263,9 +271,19 @@ fn extract_inner(bytes: Vec<u8>, limits: &Limits) -> Extraction {
     }
     let mut total_chars = 0usize;
     let mut unreadable = 0usize;
+    let mut missing = 0usize;
     let texts = read_pages(&doc, count, limits.threads, limits.thread_stack_mb);
-    for (index, (raw, error)) in texts.into_iter().enumerate() {
+    for (index, page) in texts.into_iter().enumerate() {
         let number = u32::try_from(index + 1).unwrap_or(u32::MAX);
+        // A page the tree lists but the file does not hold is not reported as a page.
+        let (raw, error) = match page {
+            PageRead::Missing => {
+                missing += 1;
+                continue;
+            }
+            PageRead::Text(raw) => (raw, None),
+            PageRead::Failed(why) => (String::new(), Some(why)),
+        };
         if error.is_some() {
             unreadable += 1;
         }
@@ -294,7 +312,17 @@ fn extract_inner(bytes: Vec<u8>, limits: &Limits) -> Extraction {
         });
     }
     out.fields = find_fields(out.pages.iter().map(|p| (p.number, p.text.as_str())));
-    if unreadable > 0 {
+    out.page_count = u32::try_from(out.pages.len()).unwrap_or(u32::MAX);
+    if out.pages.is_empty() {
+        out.error = Some(ExtractError::corrupt(format!(
+            "the page tree lists {count} pages, but none of them is in the file (damaged or truncated)"
+        )));
+    } else if missing > 0 {
+        out.error = Some(ExtractError::corrupt(format!(
+            "the page tree lists {count} pages, but {missing} of them are not in the file; the {} found were kept",
+            out.pages.len()
+        )));
+    } else if unreadable > 0 {
         out.error = Some(ExtractError::corrupt(format!(
             "{unreadable} of {count} pages could not be read; the others were kept"
         )));
@@ -302,19 +330,28 @@ fn extract_inner(bytes: Vec<u8>, limits: &Limits) -> Extraction {
     out
 }
 
+/// What reading one page gave.
+enum PageRead {
+    /// Its raw text.
+    Text(String),
+    /// The page is in the file but could not be read: why.
+    Failed(String),
+    /// The page tree names it, but the file does not hold such a page.
+    Missing,
+}
+
 /// The raw text of every page, or why a page could not be read, in page order. Pages are
 /// shared among `threads` threads (the document's caches are thread-safe); a panic on a page
 /// is caught and costs only that page.
-fn read_pages(
-    doc: &PdfDocument,
-    count: usize,
-    threads: usize,
-    stack_mb: usize,
-) -> Vec<(String, Option<String>)> {
-    let read = |index: usize| match catch_unwind(AssertUnwindSafe(|| doc.extract_text(index))) {
-        Ok(Ok(text)) => (text, None),
-        Ok(Err(e)) => (String::new(), Some(e.to_string())),
-        Err(panic) => (String::new(), Some(panic_message(&*panic))),
+fn read_pages(doc: &PdfDocument, count: usize, threads: usize, stack_mb: usize) -> Vec<PageRead> {
+    let read = |index: usize| match catch_unwind(AssertUnwindSafe(|| {
+        page_found(doc, index)?;
+        doc.extract_text(index)
+            .map(PageRead::Text)
+            .map_err(|e| PageRead::Failed(e.to_string()))
+    })) {
+        Ok(Ok(page)) | Ok(Err(page)) => page,
+        Err(panic) => PageRead::Failed(panic_message(&*panic)),
     };
     let threads = if threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
@@ -326,7 +363,7 @@ fn read_pages(
         return (0..count).map(read).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut pages: Vec<(usize, (String, Option<String>))> = std::thread::scope(|scope| {
+    let mut pages: Vec<(usize, PageRead)> = std::thread::scope(|scope| {
         let work = || {
             let mut done = Vec::new();
             loop {
@@ -357,15 +394,63 @@ fn read_pages(
     });
     pages.sort_by_key(|(index, _)| *index);
     // A worker that died (it cannot: panics are caught per page) would leave gaps; fill them.
-    let mut out: Vec<(String, Option<String>)> = Vec::with_capacity(count);
+    let mut out: Vec<PageRead> = Vec::with_capacity(count);
     let mut it = pages.into_iter().peekable();
     for index in 0..count {
         match it.next_if(|(i, _)| *i == index) {
             Some((_, page)) => out.push(page),
-            None => out.push((String::new(), Some("the page was not read".into()))),
+            None => out.push(PageRead::Failed("the page was not read".into())),
         }
     }
     out
+}
+
+/// Whether the catalog's `/Pages` leads to a page-tree node that is really in the file (a
+/// dictionary of type `/Pages`, or with `/Kids`). The parser's own catalog, rebuilt from a
+/// surviving `/Pages` node of a file that lost its trailer, passes; a catalog whose tree was cut
+/// off does not.
+fn page_tree_readable(doc: &PdfDocument) -> bool {
+    let Ok(catalog) = doc.catalog() else {
+        return false;
+    };
+    let Some(pages) = catalog.as_dict().and_then(|c| c.get("Pages")).cloned() else {
+        return false;
+    };
+    let Some(pages) = resolve(doc, pages) else {
+        return false;
+    };
+    pages.as_dict().is_some_and(|node| {
+        node.get("Type").and_then(Object::as_name) == Some("Pages") || node.contains_key("Kids")
+    })
+}
+
+/// That page `index` is a page dictionary of the file and its content streams are there: a page
+/// whose content was cut off is reported as unreadable, not as a blank page.
+fn page_found(doc: &PdfDocument, index: usize) -> Result<(), PageRead> {
+    let page = doc.get_page(index).map_err(|_| PageRead::Missing)?;
+    // A page cut off mid-dictionary (by a truncation) has lost its `/Type /Page` with the rest.
+    let Some(dict) = page
+        .as_dict()
+        .filter(|dict| dict.get("Type").and_then(Object::as_name) == Some("Page"))
+    else {
+        return Err(PageRead::Missing);
+    };
+    let contents: Vec<Object> = match dict.get("Contents") {
+        None => Vec::new(),
+        Some(Object::Array(parts)) => parts.clone(),
+        Some(one) => vec![one.clone()],
+    };
+    for part in contents {
+        // A reference to an object the file does not hold reads as null (PDF 32000 7.3.10).
+        if let Some(reference) = part.as_reference()
+            && !matches!(doc.load_object(reference), Ok(Object::Stream { .. }))
+        {
+            return Err(PageRead::Failed(
+                "the page's content stream is missing (the file is damaged or truncated)".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn is_encryption_error(message: &str) -> bool {
@@ -530,6 +615,63 @@ mod tests {
         let out = extract(b"%PDF-1.4\n%%EOF".to_vec(), &Limits::default());
         assert_eq!(out.error.map(|e| e.code).as_deref(), Some(CORRUPT));
         let out = extract(Vec::new(), &Limits::default());
+        assert_eq!(out.error.map(|e| e.code).as_deref(), Some(CORRUPT));
+    }
+
+    /// `bytes` cut just before the first occurrence of `marker`.
+    fn cut_before(bytes: &[u8], marker: &str) -> Vec<u8> {
+        let at = bytes
+            .windows(marker.len())
+            .position(|w| w == marker.as_bytes())
+            .unwrap();
+        bytes[..at].to_vec()
+    }
+
+    #[test]
+    fn a_truncated_file_without_page_tree_is_corrupt_not_a_blank_page() {
+        let limits = Limits {
+            ocr: false,
+            ..Limits::default()
+        };
+        let whole = crate::sample::pdf_with_pages(&["first page", "second page", "third page"]);
+        assert!(extract(whole.clone(), &limits).error.is_none());
+        // The catalog and half of the first page survive: no cross-reference table, no page tree.
+        let mut head = b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n".to_vec();
+        head.extend_from_slice(b"4 0 obj\n<< /Type /Page /MediaBox [0 0 612 792] /Conte");
+        for bytes in [
+            head,
+            cut_before(&whole, "2 0 obj"),
+            cut_before(&whole, "3 0 obj"),
+        ] {
+            let out = extract(bytes, &limits);
+            assert_eq!(out.error.as_ref().map(|e| e.code.as_str()), Some(CORRUPT));
+            assert_eq!(out.page_count, 0, "{:?}", out.error);
+            assert!(out.pages.is_empty(), "no page is invented");
+        }
+    }
+
+    #[test]
+    fn a_truncated_file_reports_only_the_pages_it_holds() {
+        let limits = Limits {
+            ocr: false,
+            ..Limits::default()
+        };
+        let whole = crate::sample::pdf_with_pages(&["first page", "second page", "third page"]);
+        // Pages 1 and 2 (objects 4-7) survive; page 3's object and everything after it are lost.
+        let out = extract(cut_before(&whole, "8 0 obj"), &limits);
+        let error = out.error.expect("the document is damaged");
+        assert_eq!(error.code, CORRUPT);
+        assert!(error.message.contains("lists 3 pages"), "{}", error.message);
+        assert_eq!(out.page_count, 2);
+        let numbers: Vec<u32> = out.pages.iter().map(|p| p.number).collect();
+        assert_eq!(numbers, [1, 2]);
+        assert!(out.pages[0].text.contains("first page"));
+        assert!(out.pages[1].text.contains("second page"));
+        // Page 3's dictionary survives but its content stream does not: the page is there, and
+        // unreadable rather than blank.
+        let out = extract(cut_before(&whole, "9 0 obj"), &limits);
+        assert_eq!(out.page_count, 3);
+        assert!(out.pages[2].error.is_some(), "{:?}", out.pages[2]);
         assert_eq!(out.error.map(|e| e.code).as_deref(), Some(CORRUPT));
     }
 

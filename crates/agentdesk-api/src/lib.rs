@@ -144,6 +144,37 @@ pub fn catalog() -> Catalog {
 /// The OpenAPI document with every route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, doc) = api_router().split_for_parts();
+    finish_document(doc)
+}
+
+/// What the annotations leave to the whole document: operation ids unique across it. utoipa
+/// names an operation after its handler (`list`, `get`), which repeats across modules and breaks
+/// client generators; the id becomes `{tag}_{handler}` (`clients_list`, `users_get`).
+fn finish_document(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let tag = operation
+                .tags
+                .as_ref()
+                .and_then(|tags| tags.first())
+                .cloned();
+            if let (Some(tag), Some(id)) = (tag, operation.operation_id.as_mut())
+                && !id.starts_with(&format!("{tag}_"))
+            {
+                *id = format!("{tag}_{id}");
+            }
+        }
+    }
     doc
 }
 
@@ -157,6 +188,7 @@ fn api_router() -> OpenApiRouter<AppState> {
 pub fn router(state: AppState) -> Router {
     let settings = state.core.settings.clone();
     let (routes, doc) = api_router().split_for_parts();
+    let doc = finish_document(doc);
     let cors = cors_layer(&settings.cors_origins());
     routes
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))

@@ -164,6 +164,9 @@ impl Default for Settings {
     }
 }
 
+/// `AGENTDESK_*` variables that the binary reads but that are not settings.
+const NON_SETTING_VARIABLES: &[&str] = &["config", "new_password"];
+
 /// Which database the URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DatabaseKind {
@@ -185,11 +188,53 @@ impl Settings {
                 message: format!("file {path} does not exist"),
             });
         }
+        let known = Self::known_keys();
         Self::from_figment(
             Figment::from(Serialized::defaults(Settings::default()))
                 .merge(Toml::file(&path))
-                .merge(Env::prefixed("AGENTDESK_").ignore(&["config"]).split("__")),
+                // Only keys that name a setting: an orchestrator injects variables of its own
+                // under our prefix (Kubernetes: `AGENTDESK_PORT`, `AGENTDESK_SERVICE_HOST`, ... for
+                // a Service named agentdesk), and those must not stop the server. They are
+                // reported by [`Settings::unknown_env_keys`] instead.
+                .merge(
+                    Env::prefixed("AGENTDESK_").filter(move |key| {
+                        known.iter().any(|k| key.as_str().eq_ignore_ascii_case(k))
+                    }),
+                ),
         )
+    }
+
+    /// Variables named `AGENTDESK_*` in the process environment that are neither a setting nor
+    /// one of the binary's own variables (`AGENTDESK_CONFIG`, ...). They are ignored; the binary
+    /// warns about them, since a misspelt setting would otherwise go unnoticed.
+    pub fn unknown_env_keys() -> Vec<String> {
+        Self::unknown_keys_in(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()))
+    }
+
+    /// [`Settings::unknown_env_keys`] over a given list of variable names.
+    pub fn unknown_keys_in(names: impl IntoIterator<Item = String>) -> Vec<String> {
+        let known = Self::known_keys();
+        let mut unknown: Vec<String> = names
+            .into_iter()
+            .filter(|name| {
+                name.strip_prefix("AGENTDESK_").is_some_and(|rest| {
+                    !known.iter().any(|k| rest.eq_ignore_ascii_case(k))
+                        && !NON_SETTING_VARIABLES
+                            .iter()
+                            .any(|k| rest.eq_ignore_ascii_case(k))
+                })
+            })
+            .collect();
+        unknown.sort();
+        unknown
+    }
+
+    /// The names of every setting, as in `agentdesk.toml`.
+    fn known_keys() -> Vec<String> {
+        match serde_json::to_value(Settings::default()) {
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// Builds settings from a figment (tests use this to avoid the process environment).

@@ -133,6 +133,66 @@ pub fn parse_full_name(raw: &str) -> std::result::Result<String, String> {
     Ok(name.to_owned())
 }
 
+/// Why a string with U+0000 is refused: PostgreSQL cannot store it in text (SQLite would, and
+/// the two backends must answer alike).
+pub const NUL_MESSAGE: &str = "must not contain the NUL character (U+0000)";
+
+/// Whether raw JSON text may hold a NUL character: JSON can only spell one as the escape
+/// `\u0000` (a raw control character is a syntax error). A cheap scan that keeps the walk of
+/// [`nul_path`] off the common path; it may say yes for an escaped backslash followed by
+/// `u0000`, which the walk then clears.
+pub fn json_may_hold_nul(raw: &[u8]) -> bool {
+    memchr::memmem::find(raw, b"\\u0000").is_some()
+}
+
+/// The path of the first key or string value in `value` that holds U+0000, as `field`,
+/// `metadata.key` or `tags[2]`; `None` when none does.
+pub fn nul_path(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    fn walk(value: &Value, path: &mut String) -> bool {
+        match value {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let found = walk(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            Value::Object(map) => map.iter().any(|(key, item)| {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                // A key with a NUL is named without it, so the answer itself stays printable.
+                path.push_str(&key.replace('\0', ""));
+                let found = key.contains('\0') || walk(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    let mut path = String::new();
+    walk(value, &mut path).then_some(path)
+}
+
+/// The first `name=value` pair of a URL-encoded string (a query string or a form body) whose
+/// name or value decodes to text with U+0000; its name (without the NUL) is returned.
+pub fn urlencoded_nul_field(raw: &[u8]) -> Option<String> {
+    // `%00` is the only way to spell a NUL there; most strings have none.
+    memchr::memmem::find(raw, b"%00")?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(raw).ok()?;
+    pairs
+        .into_iter()
+        .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+        .map(|(k, _)| k.replace('\0', ""))
+}
+
 /// Collects field errors while parsing several fields, then fails with all of them at once.
 #[derive(Debug, Default)]
 pub struct FieldErrors(Vec<FieldError>);
@@ -167,6 +227,29 @@ impl FieldErrors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_characters_are_found_with_their_path() {
+        let doc: serde_json::Value = serde_json::from_str(
+            r#"{"name":"ok","tags":["a","b\u0000"],"z":{"k":{"deep":"x\u0000y"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(nul_path(&doc).as_deref(), Some("tags[1]"));
+        let doc: serde_json::Value =
+            serde_json::from_str(r#"{"metadata":{"k":{"deep":"x\u0000y"}}}"#).unwrap();
+        assert_eq!(nul_path(&doc).as_deref(), Some("metadata.k.deep"));
+        let doc: serde_json::Value = serde_json::from_str(r#"{"ke\u0000y":1}"#).unwrap();
+        assert_eq!(nul_path(&doc).as_deref(), Some("key"));
+        let doc: serde_json::Value = serde_json::from_str(r#"{"a":["\\u0000"]}"#).unwrap();
+        assert_eq!(nul_path(&doc), None, "an escaped backslash is no NUL");
+        assert!(json_may_hold_nul(br#"{"a":"\u0000"}"#));
+        assert!(!json_may_hold_nul(br#"{"a":"u0000"}"#));
+        assert_eq!(
+            urlencoded_nul_field(b"limit=5&q=ac%00me").as_deref(),
+            Some("q")
+        );
+        assert_eq!(urlencoded_nul_field(b"q=acme%2500"), None);
+    }
 
     #[test]
     fn emails() {

@@ -110,10 +110,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let unknown_env = Settings::unknown_env_keys();
     if let Command::Config {
         command: ConfigCommand::Check,
     } = cli.command
     {
+        if !unknown_env.is_empty() {
+            eprintln!(
+                "warning: ignoring environment variables that name no setting: {}",
+                unknown_env.join(", ")
+            );
+        }
         println!(
             "{}",
             serde_json::to_string_pretty(&settings.masked()).unwrap_or_default()
@@ -122,6 +129,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(&settings);
+    if !unknown_env.is_empty() {
+        tracing::warn!(
+            variables = %unknown_env.join(", "),
+            "ignoring environment variables that name no setting"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

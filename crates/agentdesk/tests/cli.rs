@@ -69,7 +69,6 @@ fn bad_configuration_names_the_key() {
         ("AGENTDESK_REDIS_URL", "http://x", "redis_url"),
         ("AGENTDESK_LOG_FORMAT", "xml", "log_format"),
         ("AGENTDESK_JWT_SECRET", "short", "jwt_secret"),
-        ("AGENTDESK_NO_SUCH_KEY", "1", "no_such_key"),
     ] {
         let out = agentdesk(dir.path(), &[(key, value)], &["config", "check"]);
         assert_eq!(out.status.code(), Some(2), "{key}={value}: {}", text(&out));
@@ -105,6 +104,62 @@ fn bad_configuration_names_the_key() {
     let out = agentdesk(dir.path(), &[], &["config", "check"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("max_upload_mb"), "{}", text(&out));
+}
+
+#[test]
+fn unknown_environment_variables_warn_and_unknown_file_keys_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    // What Kubernetes injects for a Service named agentdesk, plus a misspelt setting.
+    let injected = [
+        ("AGENTDESK_PORT", "tcp://10.0.0.7:8080"),
+        ("AGENTDESK_SERVICE_HOST", "10.0.0.7"),
+        ("AGENTDESK_PORT_8080_TCP_ADDR", "10.0.0.7"),
+        ("AGENTDESK_MAX_UPLOAD_MEGABYTES", "5"),
+        ("AGENTDESK_MAX_UPLOAD_MB", "12"),
+    ];
+    let out = agentdesk(dir.path(), &injected, &["config", "check"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("\"max_upload_mb\": 12"), "{all}");
+    for name in [
+        "AGENTDESK_PORT",
+        "AGENTDESK_SERVICE_HOST",
+        "AGENTDESK_PORT_8080_TCP_ADDR",
+        "AGENTDESK_MAX_UPLOAD_MEGABYTES",
+    ] {
+        assert!(all.contains(name), "the warning names {name}: {all}");
+    }
+    assert!(!all.contains("AGENTDESK_MAX_UPLOAD_MB,"), "{all}");
+    assert!(
+        !all.contains("AGENTDESK_DATA_DIR"),
+        "a setting is not unknown: {all}"
+    );
+
+    // The server itself starts with them and says so in its log.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentdesk"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(dir.path())
+        .env("AGENTDESK_DATA_DIR", dir.path().join("data"))
+        .env("AGENTDESK_LOG_FORMAT", "json")
+        .env("AGENTDESK_BIND", "127.0.0.1:0")
+        .args(["migrate"]);
+    for (k, v) in injected {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("agentdesk runs");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("ignoring environment variables") && all.contains("AGENTDESK_SERVICE_HOST"),
+        "{all}"
+    );
+
+    // An unknown key in agentdesk.toml is still an error that names it.
+    std::fs::write(dir.path().join("agentdesk.toml"), "no_such_key = 1\n").unwrap();
+    let out = agentdesk(dir.path(), &[], &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("no_such_key"), "{}", text(&out));
 }
 
 #[test]
@@ -277,6 +332,41 @@ fn openapi_prints_the_document() {
     assert!(out.status.success());
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(doc["paths"]["/api/v1/auth/login"].is_object());
+
+    // Every operation has an id, unique across the document and led by its tag.
+    let mut ids = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if ![
+                "get", "put", "post", "delete", "patch", "head", "options", "trace",
+            ]
+            .contains(&method.as_str())
+            {
+                continue;
+            }
+            let Some(id) = operation.get("operationId").and_then(|v| v.as_str()) else {
+                panic!("{method} {path} has no operationId");
+            };
+            let tag = operation["tags"][0].as_str().unwrap_or_default();
+            assert!(
+                id.starts_with(&format!("{tag}_")),
+                "{method} {path}: {id} is led by its tag {tag}"
+            );
+            assert!(ids.insert(id.to_owned()), "{id} repeats ({method} {path})");
+        }
+    }
+    // Audit events without changes (a login) carry null there: the document says so.
+    let changes = &doc["components"]["schemas"]["AuditEvent"]["properties"]["changes"];
+    let allows_null = changes["type"]
+        .as_array()
+        .is_some_and(|types| types.iter().any(|t| t == "null"))
+        || changes["oneOf"]
+            .as_array()
+            .is_some_and(|alts| alts.iter().any(|a| a["type"] == "null"));
+    assert!(allows_null, "AuditEvent.changes is nullable: {changes}");
+    for expected in ["clients_list", "clients_get", "users_list", "audit_verify"] {
+        assert!(ids.contains(expected), "{expected} in {ids:?}");
+    }
 }
 
 /// First start on an empty database prints a generated admin once; SIGTERM stops it cleanly.

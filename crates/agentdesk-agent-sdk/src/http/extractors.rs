@@ -9,7 +9,8 @@ use agentdesk_core::RequestMeta;
 use agentdesk_core::cache::AuthContext;
 use agentdesk_core::models::user::User;
 use agentdesk_core::services::permissions::{Actor, Need, Permit};
-use axum::extract::rejection::{FormRejection, JsonRejection, QueryRejection};
+use agentdesk_core::validators;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -34,10 +35,64 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        if !is_json_media(req.headers()) {
+            return Err(ApiError::http(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected a request body with Content-Type: application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| body_rejection(e.status(), e.body_text()))?;
+        refuse_nul_in_json(&bytes)?;
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
+    }
+}
+
+/// `application/json` or any `application/*+json`, as axum's `Json` accepts.
+fn is_json_media(headers: &axum::http::HeaderMap) -> bool {
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+}
+
+/// Text with U+0000 is refused where every body and query string is parsed, for every route at
+/// once: PostgreSQL cannot store it, and both backends must answer the same 422 naming the
+/// field. Valid JSON spells a NUL only as `\u0000`, so a body without that sequence is not walked.
+fn refuse_nul_in_json(raw: &[u8]) -> Result<(), ApiError> {
+    if !validators::json_may_hold_nul(raw) {
+        return Ok(());
+    }
+    // Malformed JSON is left to the parse that follows, which says what is wrong with it.
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(raw) else {
+        return Ok(());
+    };
+    match validators::nul_path(&value) {
+        Some(path) => Err(ApiError::Core(agentdesk_core::Error::invalid(
+            path,
+            validators::NUL_MESSAGE,
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The same for a query string or a form body, naming the parameter.
+fn refuse_nul_in_urlencoded(raw: &[u8]) -> Result<(), ApiError> {
+    match validators::urlencoded_nul_field(raw) {
+        Some(field) => Err(ApiError::Core(agentdesk_core::Error::invalid(
+            field,
+            validators::NUL_MESSAGE,
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -109,6 +164,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        refuse_nul_in_urlencoded(parts.uri.query().unwrap_or("").as_bytes())?;
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(Self(value)),
             Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
@@ -144,25 +200,30 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Form::<T>::from_request(req, state).await {
-            Ok(axum::Form(value)) => Ok(Self(value)),
-            Err(FormRejection::InvalidFormContentType(_)) => Err(ApiError::http(
+        let media = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if media != "application/x-www-form-urlencoded" {
+            return Err(ApiError::http(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "expected Content-Type: application/x-www-form-urlencoded",
-            )),
-            Err(FormRejection::FailedToDeserializeFormBody(e)) => {
-                let text = e.body_text();
-                let field = missing_field(&text).unwrap_or_default();
-                Err(ApiError::Core(agentdesk_core::Error::invalid(field, text)))
-            }
-            Err(FormRejection::BytesRejection(e)) => Err(body_rejection(e.status(), e.body_text())),
-            Err(other) => Err(ApiError::http(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                other.body_text(),
-            )),
+            ));
         }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| body_rejection(e.status(), e.body_text()))?;
+        refuse_nul_in_urlencoded(&bytes)?;
+        serde_urlencoded::from_bytes(&bytes).map(Self).map_err(|e| {
+            let text = e.to_string();
+            let field = missing_field(&text).unwrap_or_default();
+            ApiError::Core(agentdesk_core::Error::invalid(field, text))
+        })
     }
 }
 
@@ -196,6 +257,7 @@ impl<S: Send + Sync> FromRequest<S> for MergePatch {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| body_rejection(e.status(), e.body_text()))?;
+        refuse_nul_in_json(&bytes)?;
         serde_json::from_slice(&bytes).map(Self).map_err(|e| {
             ApiError::http(
                 StatusCode::BAD_REQUEST,

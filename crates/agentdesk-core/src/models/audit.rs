@@ -65,8 +65,9 @@ pub struct AuditEvent {
     pub user_agent: Option<String>,
     /// The request's id.
     pub request_id: Option<String>,
-    /// `before` and `after` of the fields that changed (never secrets).
-    #[schema(value_type = Object)]
+    /// `before` and `after` of the fields that changed (never secrets); null for an event that
+    /// changed no field (a login, a denied request).
+    #[schema(value_type = Option<Object>)]
     pub changes: Option<serde_json::Value>,
     /// The previous event's hash (64 zeros for the first).
     pub prev_hash: String,

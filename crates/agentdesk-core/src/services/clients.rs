@@ -85,6 +85,10 @@ impl ClientFields {
         let Some(obj) = doc.as_object() else {
             return Err(Error::invalid("", "the body must be a JSON object"));
         };
+        // The HTTP layer refuses NUL already; this covers what arrives otherwise (CSV imports).
+        if let Some(path) = crate::validators::nul_path(doc) {
+            return Err(Error::invalid(path, crate::validators::NUL_MESSAGE));
+        }
         let mut errors = Vec::new();
         for key in obj.keys() {
             if !EDITABLE.contains(&key.as_str()) {
