@@ -1,11 +1,9 @@
 //! Documents and their pages in the database: rows, the API shape, scoped reads, storing an
 //! extraction, deletion and full-text search. Client scope is part of every query.
 
-use agentdesk_agent_sdk::core::pagination::{Page, PageRequest, split_page};
+use agentdesk_agent_sdk::core::pagination::{Page, PageRequest};
 use agentdesk_agent_sdk::core::services::permissions::{ClientScope, Permit};
 use agentdesk_agent_sdk::core::{Core, Error};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use sea_orm::entity::prelude::*;
 use sea_orm::{
@@ -16,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::extract::{ExtractError, Extraction, Metadata};
 use crate::fields::Fields;
-use crate::search::{Terms, index_text, snippet};
+use agentdesk_agent_sdk::search::{TextIndex, index_text};
 
 /// A row of `documents`.
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
@@ -376,21 +374,12 @@ pub async fn delete_rows(conn: &impl ConnectionTrait, id: Uuid) -> Result<(), Er
     Ok(())
 }
 
-fn decode_offset(cursor: Option<&str>) -> Result<u64, Error> {
-    match cursor.filter(|c| !c.is_empty()) {
-        None => Ok(0),
-        Some(c) => URL_SAFE_NO_PAD
-            .decode(c)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.strip_prefix("o:").and_then(|n| n.parse().ok()))
-            .ok_or_else(|| Error::BadRequest("cursor is not valid".into())),
-    }
-}
-
-/// The largest offset a search pages to: deep pages of a ranked search are never useful, and
-/// each costs a scan of the hits before it.
-const MAX_SEARCH_OFFSET: u64 = 10_000;
+/// The index over page text.
+const PAGES: TextIndex = TextIndex {
+    table: "document_pages",
+    fts_table: "document_pages_fts",
+    columns: &["document_id", "number"],
+};
 
 /// Ranked full-text search over the pages of documents in `scope` (and of `client_id`, when
 /// given). The scope is a condition of the SQL query, so pages are full and never leak.
@@ -402,89 +391,23 @@ pub async fn search(
     limit: u64,
     cursor: Option<&str>,
 ) -> Result<Page<SearchHit>, Error> {
-    let terms = Terms::parse(query);
-    if terms.is_empty() {
-        return Err(Error::invalid(
-            "q",
-            "the query needs at least one word or character to search for",
-        ));
-    }
-    let offset = decode_offset(cursor)?;
-    if offset > MAX_SEARCH_OFFSET {
-        return Err(Error::BadRequest("cursor is not valid".into()));
-    }
-    let backend = core.db.backend();
-    let mut values: Vec<SqlValue> = Vec::new();
-    let mut conditions: Vec<String> = Vec::new();
-    let (from, score) = if backend == DatabaseBackend::Postgres {
-        values.push(terms.tsquery().into());
-        let tsquery = format!("to_tsquery('simple', ${})", values.len());
-        conditions.push(format!("p.tsv @@ ({tsquery})"));
-        (
-            "document_pages p".to_owned(),
-            // Normalised by page length, as BM25 is, so a short page that is about the word
-            // ranks above a long one that mentions it in passing.
-            format!("ts_rank_cd(p.tsv, ({tsquery}), 2)"),
-        )
-    } else {
-        values.push(terms.fts5().into());
-        conditions.push(format!("document_pages_fts MATCH ${}", values.len()));
-        (
-            "document_pages_fts JOIN document_pages p ON p.id = document_pages_fts.rowid"
-                .to_owned(),
-            "-bm25(document_pages_fts)".to_owned(),
-        )
-    };
-    if let Some(ids) = scope.as_filter() {
-        if ids.is_empty() {
-            return Ok(Page {
-                items: Vec::new(),
-                next_cursor: None,
-            });
-        }
-        let first = values.len() + 1;
-        let placeholders: Vec<String> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, _)| format!("${}", first + i))
-            .collect();
-        values.extend(ids.iter().map(|id| SqlValue::from(*id)));
-        conditions.push(format!("p.client_id IN ({})", placeholders.join(",")));
-    }
-    if let Some(client) = client_id {
-        values.push(client.into());
-        conditions.push(format!("p.client_id = ${}", values.len()));
-    }
-    let sql = format!(
-        "SELECT p.document_id, p.client_id, p.number, p.text, {score} AS score FROM {from} \
-         WHERE {} ORDER BY score DESC, p.id LIMIT {} OFFSET {offset}",
-        conditions.join(" AND "),
-        limit + 1
-    );
-    let rows = core
-        .db
-        .reader()
-        .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
-        .await?;
-    let mut hits = Vec::with_capacity(rows.len());
-    for row in rows {
-        let text: String = row.try_get("", "text")?;
-        let score: f64 = if backend == DatabaseBackend::Postgres {
-            f64::from(row.try_get::<f32>("", "score")?)
-        } else {
-            row.try_get("", "score")?
-        };
-        hits.push(SearchHit {
-            document_id: row.try_get("", "document_id")?,
-            client_id: row.try_get("", "client_id")?,
-            page: row.try_get("", "number")?,
-            snippet: snippet(&text, &terms),
-            score,
+    let page =
+        agentdesk_agent_sdk::search::search(core, &PAGES, scope, client_id, query, limit, cursor)
+            .await?;
+    let mut items = Vec::with_capacity(page.items.len());
+    for hit in page.items {
+        items.push(SearchHit {
+            document_id: hit.row.try_get("", "document_id")?,
+            client_id: hit.client_id,
+            page: hit.row.try_get("", "number")?,
+            snippet: hit.snippet,
+            score: hit.score,
         });
     }
-    let (items, more) = split_page(hits, limit, |_| ());
-    let next_cursor = more.map(|()| URL_SAFE_NO_PAD.encode(format!("o:{}", offset + limit)));
-    Ok(Page { items, next_cursor })
+    Ok(Page {
+        items,
+        next_cursor: page.next_cursor,
+    })
 }
 
 /// A new document row, as uploaded.

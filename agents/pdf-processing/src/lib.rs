@@ -18,7 +18,6 @@ pub mod ocr;
 mod process;
 mod routes;
 pub mod sample;
-pub mod search;
 
 use std::sync::Arc;
 

@@ -20,6 +20,7 @@
 
 pub mod http;
 mod runner;
+pub mod search;
 
 use std::sync::Arc;
 

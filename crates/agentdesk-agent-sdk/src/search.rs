@@ -1,9 +1,15 @@
-//! Full-text search over page text: the normalisation shared by the index and the queries, the
-//! query builders for FTS5 and tsvector, and the highlighted snippet.
+//! Full-text search that agents share (document pages, transcript segments): the normalisation
+//! shared by the index and the queries, the query builders for FTS5 and tsvector, the
+//! highlighted snippet, and [`search`], the ranked query over any [`TextIndex`] in a caller's
+//! client scope.
 //!
 //! Both indexes split text into words at spaces and punctuation, which leaves a run of Chinese
 //! or Japanese characters as one long "word". The indexed text therefore separates those
 //! characters, and a query's run of them becomes a phrase, so `見問` is found inside `常見問題`.
+
+use agentdesk_core::pagination::{Page, split_page};
+use agentdesk_core::services::permissions::ClientScope;
+use agentdesk_core::{Core, Error};
 
 /// Whether `c` is written without spaces between words (Han, kana, and their punctuation).
 fn is_cjk(c: char) -> bool {
@@ -206,6 +212,151 @@ pub fn snippet(text: &str, terms: &Terms) -> String {
         out.push('…');
     }
     out
+}
+
+/// A table of indexed text that [`search`] can query. The table has `id`, `client_id`, `text` and
+/// `search_text` (the text through [`index_text`]); on PostgreSQL a generated `tsv` column
+/// (`to_tsvector('simple', search_text)`) with a GIN index, on SQLite an external-content FTS5
+/// table over `search_text`, kept by triggers.
+#[derive(Debug, Clone, Copy)]
+pub struct TextIndex {
+    /// The table of indexed rows.
+    pub table: &'static str,
+    /// Its FTS5 table (SQLite).
+    pub fts_table: &'static str,
+    /// Further columns of the table that each hit returns (the row's owner, its place in it).
+    pub columns: &'static [&'static str],
+}
+
+/// One row found by [`search`].
+#[derive(Debug)]
+pub struct Hit {
+    /// The row, with the index's `columns`.
+    pub row: sea_orm::QueryResult,
+    /// The client the row belongs to.
+    pub client_id: uuid::Uuid,
+    /// An HTML-escaped excerpt of its text with the hits in `<mark>`.
+    pub snippet: String,
+    /// Relevance; higher is better (BM25 on SQLite, `ts_rank_cd` over length on PostgreSQL).
+    pub score: f64,
+}
+
+fn decode_offset(cursor: Option<&str>) -> Result<u64, Error> {
+    use base64::Engine;
+    match cursor.filter(|c| !c.is_empty()) {
+        None => Ok(0),
+        Some(c) => base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(c)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.strip_prefix("o:").and_then(|n| n.parse().ok()))
+            .ok_or_else(|| Error::BadRequest("cursor is not valid".into())),
+    }
+}
+
+/// The largest offset a search pages to: deep pages of a ranked search are never useful, and
+/// each costs a scan of the hits before it.
+const MAX_SEARCH_OFFSET: u64 = 10_000;
+
+/// Ranked full-text search over the rows of `index` in `scope` (and of `client_id`, when given).
+/// The scope is a condition of the SQL query, so pages are full and never leak.
+pub async fn search(
+    core: &Core,
+    index: &TextIndex,
+    scope: &ClientScope,
+    client_id: Option<uuid::Uuid>,
+    query: &str,
+    limit: u64,
+    cursor: Option<&str>,
+) -> Result<Page<Hit>, Error> {
+    use base64::Engine;
+    use sea_orm::{ConnectionTrait, DatabaseBackend, Statement, Value as SqlValue};
+    let terms = Terms::parse(query);
+    if terms.is_empty() {
+        return Err(Error::invalid(
+            "q",
+            "the query needs at least one word or character to search for",
+        ));
+    }
+    let offset = decode_offset(cursor)?;
+    if offset > MAX_SEARCH_OFFSET {
+        return Err(Error::BadRequest("cursor is not valid".into()));
+    }
+    let backend = core.db.backend();
+    let table = index.table;
+    let fts = index.fts_table;
+    let mut values: Vec<SqlValue> = Vec::new();
+    let mut conditions: Vec<String> = Vec::new();
+    let (from, score) = if backend == DatabaseBackend::Postgres {
+        values.push(terms.tsquery().into());
+        let tsquery = format!("to_tsquery('simple', ${})", values.len());
+        conditions.push(format!("p.tsv @@ ({tsquery})"));
+        (
+            format!("{table} p"),
+            // Normalised by length, as BM25 is, so a short row that is about the word ranks
+            // above a long one that mentions it in passing.
+            format!("ts_rank_cd(p.tsv, ({tsquery}), 2)"),
+        )
+    } else {
+        values.push(terms.fts5().into());
+        conditions.push(format!("{fts} MATCH ${}", values.len()));
+        (
+            format!("{fts} JOIN {table} p ON p.id = {fts}.rowid"),
+            format!("-bm25({fts})"),
+        )
+    };
+    if let Some(ids) = scope.as_filter() {
+        if ids.is_empty() {
+            return Ok(Page {
+                items: Vec::new(),
+                next_cursor: None,
+            });
+        }
+        let first = values.len() + 1;
+        let placeholders: Vec<String> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, _)| format!("${}", first + i))
+            .collect();
+        values.extend(ids.iter().map(|id| SqlValue::from(*id)));
+        conditions.push(format!("p.client_id IN ({})", placeholders.join(",")));
+    }
+    if let Some(client) = client_id {
+        values.push(client.into());
+        conditions.push(format!("p.client_id = ${}", values.len()));
+    }
+    let columns: String = index.columns.iter().map(|c| format!("p.{c}, ")).collect();
+    let sql = format!(
+        "SELECT {columns}p.client_id, p.text, {score} AS score FROM {from} \
+         WHERE {} ORDER BY score DESC, p.id LIMIT {} OFFSET {offset}",
+        conditions.join(" AND "),
+        limit + 1
+    );
+    let rows = core
+        .db
+        .reader()
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+        .await?;
+    let mut hits = Vec::with_capacity(rows.len());
+    for row in rows {
+        let text: String = row.try_get("", "text")?;
+        let score: f64 = if backend == DatabaseBackend::Postgres {
+            f64::from(row.try_get::<f32>("", "score")?)
+        } else {
+            row.try_get("", "score")?
+        };
+        hits.push(Hit {
+            client_id: row.try_get("", "client_id")?,
+            snippet: snippet(&text, &terms),
+            score,
+            row,
+        });
+    }
+    let (items, more) = split_page(hits, limit, |_| ());
+    let next_cursor = more.map(|()| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("o:{}", offset + limit))
+    });
+    Ok(Page { items, next_cursor })
 }
 
 #[cfg(test)]
