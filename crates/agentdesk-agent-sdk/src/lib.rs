@@ -145,6 +145,13 @@ pub trait Agent: Send + Sync + 'static {
     fn concurrency(&self) -> usize {
         2
     }
+
+    /// Why this agent cannot do its work in this process (a missing model, say), or `None`
+    /// when it can. A worker does not announce an agent with a problem, so `GET /agents` shows
+    /// it unhealthy; its jobs still run and fail with a clear error.
+    fn problem(&self, _core: &Core) -> Option<String> {
+        None
+    }
 }
 
 /// What a job handler may reach: the job, its user's permits (within the manifest), progress,

@@ -89,12 +89,17 @@ impl Runner {
             .map(|a| a.manifest().name.to_owned())
             .collect();
         tracing::info!(worker_id = %self.worker_id, agents = ?names, mode = self.config.mode, "job runner started");
+        for agent in &self.agents {
+            if let Some(problem) = agent.problem(&self.core) {
+                tracing::warn!(agent = agent.manifest().name, %problem, "agent is unhealthy: its jobs will fail");
+            }
+        }
         let running: Running = Arc::new(Mutex::new(HashMap::new()));
         let stop_side_tasks = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat_loop(
             self.core.clone(),
             self.worker_id.clone(),
-            names.clone(),
+            self.agents.clone(),
             self.config.clone(),
             running.clone(),
             stop_side_tasks.clone(),
@@ -269,7 +274,7 @@ async fn run_job(
 async fn heartbeat_loop(
     core: Core,
     worker_id: String,
-    agents: Vec<String>,
+    agents: Vec<Arc<dyn Agent>>,
     config: RunnerConfig,
     running: Running,
     stop: CancellationToken,
@@ -277,8 +282,14 @@ async fn heartbeat_loop(
     let started_at = Utc::now();
     let every = (config.lease / 3).max(Duration::from_millis(100));
     loop {
+        // Only the agents that can work here are announced (see `Agent::problem`).
+        let healthy: Vec<String> = agents
+            .iter()
+            .filter(|a| a.problem(&core).is_none())
+            .map(|a| a.manifest().name.to_owned())
+            .collect();
         if let Err(e) = core
-            .worker_heartbeat(&worker_id, &agents, config.mode, started_at)
+            .worker_heartbeat(&worker_id, &healthy, config.mode, started_at)
             .await
         {
             tracing::warn!(error = %e, "worker heartbeat failed");

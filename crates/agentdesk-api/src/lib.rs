@@ -4,6 +4,10 @@
 //! Handlers are thin: they parse with the extractors in [`extractors`], call one service of
 //! the core, and map the result; every error becomes problem+json in [`problem`].
 
+/// How a converted speech model is stored.
+pub use agentdesk_agent_audio_recording::convert::Quantisation;
+/// Speech models on disk (`agentdesk models`).
+pub use agentdesk_agent_audio_recording::models as speech_models;
 /// The entry point of `agentdesk pdf-extract`, the PDF agent's isolated extraction process.
 pub use agentdesk_agent_pdf_processing::allocator::ProcessAllocator;
 pub use agentdesk_agent_pdf_processing::child_main as pdf_extract_main;
@@ -57,6 +61,7 @@ pub fn agents() -> Vec<Arc<dyn Agent>> {
     vec![
         agentdesk_agent_client_management::agent(),
         agentdesk_agent_pdf_processing::agent(),
+        agentdesk_agent_audio_recording::agent(),
     ]
 }
 

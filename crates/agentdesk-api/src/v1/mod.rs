@@ -19,6 +19,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(clients::routes())
         .merge(agentdesk_agent_client_management::routes())
         .merge(agentdesk_agent_pdf_processing::routes())
+        .merge(agentdesk_agent_audio_recording::routes())
         .merge(jobs::routes())
         .merge(permissions::routes())
         .merge(audit::routes())

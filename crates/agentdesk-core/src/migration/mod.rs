@@ -13,6 +13,7 @@ mod m0007_audit_queue;
 mod m0008_audit_tail;
 mod m0009_audit_chain_per_statement;
 mod m0010_audit_body_digest;
+mod m0011_recordings;
 
 /// Applies the schema, in order. A migration, once released, is never edited: add a new one.
 pub struct Migrator;
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0008_audit_tail::Migration),
             Box::new(m0009_audit_chain_per_statement::Migration),
             Box::new(m0010_audit_body_digest::Migration),
+            Box::new(m0011_recordings::Migration),
         ]
     }
 }

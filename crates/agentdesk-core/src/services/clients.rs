@@ -32,7 +32,13 @@ const EMAIL_TAKEN: &str = "a client with this email already exists";
 const EMAIL_UNIQUE: [&str; 2] = ["ux_clients_email_key", "clients.email_key"];
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 /// Tables whose rows belong to a client and follow it when clients are merged.
-const CLIENT_OWNED_TABLES: [&str; 3] = ["jobs", "documents", "document_pages"];
+const CLIENT_OWNED_TABLES: [&str; 5] = [
+    "jobs",
+    "documents",
+    "document_pages",
+    "recordings",
+    "recording_segments",
+];
 
 /// A client's fields, validated and normalised.
 #[derive(Debug, Clone, PartialEq)]
