@@ -179,3 +179,108 @@ async fn a_killed_workers_job_is_completed_by_another_worker() {
         .unwrap();
     assert_eq!(row.try_get_by_index::<i64>(0).unwrap() as u64, rows);
 }
+
+/// The audio agent as a worker process of its own: the API instance only stores the upload;
+/// the worker, with the speech model on its machine, transcribes it.
+#[tokio::test]
+async fn the_audio_agent_runs_as_a_worker_of_its_own() {
+    if !agentdesk_tests::speech_model_available() {
+        return;
+    }
+    let models = agentdesk_tests::speech_models_dir().expect("checked above");
+    let env = TestEnv::new().await;
+    let files = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", files.path().display());
+    let no_models = tempfile::tempdir().unwrap();
+    let app = env
+        .spawn(&[
+            ("agents", json!("none")),
+            ("storage_url", json!(storage.clone())),
+            // The API machine has no model: the worker's is the one that counts.
+            ("models_dir", json!(no_models.path().display().to_string())),
+        ])
+        .await;
+    let admin = app.admin_token().await;
+    let client = app
+        .post("/api/v1/clients", &admin, json!({"name": "Remote"}))
+        .await;
+    let client = client.json["id"].as_str().unwrap().to_owned();
+    let wav = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/corpus/audio/ps_goforward.wav"),
+    )
+    .unwrap();
+    let part = reqwest::multipart::Part::bytes(wav).file_name("goforward.wav");
+    let r = TestApp::read(
+        app.client
+            .post(format!("{}/api/v1/clients/{client}/recordings", app.base))
+            .bearer_auth(&admin)
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.expect(202, None);
+    let id = r.json["id"].as_str().unwrap().to_owned();
+
+    let data = tempfile::tempdir().unwrap();
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_agentdesk"))
+        .env_clear()
+        .env("AGENTDESK_DATA_DIR", data.path())
+        .env("AGENTDESK_DATABASE_URL", env.database_url())
+        .env("AGENTDESK_STORAGE_URL", &storage)
+        .env("AGENTDESK_MODELS_DIR", &models)
+        .env(
+            "AGENTDESK_WORKER_BIND",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("AGENTDESK_JOB_POLL_MS", "100")
+        .env(
+            "AGENTDESK_JWT_SECRET",
+            "test-secret-test-secret-test-secret-0123",
+        )
+        .env("AGENTDESK_LOG", "warn")
+        .args(["worker", "--agents", "audio_recording"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the worker starts");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let recording = loop {
+        let r = app.get(&format!("/api/v1/recordings/{id}"), &admin).await;
+        if r.json["status"] == "ready" || r.json["status"] == "failed" {
+            break r.json;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker transcribes: {}",
+            r.json
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The worker announces the agent it can run: healthy, in worker mode.
+    let agents = app.get("/api/v1/agents", &admin).await;
+    let audio = agents
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "audio_recording")
+        .unwrap()
+        .clone();
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    assert_eq!(recording["status"], "ready", "{recording}");
+    let text = app
+        .get(
+            &format!("/api/v1/recordings/{id}/transcript?format=txt"),
+            &admin,
+        )
+        .await
+        .text
+        .to_lowercase();
+    assert!(text.contains("forward"), "{text}");
+    assert_eq!(audio["healthy"], true, "{audio}");
+    assert_eq!(audio["mode"], "worker", "{audio}");
+}
