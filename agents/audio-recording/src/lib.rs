@@ -25,7 +25,7 @@ use agentdesk_agent_sdk::core::Core;
 use agentdesk_agent_sdk::{ActionSpec, Agent, JobContext, JobError, Manifest};
 use serde_json::Value;
 
-pub use process::{TranscribeArgs, model_problem};
+pub use process::{TranscribeArgs, model_problem, transcribe_file};
 pub use routes::routes;
 
 /// The agent's name.

