@@ -872,3 +872,85 @@ async fn live_capture_streams_results_and_keeps_the_recording() {
         t.text
     );
 }
+
+#[tokio::test]
+async fn live_capture_limits_end_the_session_and_keep_the_audio() {
+    if !speech_model_available() {
+        return;
+    }
+    let app = TestApp::spawn_with(&[("audio_live_max_secs", json!(2))]).await;
+    let admin = app.admin_token().await;
+    let client = new_client(&app, &admin, "Limits").await;
+    let pcm = pcm_of(&corpus("librivox_ss01_0870.wav")).to_vec();
+
+    // A frame over 1 MiB: an error, close code 1009.
+    let mut socket = live_socket(&app, &client, &admin).await;
+    socket
+        .send(Message::Text(
+            r#"{"sample_rate":16000,"format":"s16le","channels":1}"#.into(),
+        ))
+        .await
+        .unwrap();
+    socket
+        .send(Message::Binary(vec![0u8; 1_100_000].into()))
+        .await
+        .unwrap();
+    let (error, _) = next_json(&mut socket).await.unwrap();
+    assert_eq!(error["code"], "frame_too_large", "{error}");
+    let (_, code) = next_json(&mut socket).await.unwrap();
+    assert_eq!(code, Some(1009));
+
+    // Longer than the session limit (2 s here): an error, close code 1008, and what arrived is
+    // kept as a recording.
+    let mut socket = live_socket(&app, &client, &admin).await;
+    socket
+        .send(Message::Text(
+            r#"{"sample_rate":16000,"format":"s16le","channels":1}"#.into(),
+        ))
+        .await
+        .unwrap();
+    let mut closed = None;
+    for frame in pcm.chunks(3_200) {
+        if socket
+            .send(Message::Binary(frame.to_vec().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    while let Some((message, code)) = next_json(&mut socket).await {
+        if let Some(code) = code {
+            closed = Some(code);
+            break;
+        }
+        if message["type"] == "error" {
+            assert_eq!(message["code"], "session_too_long", "{message}");
+        }
+    }
+    assert_eq!(closed, Some(1008));
+    let deadline = std::time::Instant::now() + WAIT;
+    let kept = loop {
+        let list = app
+            .get(&format!("/api/v1/clients/{client}/recordings"), &admin)
+            .await;
+        if let Some(found) = list.json["items"].as_array().unwrap().first() {
+            break found.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "the capture is kept");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let kept = settled(&app, &admin, kept["id"].as_str().unwrap()).await;
+    let duration = kept["duration_s"].as_f64().unwrap();
+    assert!(duration > 1.9 && duration < 2.3, "{kept}");
+    // The frame that was too large was not kept: only the second session made a recording.
+    let list = app
+        .get(&format!("/api/v1/clients/{client}/recordings"), &admin)
+        .await;
+    assert_eq!(
+        list.json["items"].as_array().unwrap().len(),
+        1,
+        "{}",
+        list.json
+    );
+}
