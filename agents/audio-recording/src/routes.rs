@@ -10,12 +10,14 @@ use agentdesk_agent_sdk::core::services::permissions::Permit;
 use agentdesk_agent_sdk::core::storage::StoredFile;
 use agentdesk_agent_sdk::http::extractors::{AppJson, AppQuery, Authorized};
 use agentdesk_agent_sdk::http::problem::{ApiError, ApiResult, Problem};
-use agentdesk_agent_sdk::http::{store_upload, unsupported_media_type};
-use axum::body::{Body, Bytes};
+use agentdesk_agent_sdk::http::{
+    attachment_response, bad_multipart, clean_filename, read_head, store_upload,
+    unsupported_media_type, with_head,
+};
 use axum::extract::{DefaultBodyLimit, FromRef, Multipart, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use sea_orm::ActiveModelTrait;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -55,29 +57,6 @@ where
         .routes(routes!(audio))
         .routes(routes!(crate::live::live))
         .merge(upload)
-}
-
-fn bad_multipart(e: impl std::fmt::Display) -> ApiError {
-    ApiError::http(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
-}
-
-/// A file name safe to keep and to send back in `Content-Disposition`.
-fn clean_filename(raw: Option<&str>) -> String {
-    let base = raw
-        .unwrap_or("")
-        .rsplit(['/', '\\'])
-        .next()
-        .unwrap_or("")
-        .chars()
-        .filter(|c| !c.is_control() && *c != '"')
-        .take(255)
-        .collect::<String>();
-    let trimmed = base.trim();
-    if trimmed.is_empty() {
-        "recording".into()
-    } else {
-        trimmed.to_owned()
-    }
 }
 
 /// Creates a stored recording's row and its transcription job in one transaction, audited as
@@ -160,26 +139,18 @@ async fn upload(
         if field.name() != Some("file") {
             continue;
         }
-        let filename = clean_filename(field.file_name());
+        let filename = clean_filename(field.file_name(), "recording");
         let mut body = field.map_err(std::io::Error::other);
-        // Gather enough of the start to judge the bytes, then stream the rest behind it.
-        let mut head: Vec<u8> = Vec::with_capacity(SNIFF_BYTES);
-        while head.len() < SNIFF_BYTES {
-            match body.next().await {
-                Some(chunk) => head.extend_from_slice(&chunk.map_err(bad_multipart)?),
-                None => break,
-            }
-        }
+        let head = read_head(&mut body, SNIFF_BYTES).await?;
         let Some(container) = sniff(&head) else {
             return Err(unsupported_media_type(
                 "the file is no audio this server reads (WAV, MP3, OGG/Vorbis, FLAC, AAC/M4A)",
             ));
         };
-        let rest = futures::stream::once(async move { Ok(Bytes::from(head)) }).chain(body);
         stored = Some((
             filename,
             container,
-            store_upload(&core, "recordings", Box::pin(rest), limit).await?,
+            store_upload(&core, "recordings", with_head(head, body), limit).await?,
         ));
         break;
     }
@@ -334,30 +305,12 @@ async fn audio(
             serde_json::json!({"sha256": recording.sha256, "size_bytes": recording.size_bytes}),
         );
     core.audit_alone(record).await?;
-    let mut response = Body::from_stream(stream).into_response();
-    let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&recording.content_type) {
-        headers.insert(header::CONTENT_TYPE, value);
-    }
-    headers.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(recording.size_bytes.max(0) as u64),
-    );
-    let ascii: String = recording
-        .filename
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"")) {
-        headers.insert(header::CONTENT_DISPOSITION, value);
-    }
-    Ok(response)
+    Ok(attachment_response(
+        stream,
+        &recording.content_type,
+        recording.size_bytes,
+        &recording.filename,
+    ))
 }
 
 /// Search options.

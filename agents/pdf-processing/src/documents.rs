@@ -167,15 +167,8 @@ pub async fn find(conn: &impl ConnectionTrait, id: Uuid) -> Result<Option<Model>
 
 /// A document the permit's scope covers; 404 otherwise (with a denied event when it exists).
 pub async fn scoped(core: &Core, permit: &Permit, id: Uuid) -> Result<Model, Error> {
-    let found = find(core.db.reader(), id)
-        .await?
-        .ok_or(Error::NotFound("document"))?;
-    if !permit.scope().covers(found.client_id) {
-        return Err(core
-            .deny_out_of_scope(permit, "document", id, Some(found.client_id))
-            .await);
-    }
-    Ok(found)
+    let found = find(core.db.reader(), id).await?;
+    agentdesk_agent_sdk::scoped_row(core, permit, "document", id, found, |m| m.client_id).await
 }
 
 /// A client's documents, newest first.

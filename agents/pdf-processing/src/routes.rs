@@ -7,12 +7,14 @@ use agentdesk_agent_sdk::core::services::audit::Outcome;
 use agentdesk_agent_sdk::core::services::jobs::NewJob;
 use agentdesk_agent_sdk::http::extractors::{AppJson, AppQuery, Authorized};
 use agentdesk_agent_sdk::http::problem::{ApiError, ApiResult, Problem};
-use agentdesk_agent_sdk::http::{store_upload, unsupported_media_type};
-use axum::body::{Body, Bytes};
+use agentdesk_agent_sdk::http::{
+    attachment_response, bad_multipart, clean_filename, read_head, store_upload,
+    unsupported_media_type, with_head,
+};
 use axum::extract::{DefaultBodyLimit, FromRef, Multipart, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use sea_orm::ActiveModelTrait;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -51,29 +53,6 @@ where
         .merge(upload)
 }
 
-fn bad_multipart(e: impl std::fmt::Display) -> ApiError {
-    ApiError::http(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
-}
-
-/// A file name safe to keep and to send back in `Content-Disposition`.
-fn clean_filename(raw: Option<&str>) -> String {
-    let base = raw
-        .unwrap_or("")
-        .rsplit(['/', '\\'])
-        .next()
-        .unwrap_or("")
-        .chars()
-        .filter(|c| !c.is_control() && *c != '"')
-        .take(255)
-        .collect::<String>();
-    let trimmed = base.trim();
-    if trimmed.is_empty() {
-        "document.pdf".into()
-    } else {
-        trimmed.to_owned()
-    }
-}
-
 /// Bytes looked at to decide whether an upload is a PDF (the header may follow up to 1 KiB of junk).
 const SNIFF_BYTES: usize = 1029;
 
@@ -104,25 +83,17 @@ async fn upload(
         if field.name() != Some("file") {
             continue;
         }
-        let filename = clean_filename(field.file_name());
+        let filename = clean_filename(field.file_name(), "document.pdf");
         let mut body = field.map_err(std::io::Error::other);
-        // Gather enough of the start to see the header, then stream the rest behind it.
-        let mut head: Vec<u8> = Vec::with_capacity(SNIFF_BYTES);
-        while head.len() < SNIFF_BYTES {
-            match body.next().await {
-                Some(chunk) => head.extend_from_slice(&chunk.map_err(bad_multipart)?),
-                None => break,
-            }
-        }
+        let head = read_head(&mut body, SNIFF_BYTES).await?;
         if !looks_like_pdf(&head) {
             return Err(unsupported_media_type(
                 "the file is not a PDF (its bytes do not start with a %PDF- header)",
             ));
         }
-        let rest = futures::stream::once(async move { Ok(Bytes::from(head)) }).chain(body);
         stored = Some((
             filename,
-            store_upload(&core, "documents", Box::pin(rest), limit).await?,
+            store_upload(&core, "documents", with_head(head, body), limit).await?,
         ));
         break;
     }
@@ -280,31 +251,12 @@ async fn file(
         .client(Some(document.client_id))
         .changes(serde_json::json!({"sha256": document.sha256, "size_bytes": document.size_bytes}));
     core.audit_alone(record).await?;
-    let mut response = Body::from_stream(stream).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/pdf"),
-    );
-    headers.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(document.size_bytes.max(0) as u64),
-    );
-    let ascii: String = document
-        .filename
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"")) {
-        headers.insert(header::CONTENT_DISPOSITION, value);
-    }
-    Ok(response)
+    Ok(attachment_response(
+        stream,
+        "application/pdf",
+        document.size_bytes,
+        &document.filename,
+    ))
 }
 
 /// Search options.

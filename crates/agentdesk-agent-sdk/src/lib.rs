@@ -39,6 +39,24 @@ pub use runner::{Runner, RunnerConfig};
 pub use utoipa;
 pub use utoipa_axum;
 
+/// `found`, a row of `kind` with id `id`, when the permit's client scope covers its client;
+/// a 404 otherwise, as for a row that does not exist (with a `denied` audit event when it does).
+pub async fn scoped_row<T>(
+    core: &Core,
+    permit: &agentdesk_core::services::permissions::Permit,
+    kind: &'static str,
+    id: uuid::Uuid,
+    found: Option<T>,
+    client_of: impl Fn(&T) -> uuid::Uuid,
+) -> Result<T, agentdesk_core::Error> {
+    let found = found.ok_or(agentdesk_core::Error::NotFound(kind))?;
+    let client = client_of(&found);
+    if !permit.scope().covers(client) {
+        return Err(core.deny_out_of_scope(permit, kind, id, Some(client)).await);
+    }
+    Ok(found)
+}
+
 /// One action an agent declares for the permission catalog.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ActionSpec {

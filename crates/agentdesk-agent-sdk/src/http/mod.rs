@@ -79,6 +79,103 @@ impl ExportFormat {
     }
 }
 
+/// An uploaded file's name, safe to keep and to send back in `Content-Disposition`: its last path
+/// part, without control characters or quotes, at most 255 characters; `fallback` when nothing
+/// is left of it.
+pub fn clean_filename(raw: Option<&str>, fallback: &str) -> String {
+    let base = raw
+        .unwrap_or("")
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_control() && *c != '"')
+        .take(255)
+        .collect::<String>();
+    let trimmed = base.trim();
+    if trimmed.is_empty() {
+        fallback.to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// A multipart body that cannot be read: 400 `bad_request`.
+pub fn bad_multipart(e: impl std::fmt::Display) -> problem::ApiError {
+    problem::ApiError::http(
+        axum::http::StatusCode::BAD_REQUEST,
+        "bad_request",
+        e.to_string(),
+    )
+}
+
+/// Reads the start of an upload, `n` bytes or the whole body when it is shorter, to judge the
+/// file by its bytes; [`with_head`] puts it back in front of the rest.
+pub async fn read_head<S>(body: &mut S, n: usize) -> Result<Vec<u8>, problem::ApiError>
+where
+    S: futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Unpin,
+{
+    use futures::StreamExt;
+    let mut head: Vec<u8> = Vec::with_capacity(n);
+    while head.len() < n {
+        match body.next().await {
+            Some(chunk) => head.extend_from_slice(&chunk.map_err(bad_multipart)?),
+            None => break,
+        }
+    }
+    Ok(head)
+}
+
+/// The whole upload again: the `head` read by [`read_head`], then the rest of `body`.
+pub fn with_head<S>(
+    head: Vec<u8>,
+    body: S,
+) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send + Unpin
+where
+    S: futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send + Unpin,
+{
+    use futures::StreamExt;
+    futures::stream::once(futures::future::ready(Ok(axum::body::Bytes::from(head)))).chain(body)
+}
+
+/// A stored original as a download: its bytes streamed with their type, length and
+/// `attachment; filename=` (the name in ASCII, anything else as `_`).
+pub fn attachment_response<S>(
+    stream: S,
+    content_type: &str,
+    size_bytes: i64,
+    filename: &str,
+) -> axum::response::Response
+where
+    S: futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send + 'static,
+{
+    use axum::http::{HeaderValue, header};
+    use axum::response::IntoResponse;
+    let mut response = axum::body::Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(content_type) {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    headers.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(size_bytes.max(0) as u64),
+    );
+    let ascii: String = filename
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    response
+}
+
 /// One CSV cell: quoted when needed, and defused when a spreadsheet would take it for a formula.
 pub fn csv_cell(value: &str) -> String {
     let defused = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
