@@ -207,6 +207,15 @@ async fn uploads_are_transcribed_searched_downloaded_and_deleted() {
         assert_eq!(recording["status"], "ready", "{name}: {recording}");
         assert_eq!(recording["language"], "en");
         assert_eq!(recording["model"], "tiny.en");
+        // The job reported its progress to the end.
+        let job = app
+            .get(
+                &format!("/api/v1/jobs/{}", recording["job_id"].as_str().unwrap()),
+                &admin,
+            )
+            .await;
+        assert_eq!(job.json["status"], "succeeded", "{}", job.json);
+        assert_eq!(job.json["progress"], 100, "{}", job.json);
         let (rate, channels) = if name.contains("44k_stereo") {
             (44_100, 2)
         } else {

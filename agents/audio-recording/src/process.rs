@@ -176,6 +176,7 @@ async fn attempt(ctx: &JobContext) -> Result<Value, JobError> {
     txn.commit()
         .await
         .map_err(|e| JobError::Retryable(e.to_string()))?;
+    ctx.progress(100).await;
     Ok(result)
 }
 
