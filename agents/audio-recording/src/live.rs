@@ -71,8 +71,13 @@ pub const MAX_FRAME_BYTES: usize = 1 << 20;
 const BURST: Duration = Duration::from_secs(5);
 /// How often a partial result is made of the utterance in progress.
 const PARTIAL_EVERY_S: f64 = 1.0;
-/// A pause this long after speech ends an utterance.
-const PAUSE_S: f64 = 0.6;
+/// A pause this long after speech ends an utterance...
+const PAUSE_S: f64 = 0.7;
+/// ...once it holds this much audio; a shorter one waits for a longer pause, so that a reader's
+/// breath between phrases does not cut a sentence into fragments the model hears badly.
+const MIN_UTTERANCE_S: f64 = 2.5;
+/// A pause this long ends any utterance.
+const LONG_PAUSE_S: f64 = 1.2;
 /// An utterance longer than this is finalised without waiting for a pause.
 const MAX_UTTERANCE_S: f64 = 25.0;
 /// Speech level of a 30 ms frame, in dBFS.
@@ -224,20 +229,47 @@ impl Capture {
         self.audio.len() as f64 / f64::from(WHISPER_RATE)
     }
 
-    /// The uncommitted audio's speech: where the last speech ends (in samples), if there was
-    /// speech.
-    fn speech_end(&self) -> Option<usize> {
+    /// The uncommitted audio, frame by frame (30 ms): whether each holds speech.
+    fn voiced_frames(&self) -> Vec<bool> {
         let frame = WHISPER_RATE as usize * 30 / 1000;
         let threshold = 32768.0 * 10f64.powf(SPEECH_DBFS / 20.0);
-        let region = &self.audio[self.committed..];
-        let mut end = None;
-        for (i, chunk) in region.chunks(frame).enumerate() {
-            let energy: f64 = chunk.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
-            if (energy / chunk.len() as f64).sqrt() > threshold {
-                end = Some(self.committed + (i + 1) * frame.min(chunk.len()));
+        self.audio[self.committed..]
+            .chunks(frame)
+            .map(|chunk| {
+                let energy: f64 = chunk.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+                (energy / chunk.len() as f64).sqrt() > threshold
+            })
+            .collect()
+    }
+
+    /// Where the first finished utterance of the uncommitted audio ends (in samples): speech,
+    /// then a pause long enough to end it ([`PAUSE_S`] after [`MIN_UTTERANCE_S`] of audio,
+    /// [`LONG_PAUSE_S`] before). Found in the audio itself, so a transcription that was busy
+    /// while the pause went by does not miss it.
+    fn utterance_end(&self, voiced: &[bool]) -> Option<usize> {
+        let frame = WHISPER_RATE as usize * 30 / 1000;
+        let frame_s = 0.03;
+        let mut speech_seen = false;
+        let mut silence_from: Option<usize> = None;
+        for (i, &v) in voiced.iter().enumerate() {
+            if v {
+                speech_seen = true;
+                silence_from = None;
+                continue;
+            }
+            if !speech_seen {
+                continue;
+            }
+            let from = *silence_from.get_or_insert(i);
+            let pause = (i + 1 - from) as f64 * frame_s;
+            let before = from as f64 * frame_s;
+            if pause >= LONG_PAUSE_S || (pause >= PAUSE_S && before >= MIN_UTTERANCE_S) {
+                // Keep a little of the pause: a word's last sound is quieter than its start.
+                let cut = self.committed + from * frame + (0.3 * f64::from(WHISPER_RATE)) as usize;
+                return Some(cut.min(self.audio.len()));
             }
         }
-        end.map(|e| e.min(self.audio.len()))
+        None
     }
 
     /// What to transcribe next, if anything: a final pass over a finished utterance, or a
@@ -245,7 +277,8 @@ impl Capture {
     fn next_pass(&mut self, ending: bool) -> Option<(Pass, usize, usize)> {
         let rate = f64::from(WHISPER_RATE);
         let len = self.audio.len();
-        let Some(speech_end) = self.speech_end() else {
+        let voiced = self.voiced_frames();
+        let Some(last_voiced) = voiced.iter().rposition(|&v| v) else {
             // Only silence since the last utterance: drop all but the last second of it.
             if len - self.committed > 10 * WHISPER_RATE as usize {
                 self.committed = len - WHISPER_RATE as usize;
@@ -253,17 +286,16 @@ impl Capture {
             }
             return None;
         };
-        let pause = (len - speech_end) as f64 / rate;
-        let span = (len - self.committed) as f64 / rate;
-        if ending || pause >= PAUSE_S || span >= MAX_UTTERANCE_S {
-            let cut = if span >= MAX_UTTERANCE_S && pause < PAUSE_S {
-                len
-            } else {
-                (speech_end + (0.3 * rate) as usize).min(len)
-            };
+        if let Some(cut) = self.utterance_end(&voiced) {
             return Some((Pass::Final, self.committed, cut));
         }
-        if (len - self.partial_at) as f64 / rate >= PARTIAL_EVERY_S {
+        let span = (len - self.committed) as f64 / rate;
+        if ending || span >= MAX_UTTERANCE_S {
+            return Some((Pass::Final, self.committed, len));
+        }
+        // A preview of the utterance in progress, while someone is speaking.
+        let pause = (voiced.len() - 1 - last_voiced) as f64 * 0.03;
+        if pause < 0.3 && (len - self.partial_at) as f64 / rate >= PARTIAL_EVERY_S {
             self.partial_at = len;
             return Some((Pass::Partial, self.committed, len));
         }
@@ -278,7 +310,11 @@ fn start_pass(
     (pass, from, to): (Pass, usize, usize),
 ) -> InFlight {
     let model = model.clone();
-    let options = options.clone();
+    let options = Options {
+        // Previews are encoded quickly; finals with the model's whole context.
+        quick: pass == Pass::Partial,
+        ..options.clone()
+    };
     let samples = capture.audio[from..to].to_vec();
     tokio::task::spawn_blocking(move || {
         let progress = Arc::new(AtomicU8::new(0));
@@ -443,12 +479,14 @@ async fn session(
     {
         open = deliver(&mut socket, &mut capture, pass, from, to, &text).await;
     }
-    if open
-        && let Some((_, from, to)) = capture.next_pass(true)
-        && let Ok((pass, from, to, Ok(text))) =
-            start_pass(&model, &options, &capture, (Pass::Final, from, to)).await
-    {
-        open = deliver(&mut socket, &mut capture, pass, from, to, &text).await;
+    // Then every utterance still waiting, each with its final.
+    while open && let Some((_, from, to)) = capture.next_pass(true) {
+        match start_pass(&model, &options, &capture, (Pass::Final, from, to)).await {
+            Ok((pass, from, to, Ok(text))) => {
+                open = deliver(&mut socket, &mut capture, pass, from, to, &text).await;
+            }
+            _ => break,
+        }
     }
     let kept = keep(&core, &permit, client_id, &capture.audio).await;
     if open && ending == Ending::Requested {

@@ -128,6 +128,10 @@ pub struct Options {
     /// How much of a window's end is done again at the start of the next (a word cut by the
     /// window's edge is heard whole there).
     pub overlap_s: f64,
+    /// Encode only as much context as the audio needs instead of Whisper's full 30 s (as
+    /// whisper.cpp's stream example does with `-ac`): several times faster on short audio, a
+    /// little less accurate. For live previews.
+    pub quick: bool,
 }
 
 impl Default for Options {
@@ -137,6 +141,7 @@ impl Default for Options {
             threads: 2,
             window_s: 600.0,
             overlap_s: 20.0,
+            quick: false,
         }
     }
 }
@@ -221,6 +226,11 @@ pub fn transcribe(
         params.set_suppress_blank(true);
         params.set_suppress_nst(true);
         params.set_no_speech_thold(0.6);
+        if options.quick {
+            // 1500 frames of context are 30 s; keep a margin and a floor the model copes with.
+            let seconds = (end - offset) as f64 / rate;
+            params.set_audio_ctx(((seconds + 1.0) / 30.0 * 1500.0).clamp(384.0, 1500.0) as i32);
+        }
         params.set_logprob_thold(-1.0);
         params.set_print_special(false);
         params.set_print_progress(false);
