@@ -70,6 +70,16 @@ const TABLE: &[Row] = &[
     row("get",    "/api/v1/documents/{id}/file",             Some(&[("agent:pdf_processing", &["read"])]),   [200, 403, 200, 404]),
     row("get",    "/api/v1/documents/search",                Some(&[("agent:pdf_processing", &["read"])]),   [200, 403, 200, 200]),
     row("delete", "/api/v1/documents/{id}",                  Some(&[("agent:pdf_processing", &["delete"])]), [204, 403, 204, 404]),
+    row("post",   "/api/v1/clients/{client_id}/recordings",  Some(&[("agent:audio_recording", &["record"])]), [202, 403, 202, 404]),
+    row("get",    "/api/v1/clients/{client_id}/recordings",  Some(&[("agent:audio_recording", &["read"])]),   [200, 403, 200, 404]),
+    // A plain GET is no WebSocket upgrade; auth and scope are checked on the socket (close 1008).
+    row("get",    "/api/v1/clients/{client_id}/recordings/live", Some(&[("agent:audio_recording", &["record"])]), [426, 426, 426, 426]),
+    row("get",    "/api/v1/recordings/{id}",                 Some(&[("agent:audio_recording", &["read"])]),   [200, 403, 200, 404]),
+    // The fixture's recording cannot be transcribed, so its transcript is a 409 for who may read it.
+    row("get",    "/api/v1/recordings/{id}/transcript",      Some(&[("agent:audio_recording", &["read"])]),   [409, 403, 409, 404]),
+    row("get",    "/api/v1/recordings/{id}/audio",           Some(&[("agent:audio_recording", &["read"])]),   [200, 403, 200, 404]),
+    row("get",    "/api/v1/recordings/search",               Some(&[("agent:audio_recording", &["read"])]),   [200, 403, 200, 200]),
+    row("delete", "/api/v1/recordings/{id}",                 Some(&[("agent:audio_recording", &["delete"])]), [204, 403, 204, 404]),
     row("get",    "/api/v1/agents",                          None,                                  [200, 200, 200, 200]),
     row("get",    "/api/v1/jobs",                            None,                                  [200, 200, 200, 200]),
     row("get",    "/api/v1/jobs/{id}",                       None,                                  [200, 404, 404, 404]),
@@ -139,6 +149,36 @@ impl Ctx<'_> {
             .await;
         r.expect(202, None);
         r.json["id"].as_str().unwrap().to_owned()
+    }
+
+    /// A fresh recording (of a fresh client) to act on: a WAV cut inside its header, which is
+    /// taken (it looks like audio) and then fails, so it is never transcribed.
+    async fn recording(&self) -> String {
+        let client = self.client().await;
+        let r = self.upload_recording(&self.admin, &client).await;
+        r.expect(202, None);
+        r.json["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn upload_recording(&self, token: &str, client: &str) -> agentdesk_tests::Reply {
+        let part = reqwest::multipart::Part::bytes(
+            b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00".to_vec(),
+        )
+        .file_name("matrix.wav");
+        TestApp::read(
+            self.app
+                .client
+                .post(format!(
+                    "{}/api/v1/clients/{client}/recordings",
+                    self.app.base
+                ))
+                .bearer_auth(token)
+                .multipart(reqwest::multipart::Form::new().part("file", part))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     /// A fresh client to act on.
@@ -214,6 +254,25 @@ impl Ctx<'_> {
             ("get", "/api/v1/documents/{id}/file") => app.get(&format!("/api/v1/documents/{}/file", self.document().await), t).await,
             ("get", "/api/v1/documents/search") => app.get("/api/v1/documents/search?q=matrix", t).await,
             ("delete", "/api/v1/documents/{id}") => app.delete(&format!("/api/v1/documents/{}", self.document().await), t).await,
+            ("post", "/api/v1/clients/{client_id}/recordings") => self.upload_recording(t, &self.client().await).await,
+            ("get", "/api/v1/clients/{client_id}/recordings") => app.get(&format!("/api/v1/clients/{}/recordings", self.client().await), t).await,
+            ("get", "/api/v1/clients/{client_id}/recordings/live") => {
+                app.get(&format!("/api/v1/clients/{}/recordings/live", self.client().await), t).await
+            }
+            ("get", "/api/v1/recordings/{id}") => app.get(&format!("/api/v1/recordings/{}", self.recording().await), t).await,
+            ("get", "/api/v1/recordings/{id}/transcript") => {
+                let id = self.recording().await;
+                // Settled first, so the answer does not depend on the job's timing.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while app.get(&format!("/api/v1/recordings/{id}"), &self.admin).await.json["status"] != "failed" {
+                    assert!(std::time::Instant::now() < deadline, "the matrix recording fails");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                app.get(&format!("/api/v1/recordings/{id}/transcript"), t).await
+            }
+            ("get", "/api/v1/recordings/{id}/audio") => app.get(&format!("/api/v1/recordings/{}/audio", self.recording().await), t).await,
+            ("get", "/api/v1/recordings/search") => app.get("/api/v1/recordings/search?q=matrix", t).await,
+            ("delete", "/api/v1/recordings/{id}") => app.delete(&format!("/api/v1/recordings/{}", self.recording().await), t).await,
             ("get", "/api/v1/agents") => app.get("/api/v1/agents", t).await,
             ("get", "/api/v1/jobs") => app.get("/api/v1/jobs", t).await,
             ("get", "/api/v1/jobs/{id}") => app.get(&format!("/api/v1/jobs/{}", self.job("queued").await), t).await,
