@@ -825,7 +825,22 @@ async fn a_refused_move_leaves_the_events_waiting() {
     assert_eq!(report.checked, before + 7, "each event in the log once");
 }
 
-/// The latest migrations (m0010: the body digest; m0009 on PostgreSQL: the chain checked once
+/// Undoes every migration after `name` (later ones, whatever they hold, included), as rolling
+/// back to the release that ended with `name` would.
+async fn undo_migrations_after(conn: &sea_orm::DatabaseConnection, name: &str) {
+    use sea_orm_migration::MigratorTrait;
+    let migrations = agentdesk_core::migration::Migrator::migrations();
+    let position = migrations
+        .iter()
+        .position(|m| m.name() == name)
+        .unwrap_or_else(|| panic!("no migration {name}"));
+    let later = (migrations.len() - position - 1) as u32;
+    agentdesk_core::migration::Migrator::down(conn, Some(later))
+        .await
+        .unwrap();
+}
+
+/// The audit migrations m0010 (the body digest) and m0009 (on PostgreSQL: the chain checked once
 /// per statement) can be undone and done again, and the chain is guarded in between: by m0006's
 /// per-row trigger, which skips a forged event on PostgreSQL, and once more by m0009's, which
 /// refuses it.
@@ -844,9 +859,7 @@ async fn the_chain_stays_guarded_through_the_last_migration_down_and_up() {
         )
     };
     let conn = app.core.db.writer();
-    agentdesk_core::migration::Migrator::down(conn, Some(2))
-        .await
-        .unwrap();
+    undo_migrations_after(conn, "m0008_audit_tail").await;
     match raw(&app, &forged()).await {
         Ok(rows) => assert!(postgres && rows == 0, "m0006 skips a forged row: {rows}"),
         Err(e) => assert!(!postgres && e.to_string().contains(HEAD_MOVED)),
@@ -960,7 +973,6 @@ async fn events_hashed_before_the_body_digest_verify_beside_those_after() {
     use agentdesk_core::services::audit::{GENESIS_HASH, event_hash};
     use agentdesk_tests::{Backend, TestEnv, backend};
     use chrono::SubsecRound;
-    use sea_orm_migration::MigratorTrait;
     if backend() != Backend::Postgres {
         return;
     }
@@ -969,9 +981,7 @@ async fn events_hashed_before_the_body_digest_verify_beside_those_after() {
         .await
         .unwrap();
     // The schema of the release before m0010 (its `down` keeps what version 2 events need).
-    agentdesk_core::migration::Migrator::down(&old, Some(1))
-        .await
-        .unwrap();
+    undo_migrations_after(&old, "m0009_audit_chain_per_statement").await;
     for sql in [
         "ALTER TABLE audit_events DROP COLUMN hash_version",
         "ALTER TABLE audit_events ALTER COLUMN changes TYPE JSONB",
