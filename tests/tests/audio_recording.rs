@@ -382,7 +382,8 @@ async fn uploads_are_transcribed_searched_downloaded_and_deleted() {
         );
     }
     let verify = app.get("/api/v1/audit/verify", &admin).await;
-    assert_eq!(verify.json["valid"], true);
+    verify.expect(200, None);
+    assert_eq!(verify.json["valid"], true, "{}", verify.json);
 }
 
 /// A WAV header that claims `claimed` data bytes over `data`.

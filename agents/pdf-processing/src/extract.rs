@@ -435,22 +435,34 @@ fn page_found(doc: &PdfDocument, index: usize) -> Result<(), PageRead> {
     else {
         return Err(PageRead::Missing);
     };
-    let contents: Vec<Object> = match dict.get("Contents") {
-        None => Vec::new(),
-        Some(Object::Array(parts)) => parts.clone(),
-        Some(one) => vec![one.clone()],
-    };
-    for part in contents {
-        // A reference to an object the file does not hold reads as null (PDF 32000 7.3.10).
-        if let Some(reference) = part.as_reference()
-            && !matches!(doc.load_object(reference), Ok(Object::Stream { .. }))
-        {
-            return Err(PageRead::Failed(
-                "the page's content stream is missing (the file is damaged or truncated)".into(),
-            ));
-        }
+    // `/Contents` is optional (a blank page has none); one that names objects the file does not
+    // hold is what a truncation leaves.
+    if let Some(contents) = dict.get("Contents")
+        && content_missing(doc, contents, 0)
+    {
+        return Err(PageRead::Failed(
+            "the page's content stream is missing (the file is damaged or truncated)".into(),
+        ));
     }
     Ok(())
+}
+
+/// Whether `/Contents` (a stream, an array of streams, or a reference to either) refers to an
+/// object the file does not hold: a reference to one reads as null (PDF 32000 7.3.10).
+fn content_missing(doc: &PdfDocument, contents: &Object, depth: u8) -> bool {
+    match contents {
+        Object::Array(parts) if depth < 2 => parts
+            .iter()
+            .any(|part| content_missing(doc, part, depth + 1)),
+        Object::Reference(reference) => match doc.load_object(*reference) {
+            Ok(Object::Null) | Err(_) => true,
+            Ok(resolved @ Object::Array(_)) if depth < 2 => {
+                content_missing(doc, &resolved, depth + 1)
+            }
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 fn is_encryption_error(message: &str) -> bool {
