@@ -80,6 +80,13 @@ const TABLE: &[Row] = &[
     row("get",    "/api/v1/recordings/{id}/audio",           Some(&[("agent:audio_recording", &["read"])]),   [200, 403, 200, 404]),
     row("get",    "/api/v1/recordings/search",               Some(&[("agent:audio_recording", &["read"])]),   [200, 403, 200, 200]),
     row("delete", "/api/v1/recordings/{id}",                 Some(&[("agent:audio_recording", &["delete"])]), [204, 403, 204, 404]),
+    row("get",    "/api/v1/reports/overview",                Some(&[("agent:reports_analysis", &["read"])]),     [200, 403, 200, 200]),
+    row("post",   "/api/v1/reports",                         Some(&[("agent:reports_analysis", &["generate"])]), [202, 403, 202, 202]),
+    row("get",    "/api/v1/reports",                         Some(&[("agent:reports_analysis", &["read"])]),     [200, 403, 200, 200]),
+    row("get",    "/api/v1/reports/{id}",                    Some(&[("agent:reports_analysis", &["read"])]),     [200, 403, 200, 404]),
+    row("get",    "/api/v1/reports/{id}/download",           Some(&[("agent:reports_analysis", &["read"])]),     [200, 403, 200, 404]),
+    // Only its creator or an admin deletes a report; a reader over every client sees it.
+    row("delete", "/api/v1/reports/{id}",                    Some(&[("agent:reports_analysis", &["read"])]),     [204, 403, 403, 404]),
     row("get",    "/api/v1/agents",                          None,                                  [200, 200, 200, 200]),
     row("get",    "/api/v1/jobs",                            None,                                  [200, 200, 200, 200]),
     row("get",    "/api/v1/jobs/{id}",                       None,                                  [200, 404, 404, 404]),
@@ -181,6 +188,30 @@ impl Ctx<'_> {
         .await
     }
 
+    /// A fresh report, made by the admin and ready.
+    async fn report(&self) -> String {
+        let r = self
+            .app
+            .post(
+                "/api/v1/reports",
+                &self.admin,
+                json!({"kind": "client_summary", "format": "csv"}),
+            )
+            .await;
+        r.expect(202, None);
+        let id = r.json["id"].as_str().unwrap().to_owned();
+        while self
+            .app
+            .get(&format!("/api/v1/reports/{id}"), &self.admin)
+            .await
+            .json["status"]
+            != "ready"
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        id
+    }
+
     /// A fresh client to act on.
     async fn client(&self) -> String {
         let r = self
@@ -272,6 +303,12 @@ impl Ctx<'_> {
             }
             ("get", "/api/v1/recordings/{id}/audio") => app.get(&format!("/api/v1/recordings/{}/audio", self.recording().await), t).await,
             ("get", "/api/v1/recordings/search") => app.get("/api/v1/recordings/search?q=matrix", t).await,
+            ("get", "/api/v1/reports/overview") => app.get("/api/v1/reports/overview", t).await,
+            ("post", "/api/v1/reports") => app.post("/api/v1/reports", t, json!({"kind": "activity"})).await,
+            ("get", "/api/v1/reports") => app.get("/api/v1/reports", t).await,
+            ("get", "/api/v1/reports/{id}") => app.get(&format!("/api/v1/reports/{}", self.report().await), t).await,
+            ("get", "/api/v1/reports/{id}/download") => app.get(&format!("/api/v1/reports/{}/download", self.report().await), t).await,
+            ("delete", "/api/v1/reports/{id}") => app.delete(&format!("/api/v1/reports/{}", self.report().await), t).await,
             ("delete", "/api/v1/recordings/{id}") => app.delete(&format!("/api/v1/recordings/{}", self.recording().await), t).await,
             ("get", "/api/v1/agents") => app.get("/api/v1/agents", t).await,
             ("get", "/api/v1/jobs") => app.get("/api/v1/jobs", t).await,

@@ -13,6 +13,7 @@ pub mod convert;
 pub mod decode;
 pub mod formats;
 mod live;
+pub mod metrics;
 pub mod models;
 mod process;
 pub mod recordings;
@@ -25,6 +26,7 @@ use agentdesk_agent_sdk::core::Core;
 use agentdesk_agent_sdk::{ActionSpec, Agent, JobContext, JobError, Manifest};
 use serde_json::Value;
 
+pub use metrics::metrics;
 pub use process::{TranscribeArgs, model_problem, transcribe_file};
 pub use routes::routes;
 

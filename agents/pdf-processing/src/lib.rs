@@ -14,6 +14,7 @@ pub mod documents;
 pub mod extract;
 pub mod fields;
 pub mod isolate;
+pub mod metrics;
 pub mod ocr;
 mod process;
 mod routes;
@@ -23,6 +24,8 @@ use std::sync::Arc;
 
 use agentdesk_agent_sdk::{ActionSpec, Agent, JobContext, JobError, Manifest};
 use serde_json::Value;
+
+pub use metrics::metrics;
 
 pub use child::child_main;
 pub use isolate::{ExtractorCommand, set_extractor_command};

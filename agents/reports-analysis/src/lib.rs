@@ -1,18 +1,37 @@
-//! The `reports_analysis` agent: overviews, CSV and PDF reports with charts, and report schedules.
+//! The `reports_analysis` agent: an overview of the business over the caller's clients, and
+//! reports (client summary, activity, documents, recordings) as JSON or CSV files made by jobs.
 //!
-//! For now only its manifest: the permission catalog lists its resource and actions.
+//! Figures about other agents' items (documents, recordings) come through the SDK's
+//! [`MetricsProvider`](agentdesk_agent_sdk::metrics::MetricsProvider)s that those agents
+//! export; this crate never reads their tables. Everything is computed in SQL over the client
+//! scope of the user asking (for a report: of its creator when it is made).
 
-use agentdesk_agent_sdk::{ActionSpec, Manifest};
+mod generate;
+pub mod overview;
+pub mod period;
+pub mod reports;
+mod routes;
+
+use std::sync::Arc;
+
+use agentdesk_agent_sdk::metrics::MetricsProviders;
+use agentdesk_agent_sdk::{ActionSpec, Agent, JobContext, JobError, Manifest};
+use serde_json::Value;
+
+pub use generate::GenerateArgs;
+pub use routes::routes;
 
 /// The agent's name.
 pub const NAME: &str = "reports_analysis";
+/// The job kind that makes a report's file.
+pub const GENERATE: &str = "generate";
 
 /// The agent's manifest.
 pub fn manifest() -> Manifest {
     Manifest {
         name: NAME,
         version: env!("CARGO_PKG_VERSION"),
-        description: "overviews, CSV and PDF reports with charts, and report schedules.",
+        description: "overviews, JSON and CSV reports, made by jobs over the caller's clients.",
         actions: vec![
             ActionSpec {
                 name: "read",
@@ -20,9 +39,36 @@ pub fn manifest() -> Manifest {
             },
             ActionSpec {
                 name: "generate",
-                description: "generate and schedule reports",
+                description: "generate reports",
             },
         ],
         uses: vec![],
+    }
+}
+
+/// The agent, with the metrics providers of the other agents the binary carries.
+#[derive(Clone)]
+pub struct ReportsAnalysis {
+    providers: MetricsProviders,
+}
+
+/// The agent, ready for a runner.
+pub fn agent(providers: MetricsProviders) -> Arc<dyn Agent> {
+    Arc::new(ReportsAnalysis { providers })
+}
+
+#[async_trait::async_trait]
+impl Agent for ReportsAnalysis {
+    fn manifest(&self) -> Manifest {
+        manifest()
+    }
+
+    async fn handle(&self, ctx: &JobContext) -> Result<Value, JobError> {
+        match ctx.job().kind.as_str() {
+            GENERATE => generate::run(ctx, &self.providers).await,
+            other => Err(JobError::Fatal(format!(
+                "reports_analysis has no job kind `{other}`"
+            ))),
+        }
     }
 }

@@ -19,6 +19,7 @@
 //! process and `agentdesk worker` runs one alone: the same code path, two deployments.
 
 pub mod http;
+pub mod metrics;
 mod runner;
 pub mod search;
 

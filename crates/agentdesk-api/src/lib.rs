@@ -63,8 +63,17 @@ pub fn agents() -> Vec<Arc<dyn Agent>> {
     vec![
         agentdesk_agent_client_management::agent(),
         agentdesk_agent_pdf_processing::agent(),
+        agentdesk_agent_reports_analysis::agent(metrics_providers()),
         agentdesk_agent_audio_recording::agent(),
     ]
+}
+
+/// The metrics providers of the agents that own items the reports agent counts.
+pub fn metrics_providers() -> agentdesk_agent_sdk::metrics::MetricsProviders {
+    Arc::new(vec![
+        agentdesk_agent_pdf_processing::metrics(),
+        agentdesk_agent_audio_recording::metrics(),
+    ])
 }
 
 /// The runner configuration from the settings.

@@ -20,6 +20,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(agentdesk_agent_client_management::routes())
         .merge(agentdesk_agent_pdf_processing::routes())
         .merge(agentdesk_agent_audio_recording::routes())
+        .merge(agentdesk_agent_reports_analysis::routes(
+            crate::metrics_providers(),
+        ))
         .merge(jobs::routes())
         .merge(permissions::routes())
         .merge(audit::routes())
