@@ -40,6 +40,64 @@ async fn document(app: &TestApp, token: &str, client: &str, pages: &[&str]) -> V
     .await
 }
 
+/// A PDF read back with poppler: its text and its fonts.
+struct PdfFacts {
+    text: String,
+    fonts: String,
+    pages: usize,
+}
+
+async fn read_pdf(app: &TestApp, token: &str, id: &str, name: &str) -> PdfFacts {
+    let file = app
+        .get(&format!("/api/v1/reports/{id}/download"), token)
+        .await;
+    file.expect(200, None);
+    let bytes = app
+        .client
+        .get(format!("{}/api/v1/reports/{id}/download", app.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(bytes.starts_with(b"%PDF-"), "{name}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("{name}.pdf"));
+    std::fs::write(&path, &bytes).unwrap();
+    if let Ok(keep) = std::env::var("AGENTDESK_KEEP_REPORTS") {
+        let _ = std::fs::copy(&path, format!("{keep}/{name}.pdf"));
+    }
+    let run = |tool: &str, args: &[&str]| {
+        let out = std::process::Command::new(tool)
+            .args(args)
+            .arg(&path)
+            .args(if tool == "pdftotext" {
+                &["-"][..]
+            } else {
+                &[][..]
+            })
+            .output()
+            .unwrap_or_else(|e| panic!("{tool} (poppler-utils, .ci/run installs it): {e}"));
+        assert!(
+            out.status.success(),
+            "{tool}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = run("pdftotext", &["-layout"]);
+    let fonts = run("pdffonts", &[]);
+    let info = run("pdfinfo", &[]);
+    let pages = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pages:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    PdfFacts { text, fonts, pages }
+}
+
 /// Polls a report until it is ready or failed.
 async fn settled(app: &TestApp, token: &str, id: &str) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -312,6 +370,64 @@ async fn every_kind_in_every_format_holds_the_same_rows() {
         }
     }
 
+    // The PDF of each kind: its title page prints the filters, its charts' labels are text,
+    // its fonts are embedded.
+    for kind in ["client_summary", "activity", "documents", "recordings"] {
+        let done = report(
+            &app,
+            &admin,
+            json!({"kind": kind, "params": {"from": "2026-01-01", "to": "2030-12-31", "client_id": a}, "format": "pdf"}),
+        )
+        .await;
+        let file = app
+            .get(
+                &format!("/api/v1/reports/{}/download", done["id"].as_str().unwrap()),
+                &admin,
+            )
+            .await;
+        file.expect(200, None);
+        assert_eq!(file.header("content-type"), Some("application/pdf"));
+        let pdf = read_pdf(&app, &admin, done["id"].as_str().unwrap(), kind).await;
+        assert!(
+            pdf.text.contains("1 Jan 2026 – 31 Dec 2030"),
+            "{kind}: {}",
+            pdf.text
+        );
+        assert!(
+            pdf.text.contains("Alder Ltd"),
+            "{kind}: the client is named"
+        );
+        assert!(pdf.text.contains("admin@test.local"), "{kind}: who asked");
+        assert!(pdf.text.contains("agentdesk"), "{kind}: the instance");
+        let labels: &[&str] = match kind {
+            "client_summary" => &[
+                "Clients by status",
+                "New clients by month",
+                "Jan 2026",
+                "active",
+            ],
+            "activity" => &["Activity per month", "Most active people", "Dec 2026"],
+            "documents" => &["Documents by status", "Pages by status", "ready"],
+            _ => &["Recordings by status"],
+        };
+        for label in labels {
+            assert!(
+                pdf.text.contains(label),
+                "{kind}: `{label}` in {}",
+                pdf.text
+            );
+        }
+        assert!(pdf.fonts.contains("Inter"), "{}", pdf.fonts);
+        assert!(
+            pdf.fonts
+                .lines()
+                .skip(2)
+                .all(|l| l.split_whitespace().rev().nth(2) == Some("yes")),
+            "every font embedded: {}",
+            pdf.fonts
+        );
+    }
+
     // One client only.
     let one = report(
         &app,
@@ -335,9 +451,9 @@ async fn every_kind_in_every_format_holds_the_same_rows() {
             &admin,
         )
         .await;
-    assert_eq!(next.json["items"].as_array().unwrap().len(), 6);
+    assert_eq!(next.json["items"].as_array().unwrap().len(), 10);
     let documents = app.get("/api/v1/reports?kind=documents", &admin).await;
-    assert_eq!(documents.json["items"].as_array().unwrap().len(), 3);
+    assert_eq!(documents.json["items"].as_array().unwrap().len(), 4);
 
     // Deleting removes the report and its file; everything was audited.
     let id = one["id"].as_str().unwrap();
@@ -493,4 +609,42 @@ async fn bad_report_requests_get_clear_errors() {
     app.get("/api/v1/reports/not-a-uuid", &admin)
         .await
         .expect(400, Some("bad_request"));
+}
+
+#[tokio::test]
+async fn a_long_table_breaks_across_pages_and_repeats_its_header() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    for i in 0..150 {
+        new_client(&app, &admin, &format!("Client {i:03}"), "active").await;
+    }
+    let done = report(
+        &app,
+        &admin,
+        json!({"kind": "client_summary", "format": "pdf"}),
+    )
+    .await;
+    assert_eq!(done["row_count"], 150);
+    let pdf = read_pdf(&app, &admin, done["id"].as_str().unwrap(), "long").await;
+    assert!(
+        pdf.pages >= 4,
+        "title, summary and a table over pages: {}",
+        pdf.pages
+    );
+    let table_pages: Vec<&str> = pdf
+        .text
+        .split('\u{c}')
+        .skip(2)
+        .filter(|p| !p.trim().is_empty())
+        .collect();
+    assert!(table_pages.len() >= 2, "{}", pdf.text);
+    for page in &table_pages {
+        assert!(
+            page.contains("E-mail") && page.contains("Status"),
+            "a page without the header: {page}"
+        );
+    }
+    for i in [0, 75, 149] {
+        assert!(pdf.text.contains(&format!("Client {i:03}")), "row {i}");
+    }
 }

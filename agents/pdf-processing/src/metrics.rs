@@ -65,7 +65,8 @@ impl MetricsProvider for DocumentMetrics {
         "documents"
     }
 
-    /// `{"total", "pages", "by_status"}` over the documents uploaded in the period.
+    /// `{"total", "pages", "by_status", "pages_by_status"}` over the documents uploaded in the
+    /// period.
     async fn overview(&self, core: &Core, query: &MetricsQuery) -> Result<Value, Error> {
         let groups: Vec<(String, i64, Option<i64>)> = Documents::find()
             .select_only()
@@ -79,10 +80,13 @@ impl MetricsProvider for DocumentMetrics {
             .await?;
         let total: i64 = groups.iter().map(|g| g.1).sum();
         let pages: i64 = groups.iter().filter_map(|g| g.2).sum();
+        let pages_by_status =
+            counts_object(groups.iter().map(|(s, _, p)| (s.clone(), p.unwrap_or(0))));
         Ok(json!({
             "total": total,
             "pages": pages,
             "by_status": counts_object(groups.into_iter().map(|(s, n, _)| (s, n))),
+            "pages_by_status": pages_by_status,
         }))
     }
 

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::overview::{activity_section, clients_in_scope, clients_section, events_in_scope};
+use crate::pdf::PdfDraft;
 use crate::reports::{self, format, kind, status};
 
 /// Rows fetched per query.
@@ -120,7 +121,7 @@ async fn attempt(ctx: &JobContext, providers: &MetricsProviders) -> Result<Value
     });
     let upload = core.storage.put_stream("reports", body, MAX_BYTES);
     let produce = async {
-        let mut out = Writer::new(&report.format, tx);
+        let mut out = Writer::new(&report.format, &core.settings.instance_name, tx);
         let result = write_report(
             ctx, core, &permit, &report, &source, providers, &query, &mut out,
         )
@@ -320,6 +321,14 @@ async fn write_report(
     if with_client_name {
         columns.insert(2.min(columns.len()), CLIENT_NAME);
     }
+    let client_name = match report.client_id {
+        Some(id) => client::Entity::find_by_id(id)
+            .one(core.db.reader())
+            .await
+            .map_err(Error::from)?
+            .map(|c| c.name),
+        None => None,
+    };
     let header = json!({
         "id": report.id,
         "kind": report.kind,
@@ -327,6 +336,7 @@ async fn write_report(
         "params": report.params,
         "period": {"from": report.period_from, "to": report.period_to},
         "client_id": report.client_id,
+        "client_name": client_name,
         "generated_at": Utc::now(),
         "generated_by": permit.user().email,
     });
@@ -523,15 +533,19 @@ struct Writer {
     tx: mpsc::Sender<Result<Bytes, String>>,
     buffer: Vec<u8>,
     first_row: bool,
+    instance: String,
+    pdf: Option<PdfDraft>,
 }
 
 impl Writer {
-    fn new(format: &str, tx: mpsc::Sender<Result<Bytes, String>>) -> Self {
+    fn new(format: &str, instance: &str, tx: mpsc::Sender<Result<Bytes, String>>) -> Self {
         Self {
             format: format.to_owned(),
             tx,
             buffer: Vec::with_capacity(CHUNK * 2),
             first_row: true,
+            instance: instance.to_owned(),
+            pdf: None,
         }
     }
 
@@ -541,24 +555,30 @@ impl Writer {
         summary: &Value,
         columns: &[Column],
     ) -> Result<(), JobError> {
-        if self.format == format::CSV {
-            let line: Vec<String> = columns.iter().map(|c| csv_cell(c.key)).collect();
-            self.buffer.extend_from_slice(line.join(",").as_bytes());
-            self.buffer.extend_from_slice(b"\r\n");
-        } else {
-            let columns: Vec<Value> = columns
-                .iter()
-                .map(|c| json!({"key": c.key, "title": c.title}))
-                .collect();
-            self.buffer.extend_from_slice(b"{\"report\":");
-            self.buffer.extend_from_slice(header.to_string().as_bytes());
-            self.buffer.extend_from_slice(b",\"summary\":");
-            self.buffer
-                .extend_from_slice(summary.to_string().as_bytes());
-            self.buffer.extend_from_slice(b",\"columns\":");
-            self.buffer
-                .extend_from_slice(Value::from(columns).to_string().as_bytes());
-            self.buffer.extend_from_slice(b",\"rows\":[");
+        match self.format.as_str() {
+            format::CSV => {
+                let line: Vec<String> = columns.iter().map(|c| csv_cell(c.key)).collect();
+                self.buffer.extend_from_slice(line.join(",").as_bytes());
+                self.buffer.extend_from_slice(b"\r\n");
+            }
+            format::PDF => {
+                self.pdf = Some(PdfDraft::new(header, summary, columns, &self.instance));
+            }
+            _ => {
+                let columns: Vec<Value> = columns
+                    .iter()
+                    .map(|c| json!({"key": c.key, "title": c.title}))
+                    .collect();
+                self.buffer.extend_from_slice(b"{\"report\":");
+                self.buffer.extend_from_slice(header.to_string().as_bytes());
+                self.buffer.extend_from_slice(b",\"summary\":");
+                self.buffer
+                    .extend_from_slice(summary.to_string().as_bytes());
+                self.buffer.extend_from_slice(b",\"columns\":");
+                self.buffer
+                    .extend_from_slice(Value::from(columns).to_string().as_bytes());
+                self.buffer.extend_from_slice(b",\"rows\":[");
+            }
         }
         self.flush_if_full().await
     }
@@ -568,6 +588,10 @@ impl Writer {
         columns: &[Column],
         cells: &Map<String, Value>,
     ) -> Result<(), JobError> {
+        if let Some(pdf) = &mut self.pdf {
+            pdf.row(cells);
+            return Ok(());
+        }
         if self.format == format::CSV {
             let line: Vec<String> = columns
                 .iter()
@@ -596,7 +620,10 @@ impl Writer {
     }
 
     async fn finish(mut self, rows: u64) -> Result<(), JobError> {
-        if self.format != format::CSV {
+        if let Some(pdf) = self.pdf.take() {
+            let bytes = pdf.compile().await.map_err(JobError::Fatal)?;
+            self.buffer = bytes;
+        } else if self.format != format::CSV {
             self.buffer
                 .extend_from_slice(format!("],\"row_count\":{rows}}}").as_bytes());
         }

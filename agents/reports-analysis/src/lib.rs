@@ -1,5 +1,6 @@
 //! The `reports_analysis` agent: an overview of the business over the caller's clients, and
-//! reports (client summary, activity, documents, recordings) as JSON or CSV files made by jobs.
+//! reports (client summary, activity, documents, recordings) as JSON, CSV or PDF files (with
+//! charts, typeset by Typst in the process) made by jobs.
 //!
 //! Figures about other agents' items (documents, recordings) come through the SDK's
 //! [`MetricsProvider`](agentdesk_agent_sdk::metrics::MetricsProvider)s that those agents
@@ -8,6 +9,7 @@
 
 mod generate;
 pub mod overview;
+pub mod pdf;
 pub mod period;
 pub mod reports;
 mod routes;
@@ -31,7 +33,7 @@ pub fn manifest() -> Manifest {
     Manifest {
         name: NAME,
         version: env!("CARGO_PKG_VERSION"),
-        description: "overviews, JSON and CSV reports, made by jobs over the caller's clients.",
+        description: "overviews, and JSON, CSV and PDF reports with charts, made by jobs over the caller's clients.",
         actions: vec![
             ActionSpec {
                 name: "read",

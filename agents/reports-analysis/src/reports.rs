@@ -74,13 +74,16 @@ pub mod format {
     pub const JSON: &str = "json";
     /// The rows as CSV with a header line.
     pub const CSV: &str = "csv";
+    /// A typeset document: title page, key figures, charts and the rows as a table.
+    pub const PDF: &str = "pdf";
     /// The formats this build makes.
-    pub const ALL: [&str; 2] = [JSON, CSV];
+    pub const ALL: [&str; 3] = [JSON, CSV, PDF];
 
     /// The media type of a format.
     pub fn content_type(format: &str) -> &'static str {
         match format {
             CSV => "text/csv; charset=utf-8",
+            PDF => "application/pdf",
             _ => "application/json",
         }
     }
@@ -127,7 +130,7 @@ pub struct Report {
     pub id: Uuid,
     /// `client_summary`, `activity`, `documents` or `recordings`.
     pub kind: String,
-    /// `json` or `csv`.
+    /// `json`, `csv` or `pdf`.
     pub format: String,
     /// The filters as asked.
     #[schema(value_type = Object)]

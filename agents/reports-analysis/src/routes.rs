@@ -99,7 +99,7 @@ pub struct NewReport {
     /// The period and, optionally, one client.
     #[serde(default)]
     pub params: ReportParams,
-    /// `json` (default) or `csv`.
+    /// `json` (default), `csv` or `pdf`.
     pub format: Option<String>,
 }
 
@@ -278,8 +278,8 @@ async fn get_report(
 #[utoipa::path(get, path = "/api/v1/reports/{id}/download", tag = "reports_analysis",
     params(("id" = Uuid, Path, description = "The report")), security(("bearer" = [])),
     responses(
-        (status = 200, description = "The file: JSON or CSV", content(
-            (Object = "application/json"), (String = "text/csv"))),
+        (status = 200, description = "The file: JSON, CSV or PDF (with charts)", content(
+            (Object = "application/json"), (String = "text/csv"), (Vec<u8> = "application/pdf"))),
         (status = 404, description = "No such report for the caller", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not ready (yet)", body = Problem, content_type = "application/problem+json"),
     ))]

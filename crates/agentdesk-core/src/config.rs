@@ -136,6 +136,9 @@ pub struct Settings {
     pub audio_max_duration_secs: u64,
     /// Longest live capture session, in seconds.
     pub audio_live_max_secs: u64,
+    /// The name this deployment goes by on reports it makes (the firm or the customer
+    /// organisation); default `agentdesk`.
+    pub instance_name: String,
 }
 
 impl Default for Settings {
@@ -171,6 +174,7 @@ impl Default for Settings {
             models_dir: None,
             audio_model: None,
             audio_language: "auto".into(),
+            instance_name: "agentdesk".into(),
             audio_threads: 0,
             audio_max_duration_secs: 4 * 3600,
             audio_live_max_secs: 2 * 3600,
@@ -396,6 +400,15 @@ impl Settings {
             return bad(
                 "audio_language",
                 "must be `auto` or a language code such as `en`".into(),
+            );
+        }
+        if self.instance_name.trim().is_empty()
+            || self.instance_name.chars().count() > 200
+            || self.instance_name.chars().any(char::is_control)
+        {
+            return bad(
+                "instance_name",
+                "must be 1 to 200 printable characters".into(),
             );
         }
         if self.audio_threads > 64 {
