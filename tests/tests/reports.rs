@@ -648,3 +648,47 @@ async fn a_long_table_breaks_across_pages_and_repeats_its_header() {
         assert!(pdf.text.contains(&format!("Client {i:03}")), "row {i}");
     }
 }
+
+/// A report is made with its creator's grant as it is when the job runs: one revoked in
+/// between fails the report with `forbidden` and puts nothing in storage.
+#[tokio::test]
+async fn a_report_whose_creator_lost_the_grant_fails_clearly() {
+    use agentdesk_tests::TestEnv;
+    let env = TestEnv::new().await;
+    // This instance serves the API but runs no reports jobs; the second one runs them.
+    let api = env.spawn(&[("agents", json!("client_management"))]).await;
+    let admin = api.admin_token().await;
+    let member = api.persona(&admin, "member", &[]).await;
+    let grant = api
+        .grant(
+            &admin,
+            json!({"user_id": member.id, "resource": "agent:reports_analysis", "actions": ["read", "generate"]}),
+        )
+        .await;
+    let r = api
+        .post(
+            "/api/v1/reports",
+            &member.token,
+            json!({"kind": "client_summary"}),
+        )
+        .await;
+    r.expect(202, None);
+    let id = r.json["id"].as_str().unwrap().to_owned();
+    api.delete(
+        &format!(
+            "/api/v1/permissions/grants/{}",
+            grant["id"].as_str().unwrap()
+        ),
+        &admin,
+    )
+    .await
+    .expect(204, None);
+    let _worker = env.spawn(&[]).await;
+    let done = settled(&api, &admin, &id).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "forbidden", "{done}");
+    assert!(done["size_bytes"].is_null());
+    api.get(&format!("/api/v1/reports/{id}/download"), &admin)
+        .await
+        .expect(409, Some("conflict"));
+}

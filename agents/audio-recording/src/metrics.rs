@@ -8,7 +8,7 @@ use agentdesk_agent_sdk::core::{Core, Error};
 use agentdesk_agent_sdk::metrics::{
     Column, MetricsProvider, MetricsQuery, ReportRow, counts_object,
 };
-use sea_orm::sea_query::{Expr, Func};
+use sea_orm::sea_query::{Asterisk, Expr, Func};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -74,7 +74,7 @@ impl MetricsProvider for RecordingMetrics {
         let groups: Vec<(String, i64, Option<f64>)> = Recordings::find()
             .select_only()
             .column(Rec::Status)
-            .column_as(Expr::from(Func::count(Expr::col(Rec::Id))), "n")
+            .column_as(Expr::from(Func::count(Expr::col(Asterisk))), "n")
             .column_as(Expr::from(Func::sum(Expr::col(Rec::DurationS))), "seconds")
             .filter(query.condition("client_id", "created_at"))
             .group_by(Rec::Status)
@@ -141,7 +141,7 @@ impl MetricsProvider for RecordingMetrics {
         let counts: Vec<(Uuid, i64)> = Recordings::find()
             .select_only()
             .column(Rec::ClientId)
-            .column_as(Expr::from(Func::count(Expr::col(Rec::Id))), "n")
+            .column_as(Expr::from(Func::count(Expr::col(Asterisk))), "n")
             .filter(query.condition("client_id", "created_at"))
             .filter(Rec::ClientId.is_in(clients.iter().copied()))
             .group_by(Rec::ClientId)

@@ -8,7 +8,7 @@ use agentdesk_agent_sdk::core::{Core, Error};
 use agentdesk_agent_sdk::metrics::{
     Column, MetricsProvider, MetricsQuery, ReportRow, counts_object,
 };
-use sea_orm::sea_query::{Expr, Func};
+use sea_orm::sea_query::{Asterisk, Expr, Func};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -71,7 +71,7 @@ impl MetricsProvider for DocumentMetrics {
         let groups: Vec<(String, i64, Option<i64>)> = Documents::find()
             .select_only()
             .column(Doc::Status)
-            .column_as(Expr::from(Func::count(Expr::col(Doc::Id))), "n")
+            .column_as(Expr::from(Func::count(Expr::col(Asterisk))), "n")
             .column_as(Expr::from(Func::sum(Expr::col(Doc::PageCount))), "pages")
             .filter(query.condition("client_id", "created_at"))
             .group_by(Doc::Status)
@@ -140,7 +140,7 @@ impl MetricsProvider for DocumentMetrics {
         let counts: Vec<(Uuid, i64)> = Documents::find()
             .select_only()
             .column(Doc::ClientId)
-            .column_as(Expr::from(Func::count(Expr::col(Doc::Id))), "n")
+            .column_as(Expr::from(Func::count(Expr::col(Asterisk))), "n")
             .filter(query.condition("client_id", "created_at"))
             .filter(Doc::ClientId.is_in(clients.iter().copied()))
             .group_by(Doc::ClientId)

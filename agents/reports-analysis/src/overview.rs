@@ -9,7 +9,7 @@ use agentdesk_agent_sdk::core::services::permissions::ClientScope;
 use agentdesk_agent_sdk::core::{Core, Error};
 use agentdesk_agent_sdk::metrics::{MetricsProviders, MetricsQuery, counts_object};
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
-use sea_orm::sea_query::{Expr, Func, SimpleExpr};
+use sea_orm::sea_query::{Asterisk, Expr, Func, SimpleExpr};
 use sea_orm::{
     ColumnTrait, Condition, DatabaseBackend, EntityTrait, Order, QueryFilter, QueryOrder,
     QuerySelect,
@@ -68,7 +68,7 @@ pub async fn clients_section(core: &Core, query: &MetricsQuery) -> Result<Value,
     let by_status: Vec<(String, i64)> = client::Entity::find()
         .select_only()
         .column(client::Column::Status)
-        .column_as(Expr::from(Func::count(Expr::col(client::Column::Id))), "n")
+        .column_as(Expr::from(Func::count(Expr::col(Asterisk))), "n")
         .filter(clients_in_scope(query))
         .group_by(client::Column::Status)
         .into_tuple()
@@ -78,7 +78,7 @@ pub async fn clients_section(core: &Core, query: &MetricsQuery) -> Result<Value,
     let by_month: Vec<(String, i64)> = client::Entity::find()
         .select_only()
         .column_as(month.clone(), "month")
-        .column_as(Expr::from(Func::count(Expr::col(client::Column::Id))), "n")
+        .column_as(Expr::from(Func::count(Expr::col(Asterisk))), "n")
         .filter(clients_in_scope(query))
         .filter(client::Column::CreatedAt.gte(query.from))
         .filter(client::Column::CreatedAt.lt(query.to))
@@ -108,13 +108,13 @@ pub async fn activity_section(core: &Core, query: &MetricsQuery) -> Result<Value
     let by_day: Vec<(String, i64)> = audit::Entity::find()
         .select_only()
         .column_as(day.clone(), "day")
-        .column_as(Expr::from(Func::count(Expr::col(audit::Column::Id))), "n")
+        .column_as(Expr::from(Func::count(Expr::col(Asterisk))), "n")
         .filter(events_in_scope(query))
         .group_by(day)
         .into_tuple()
         .all(core.db.reader())
         .await?;
-    let count = Expr::from(Func::count(Expr::col(audit::Column::Id)));
+    let count = Expr::from(Func::count(Expr::col(Asterisk)));
     let actors: Vec<(String, i64)> = audit::Entity::find()
         .select_only()
         .column(audit::Column::ActorEmail)

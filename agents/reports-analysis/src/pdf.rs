@@ -19,7 +19,7 @@ use agentdesk_agent_sdk::metrics::Column;
 use crate::reports::kind;
 
 /// Most rows a PDF's table holds; the JSON and CSV formats hold them all.
-pub const MAX_ROWS: usize = 2_000;
+pub const MAX_ROWS: usize = 1_000;
 /// Longest cell text in a PDF table, in characters.
 const MAX_CELL_CHARS: usize = 160;
 
