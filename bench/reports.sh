@@ -9,7 +9,7 @@
 # with a status each (active, lead, inactive, archived in turn) created over the last two years,
 # events spread over the last year by 25 people about those clients (their hashes are
 # placeholders that satisfy the chain trigger; verify would flag them, an overview does not read
-# them). Then the release binary serves and:
+# them), in time order as the server appends them. Then the release binary serves and:
 # - `GET /api/v1/reports/overview` (the last 30 days) runs 5 times to warm up and 50 times
 #   measured, one at a time, as the admin (every client) and as a member limited to 200 clients;
 # - a `client_summary` report over every client is made as CSV and as PDF, each on a freshly
@@ -56,8 +56,9 @@ INSERT INTO audit_events (id, seq, at, actor_id, actor_email, action, resource_t
 SELECT gen_random_uuid(), n, now() - make_interval(secs => (31536000.0 * ($events - n) / $events)),
        NULL, 'user' || (n % 25) || '@example.com', 'client.update', 'client', c.id::text, c.id,
        'success', '{"after":{"notes":"x"}}', lpad((n - 1)::text, 64, '0'), lpad(n::text, 64, '0')
-FROM generate_series(1, $events) AS n JOIN bench_clients AS c ON c.k = n % $clients;
-ANALYZE;
+FROM generate_series(1, $events) AS n JOIN bench_clients AS c ON c.k = n % $clients
+ORDER BY n; -- appended in time order, as the server appends them (the BRIN index on at relies on it)
+VACUUM ANALYZE; -- the steady state autovacuum keeps (visibility map, BRIN summaries)
 SQL
 else
   sqlite3 "$work/data/agentdesk.db" <<SQL
