@@ -135,7 +135,16 @@ async fn attempt(ctx: &JobContext, providers: &MetricsProviders) -> Result<Value
         }
     };
     let (stored, rows) = tokio::join!(upload, produce);
-    let rows = rows?;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => {
+            // A PDF that failed to typeset ends the upload cleanly (empty): remove that file.
+            if let Ok(file) = &stored {
+                let _ = core.storage.delete(&file.key).await;
+            }
+            return Err(e);
+        }
+    };
     let stored = stored.map_err(|e| JobError::Retryable(format!("storing the report: {e}")))?;
 
     let mut saved = report.clone();
