@@ -369,6 +369,29 @@ impl TestApp {
         reply.json
     }
 
+    /// Asserts that the log holds at least one event of each of `actions`, and that the chain
+    /// verifies.
+    pub async fn assert_audited(&self, admin_token: &str, actions: &[&str]) {
+        for action in actions {
+            let events = self
+                .get(
+                    &format!("/api/v1/audit/events?action={action}"),
+                    admin_token,
+                )
+                .await;
+            events.expect(200, None);
+            assert!(
+                events.json["items"]
+                    .as_array()
+                    .is_some_and(|items| !items.is_empty()),
+                "no `{action}` event"
+            );
+        }
+        let verify = self.get("/api/v1/audit/verify", admin_token).await;
+        verify.expect(200, None);
+        assert_eq!(verify.json["valid"], true, "{}", verify.json);
+    }
+
     /// A new user with `role`, given `grants` (each a grant body without the subject), logged in.
     pub async fn persona(&self, admin_token: &str, role: &str, grants: &[Value]) -> Persona {
         let email = unique_email(role);

@@ -367,23 +367,16 @@ async fn uploads_are_transcribed_searched_downloaded_and_deleted() {
         .expect(404, Some("not_found"));
 
     // Audited: upload, transcription, download, delete.
-    for action in [
-        "recording.upload",
-        "recording.transcribe",
-        "recording.download",
-        "recording.delete",
-    ] {
-        let events = app
-            .get(&format!("/api/v1/audit/events?action={action}"), &admin)
-            .await;
-        assert!(
-            !events.json["items"].as_array().unwrap().is_empty(),
-            "{action}"
-        );
-    }
-    let verify = app.get("/api/v1/audit/verify", &admin).await;
-    verify.expect(200, None);
-    assert_eq!(verify.json["valid"], true, "{}", verify.json);
+    app.assert_audited(
+        &admin,
+        &[
+            "recording.upload",
+            "recording.transcribe",
+            "recording.download",
+            "recording.delete",
+        ],
+    )
+    .await;
 }
 
 /// A WAV header that claims `claimed` data bytes over `data`.

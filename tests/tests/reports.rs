@@ -466,22 +466,16 @@ async fn every_kind_in_every_format_holds_the_same_rows() {
     app.get(&format!("/api/v1/reports/{id}/download"), &admin)
         .await
         .expect(404, Some("not_found"));
-    for action in [
-        "report.create",
-        "report.generate",
-        "report.download",
-        "report.delete",
-    ] {
-        let events = app
-            .get(&format!("/api/v1/audit/events?action={action}"), &admin)
-            .await;
-        assert!(
-            !events.json["items"].as_array().unwrap().is_empty(),
-            "{action}"
-        );
-    }
-    let verify = app.get("/api/v1/audit/verify", &admin).await;
-    assert_eq!(verify.json["valid"], true, "{}", verify.json);
+    app.assert_audited(
+        &admin,
+        &[
+            "report.create",
+            "report.generate",
+            "report.download",
+            "report.delete",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]

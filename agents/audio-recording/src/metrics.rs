@@ -6,14 +6,18 @@ use std::sync::Arc;
 
 use agentdesk_agent_sdk::core::{Core, Error};
 use agentdesk_agent_sdk::metrics::{
-    Column, MetricsProvider, MetricsQuery, ReportRow, counts_object,
+    Column, ItemTable, MetricsProvider, MetricsQuery, ReportRow, counts_object,
 };
-use sea_orm::sea_query::{Asterisk, Expr, Func};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::recordings::{Column as Rec, Entity as Recordings};
+
+const TABLE: ItemTable<Recordings> = ItemTable {
+    id: Rec::Id,
+    client: Rec::ClientId,
+    created: Rec::CreatedAt,
+};
 
 /// The provider.
 #[derive(Debug, Default, Clone, Copy)]
@@ -71,15 +75,8 @@ impl MetricsProvider for RecordingMetrics {
 
     /// `{"total", "minutes", "by_status"}` over the recordings made in the period.
     async fn overview(&self, core: &Core, query: &MetricsQuery) -> Result<Value, Error> {
-        let groups: Vec<(String, i64, Option<f64>)> = Recordings::find()
-            .select_only()
-            .column(Rec::Status)
-            .column_as(Expr::from(Func::count(Expr::col(Asterisk))), "n")
-            .column_as(Expr::from(Func::sum(Expr::col(Rec::DurationS))), "seconds")
-            .filter(query.condition("client_id", "created_at"))
-            .group_by(Rec::Status)
-            .into_tuple()
-            .all(core.db.reader())
+        let groups = TABLE
+            .by_status::<f64>(core, query, Rec::Status, Rec::DurationS)
             .await?;
         let total: i64 = groups.iter().map(|g| g.1).sum();
         let seconds: f64 = groups.iter().filter_map(|g| g.2).sum();
@@ -105,15 +102,7 @@ impl MetricsProvider for RecordingMetrics {
         after: Option<Uuid>,
         limit: u64,
     ) -> Result<Vec<ReportRow>, Error> {
-        let mut select = Recordings::find().filter(query.condition("client_id", "created_at"));
-        if let Some(after) = after {
-            select = select.filter(Rec::Id.gt(after));
-        }
-        let rows = select
-            .order_by_asc(Rec::Id)
-            .limit(limit)
-            .all(core.db.reader())
-            .await?;
+        let rows = TABLE.rows_after(core, query, after, limit).await?;
         Ok(rows
             .into_iter()
             .map(|r| {
@@ -127,7 +116,11 @@ impl MetricsProvider for RecordingMetrics {
                 cells.insert("language".into(), json!(r.language));
                 cells.insert("created_at".into(), json!(r.created_at));
                 cells.insert("transcribed_at".into(), json!(r.transcribed_at));
-                ReportRow { id: r.id, cells }
+                ReportRow {
+                    id: r.id,
+                    client_id: Some(r.client_id),
+                    cells,
+                }
             })
             .collect())
     }
@@ -138,16 +131,6 @@ impl MetricsProvider for RecordingMetrics {
         query: &MetricsQuery,
         clients: &[Uuid],
     ) -> Result<HashMap<Uuid, i64>, Error> {
-        let counts: Vec<(Uuid, i64)> = Recordings::find()
-            .select_only()
-            .column(Rec::ClientId)
-            .column_as(Expr::from(Func::count(Expr::col(Asterisk))), "n")
-            .filter(query.condition("client_id", "created_at"))
-            .filter(Rec::ClientId.is_in(clients.iter().copied()))
-            .group_by(Rec::ClientId)
-            .into_tuple()
-            .all(core.db.reader())
-            .await?;
-        Ok(counts.into_iter().collect())
+        TABLE.counts_by_client(core, query, clients).await
     }
 }

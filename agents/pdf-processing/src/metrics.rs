@@ -6,14 +6,18 @@ use std::sync::Arc;
 
 use agentdesk_agent_sdk::core::{Core, Error};
 use agentdesk_agent_sdk::metrics::{
-    Column, MetricsProvider, MetricsQuery, ReportRow, counts_object,
+    Column, ItemTable, MetricsProvider, MetricsQuery, ReportRow, counts_object,
 };
-use sea_orm::sea_query::{Asterisk, Expr, Func};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::documents::{Column as Doc, Entity as Documents};
+
+const TABLE: ItemTable<Documents> = ItemTable {
+    id: Doc::Id,
+    client: Doc::ClientId,
+    created: Doc::CreatedAt,
+};
 
 /// The provider.
 #[derive(Debug, Default, Clone, Copy)]
@@ -68,15 +72,8 @@ impl MetricsProvider for DocumentMetrics {
     /// `{"total", "pages", "by_status", "pages_by_status"}` over the documents uploaded in the
     /// period.
     async fn overview(&self, core: &Core, query: &MetricsQuery) -> Result<Value, Error> {
-        let groups: Vec<(String, i64, Option<i64>)> = Documents::find()
-            .select_only()
-            .column(Doc::Status)
-            .column_as(Expr::from(Func::count(Expr::col(Asterisk))), "n")
-            .column_as(Expr::from(Func::sum(Expr::col(Doc::PageCount))), "pages")
-            .filter(query.condition("client_id", "created_at"))
-            .group_by(Doc::Status)
-            .into_tuple()
-            .all(core.db.reader())
+        let groups = TABLE
+            .by_status::<i64>(core, query, Doc::Status, Doc::PageCount)
             .await?;
         let total: i64 = groups.iter().map(|g| g.1).sum();
         let pages: i64 = groups.iter().filter_map(|g| g.2).sum();
@@ -105,15 +102,7 @@ impl MetricsProvider for DocumentMetrics {
         after: Option<Uuid>,
         limit: u64,
     ) -> Result<Vec<ReportRow>, Error> {
-        let mut select = Documents::find().filter(query.condition("client_id", "created_at"));
-        if let Some(after) = after {
-            select = select.filter(Doc::Id.gt(after));
-        }
-        let rows = select
-            .order_by_asc(Doc::Id)
-            .limit(limit)
-            .all(core.db.reader())
-            .await?;
+        let rows = TABLE.rows_after(core, query, after, limit).await?;
         Ok(rows
             .into_iter()
             .map(|d| {
@@ -126,7 +115,11 @@ impl MetricsProvider for DocumentMetrics {
                 cells.insert("size_bytes".into(), json!(d.size_bytes));
                 cells.insert("created_at".into(), json!(d.created_at));
                 cells.insert("processed_at".into(), json!(d.processed_at));
-                ReportRow { id: d.id, cells }
+                ReportRow {
+                    id: d.id,
+                    client_id: Some(d.client_id),
+                    cells,
+                }
             })
             .collect())
     }
@@ -137,16 +130,6 @@ impl MetricsProvider for DocumentMetrics {
         query: &MetricsQuery,
         clients: &[Uuid],
     ) -> Result<HashMap<Uuid, i64>, Error> {
-        let counts: Vec<(Uuid, i64)> = Documents::find()
-            .select_only()
-            .column(Doc::ClientId)
-            .column_as(Expr::from(Func::count(Expr::col(Asterisk))), "n")
-            .filter(query.condition("client_id", "created_at"))
-            .filter(Doc::ClientId.is_in(clients.iter().copied()))
-            .group_by(Doc::ClientId)
-            .into_tuple()
-            .all(core.db.reader())
-            .await?;
-        Ok(counts.into_iter().collect())
+        TABLE.counts_by_client(core, query, clients).await
     }
 }

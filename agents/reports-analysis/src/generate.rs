@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use agentdesk_agent_sdk::core::models::{audit, client};
+use agentdesk_agent_sdk::core::models::audit::AuditEvent;
+use agentdesk_agent_sdk::core::models::client;
 use agentdesk_agent_sdk::core::services::audit::Outcome;
 use agentdesk_agent_sdk::core::services::permissions::{Need, Permit};
 use agentdesk_agent_sdk::core::{Core, Error};
@@ -16,6 +17,7 @@ use agentdesk_agent_sdk::metrics::{
 use agentdesk_agent_sdk::{JobContext, JobError};
 use bytes::Bytes;
 use chrono::Utc;
+use futures::StreamExt;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
@@ -42,27 +44,54 @@ pub struct GenerateArgs {
     pub report_id: Uuid,
 }
 
-/// Runs a report job. When it fails for good, the report is marked `failed`, so that no report
-/// stays `processing` forever.
+/// Runs a report job. When it fails for good, the report is marked `failed` with the failure's
+/// code, so that no report stays `processing` forever.
 pub async fn run(ctx: &JobContext, providers: &MetricsProviders) -> Result<Value, JobError> {
-    let result = attempt(ctx, providers).await;
-    if let Err(e) = &result {
-        let job = ctx.job();
-        let last = matches!(e, JobError::Fatal(_)) || job.attempts >= job.max_attempts;
-        if last && let Ok(args) = serde_json::from_value::<GenerateArgs>(job.args.clone()) {
-            let code = match e {
-                JobError::Fatal(m) if m.starts_with(FORBIDDEN) => "forbidden",
-                _ => "report_failed",
-            };
-            if let Err(mark) = mark_failed(ctx.core(), args.report_id, code, &e.to_string()).await {
-                tracing::error!(error = %mark, report_id = %args.report_id, "could not mark a report failed");
-            }
-        }
+    let Failure { code, error } = match attempt(ctx, providers).await {
+        Ok(result) => return Ok(result),
+        Err(failure) => failure,
+    };
+    let job = ctx.job();
+    let last = matches!(error, JobError::Fatal(_)) || job.attempts >= job.max_attempts;
+    if last
+        && let Ok(args) = serde_json::from_value::<GenerateArgs>(job.args.clone())
+        && let Err(mark) = mark_failed(ctx.core(), args.report_id, code, &error.to_string()).await
+    {
+        tracing::error!(error = %mark, report_id = %args.report_id, "could not mark a report failed");
     }
-    result
+    Err(error)
 }
 
-const FORBIDDEN: &str = "the report's creator";
+/// Why an attempt failed, with the code the report keeps if it was the last attempt.
+struct Failure {
+    code: &'static str,
+    error: JobError,
+}
+
+impl Failure {
+    /// The report's creator may no longer make it.
+    fn forbidden(message: String) -> Self {
+        Self {
+            code: "forbidden",
+            error: JobError::Fatal(message),
+        }
+    }
+}
+
+impl From<JobError> for Failure {
+    fn from(error: JobError) -> Self {
+        Self {
+            code: "report_failed",
+            error,
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        JobError::from(error).into()
+    }
+}
 
 async fn mark_failed(core: &Core, id: Uuid, code: &str, message: &str) -> Result<(), Error> {
     reports::Entity::update_many()
@@ -76,7 +105,7 @@ async fn mark_failed(core: &Core, id: Uuid, code: &str, message: &str) -> Result
     Ok(())
 }
 
-async fn attempt(ctx: &JobContext, providers: &MetricsProviders) -> Result<Value, JobError> {
+async fn attempt(ctx: &JobContext, providers: &MetricsProviders) -> Result<Value, Failure> {
     let args: GenerateArgs = serde_json::from_value(ctx.job().args.clone())
         .map_err(|e| JobError::Fatal(format!("bad job arguments: {e}")))?;
     let core = ctx.core();
@@ -91,12 +120,14 @@ async fn attempt(ctx: &JobContext, providers: &MetricsProviders) -> Result<Value
     let permit = ctx
         .permit("agent:reports_analysis", "generate", Need::SomeClients)
         .await
-        .map_err(|_| JobError::Fatal(format!("{FORBIDDEN} may no longer generate reports")))?;
+        .map_err(|_| {
+            Failure::forbidden("the report's creator may no longer generate reports".into())
+        })?;
     if let Some(client) = report.client_id
         && !permit.scope().covers(client)
     {
-        return Err(JobError::Fatal(format!(
-            "{FORBIDDEN} no longer sees the client {client}"
+        return Err(Failure::forbidden(format!(
+            "the report's creator no longer sees the client {client}"
         )));
     }
     let mut processing: reports::ActiveModel = report.clone().into();
@@ -142,7 +173,7 @@ async fn attempt(ctx: &JobContext, providers: &MetricsProviders) -> Result<Value
             if let Ok(file) = &stored {
                 let _ = core.storage.delete(&file.key).await;
             }
-            return Err(e);
+            return Err(e.into());
         }
     };
     let stored = stored.map_err(|e| JobError::Retryable(format!("storing the report: {e}")))?;
@@ -351,8 +382,13 @@ async fn write_report(
     });
     out.start(&header, &Value::Object(summary), &columns)
         .await?;
+    // The period's events come through the audit log's own export stream, in `seq` order.
+    let mut events = matches!(source, Source::Activity).then(|| {
+        core.stream_audit(events_in_scope(query))
+            .chunks(PAGE as usize)
+            .boxed()
+    });
     let mut after: Option<Uuid> = None;
-    let mut after_seq: Option<i64> = None;
     let mut written = 0u64;
     loop {
         if ctx.is_cancelled() {
@@ -364,11 +400,16 @@ async fn write_report(
                 add_counts(core, providers, query, &mut rows).await?;
                 rows
             }
-            Source::Activity => {
-                let (rows, last) = activity_rows(core, query, after_seq).await?;
-                after_seq = last.or(after_seq);
-                rows
-            }
+            Source::Activity => match events.as_mut() {
+                Some(events) => events
+                    .next()
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|event| event.map(activity_row))
+                    .collect::<Result<_, Error>>()?,
+                None => Vec::new(),
+            },
             Source::Provider(p) => p.rows(core, query, after, PAGE).await?,
         };
         let full = page.len() as u64 == PAGE;
@@ -438,80 +479,36 @@ async fn client_rows(
             cells.insert("tags".into(), c.tags.clone());
             cells.insert("created_at".into(), json!(c.created_at));
             cells.insert("updated_at".into(), json!(c.updated_at));
-            ReportRow { id: c.id, cells }
+            ReportRow {
+                id: c.id,
+                client_id: None,
+                cells,
+            }
         })
         .collect())
 }
 
-/// A page of the period's events in scope, by sequence number.
-async fn activity_rows(
-    core: &Core,
-    query: &MetricsQuery,
-    after: Option<i64>,
-) -> Result<(Vec<ReportRow>, Option<i64>), Error> {
-    let mut select = audit::Entity::find()
-        .select_only()
-        .columns([
-            audit::Column::Id,
-            audit::Column::Seq,
-            audit::Column::At,
-            audit::Column::ActorEmail,
-            audit::Column::Action,
-            audit::Column::ResourceType,
-            audit::Column::ResourceId,
-            audit::Column::ClientId,
-            audit::Column::Outcome,
-        ])
-        .filter(events_in_scope(query));
-    if let Some(seq) = after {
-        select = select.filter(audit::Column::Seq.gt(seq));
+/// An event as a row of the activity report.
+fn activity_row(event: AuditEvent) -> ReportRow {
+    let mut cells = Map::new();
+    cells.insert("seq".into(), json!(event.seq));
+    cells.insert("at".into(), json!(event.at));
+    cells.insert("actor".into(), json!(event.actor_email));
+    cells.insert("action".into(), json!(event.action));
+    cells.insert("resource_type".into(), json!(event.resource_type));
+    cells.insert("resource_id".into(), json!(event.resource_id));
+    cells.insert("client_id".into(), json!(event.client_id));
+    cells.insert("outcome".into(), json!(event.outcome));
+    ReportRow {
+        id: event.id,
+        client_id: event.client_id,
+        cells,
     }
-    #[allow(clippy::type_complexity)]
-    let rows: Vec<(
-        Uuid,
-        i64,
-        chrono::DateTime<Utc>,
-        Option<String>,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<Uuid>,
-        String,
-    )> = select
-        .order_by_asc(audit::Column::Seq)
-        .limit(PAGE)
-        .into_tuple()
-        .all(core.db.reader())
-        .await?;
-    let last = rows.last().map(|r| r.1);
-    Ok((
-        rows.into_iter()
-            .map(
-                |(id, seq, at, actor, action, rtype, rid, client, outcome)| {
-                    let mut cells = Map::new();
-                    cells.insert("seq".into(), json!(seq));
-                    cells.insert("at".into(), json!(at));
-                    cells.insert("actor".into(), json!(actor));
-                    cells.insert("action".into(), json!(action));
-                    cells.insert("resource_type".into(), json!(rtype));
-                    cells.insert("resource_id".into(), json!(rid));
-                    cells.insert("client_id".into(), json!(client));
-                    cells.insert("outcome".into(), json!(outcome));
-                    ReportRow { id, cells }
-                },
-            )
-            .collect(),
-        last,
-    ))
 }
 
-/// Fills the `client` cell of each row from its `client_id`, one query per page.
+/// Fills the `client` cell of each row with its client's name, one query per page.
 async fn add_client_names(core: &Core, rows: &mut [ReportRow]) -> Result<(), Error> {
-    let ids: Vec<Uuid> = rows
-        .iter()
-        .filter_map(|r| r.cells.get("client_id").and_then(Value::as_str))
-        .filter_map(|s| s.parse().ok())
-        .collect();
+    let ids: Vec<Uuid> = rows.iter().filter_map(|r| r.client_id).collect();
     if ids.is_empty() {
         return Ok(());
     }
@@ -525,12 +522,7 @@ async fn add_client_names(core: &Core, rows: &mut [ReportRow]) -> Result<(), Err
         .into_iter()
         .collect();
     for row in rows {
-        let name = row
-            .cells
-            .get("client_id")
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse::<Uuid>().ok())
-            .and_then(|id| names.get(&id).cloned());
+        let name = row.client_id.and_then(|id| names.get(&id).cloned());
         row.cells.insert(CLIENT_NAME.key.into(), json!(name));
     }
     Ok(())

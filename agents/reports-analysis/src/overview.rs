@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use agentdesk_agent_sdk::core::models::{audit, client};
-use agentdesk_agent_sdk::core::services::permissions::ClientScope;
+use agentdesk_agent_sdk::core::services::audit::AuditFilter;
 use agentdesk_agent_sdk::core::{Core, Error};
 use agentdesk_agent_sdk::metrics::{MetricsProviders, MetricsQuery, counts_object};
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
@@ -36,29 +36,23 @@ fn bucket(backend: DatabaseBackend, column: &str, month: bool) -> SimpleExpr {
 
 /// Live clients in scope (and the one client, when asked).
 pub fn clients_in_scope(query: &MetricsQuery) -> Condition {
-    let mut condition = Condition::all().add(client::Column::DeletedAt.is_null());
-    if let ClientScope::Only(ids) = &query.scope {
-        condition = condition.add(client::Column::Id.is_in(ids.clone()));
+    let condition = Core::live_client(&query.scope);
+    match query.client_id {
+        Some(id) => condition.add(client::Column::Id.eq(id)),
+        None => condition,
     }
-    if let Some(id) = query.client_id {
-        condition = condition.add(client::Column::Id.eq(id));
-    }
-    condition
 }
 
 /// Audit events of the period that the scope covers: every event for an unrestricted caller,
-/// else only events about the caller's clients.
-pub fn events_in_scope(query: &MetricsQuery) -> Condition {
-    let mut condition = Condition::all()
-        .add(audit::Column::At.gte(query.from))
-        .add(audit::Column::At.lt(query.to));
-    if let ClientScope::Only(ids) = &query.scope {
-        condition = condition.add(audit::Column::ClientId.is_in(ids.clone()));
+/// else only events about the caller's clients (as the audit log's own filter has it).
+pub fn events_in_scope(query: &MetricsQuery) -> AuditFilter {
+    AuditFilter {
+        client_id: query.client_id,
+        from: Some(query.from),
+        to: Some(query.to),
+        scope: query.scope.as_filter(),
+        ..AuditFilter::default()
     }
-    if let Some(id) = query.client_id {
-        condition = condition.add(audit::Column::ClientId.eq(id));
-    }
-    condition
 }
 
 /// `{"total", "by_status", "new", "new_by_month"}`: every live client in scope, and those
@@ -109,7 +103,7 @@ pub async fn activity_section(core: &Core, query: &MetricsQuery) -> Result<Value
         .select_only()
         .column_as(day.clone(), "day")
         .column_as(Expr::from(Func::count(Expr::col(Asterisk))), "n")
-        .filter(events_in_scope(query))
+        .filter(events_in_scope(query).condition())
         .group_by(day)
         .into_tuple()
         .all(core.db.reader())
@@ -119,7 +113,7 @@ pub async fn activity_section(core: &Core, query: &MetricsQuery) -> Result<Value
         .select_only()
         .column(audit::Column::ActorEmail)
         .column_as(count.clone(), "n")
-        .filter(events_in_scope(query))
+        .filter(events_in_scope(query).condition())
         .filter(audit::Column::ActorEmail.is_not_null())
         .group_by(audit::Column::ActorEmail)
         .order_by(count, Order::Desc)

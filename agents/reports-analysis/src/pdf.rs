@@ -446,6 +446,35 @@ mod tests {
     }
 
     #[test]
+    fn a_template_failure_is_an_error_not_a_panic() {
+        let error = typeset("not json").unwrap_err();
+        assert!(error.contains("did not compile"), "{error}");
+        let error = typeset(r#"{"title": "no other fields"}"#).unwrap_err();
+        assert!(error.contains("did not compile"), "{error}");
+    }
+
+    #[test]
+    fn a_draft_typesets_to_a_pdf() {
+        let header = json!({"id": "r1", "kind": "documents", "generated_by": "a@b.test",
+            "generated_at": "2026-11-01T08:30:00Z",
+            "period": {"from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"}});
+        let summary = json!({"documents": {"total": 1, "pages": 2, "by_status": {"ready": 1}}});
+        let columns = [Column {
+            key: "filename",
+            title: "File",
+        }];
+        let mut draft = PdfDraft::new(&header, &summary, &columns, "Firm");
+        draft.row(json!({"filename": "a.pdf"}).as_object().unwrap());
+        let pdf = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(draft.compile())
+            .unwrap();
+        assert!(pdf.starts_with(b"%PDF-"));
+    }
+
+    #[test]
     fn cells_are_short_and_readable() {
         assert_eq!(
             cell_text("created_at", &json!("2026-11-01T08:30:12.5Z")),

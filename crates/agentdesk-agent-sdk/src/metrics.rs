@@ -5,10 +5,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use agentdesk_core::Error;
 use agentdesk_core::services::permissions::ClientScope;
+use agentdesk_core::{Core, Error};
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, SimpleExpr};
+use sea_orm::sea_query::{Asterisk, Expr, Func};
+use sea_orm::{
+    ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TryGetable,
+};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -26,20 +29,91 @@ pub struct MetricsQuery {
     pub to: DateTime<Utc>,
 }
 
-impl MetricsQuery {
-    /// The SQL condition that keeps rows whose `client_column` is in scope (and is the one
-    /// client, when given) and whose `time_column` lies in the period.
-    pub fn condition(&self, client_column: &str, time_column: &str) -> SimpleExpr {
-        let mut condition = Expr::col(Alias::new(time_column))
-            .gte(self.from)
-            .and(Expr::col(Alias::new(time_column)).lt(self.to));
-        if let ClientScope::Only(ids) = &self.scope {
-            condition = condition.and(Expr::col(Alias::new(client_column)).is_in(ids.clone()));
+/// An agent's table of client-owned items as the metrics helpers read it: which columns hold
+/// the row's id, its client and its creation time.
+#[derive(Debug, Clone, Copy)]
+pub struct ItemTable<E: EntityTrait> {
+    /// The primary key (UUID v7, so id order is creation order).
+    pub id: E::Column,
+    /// The owning client.
+    pub client: E::Column,
+    /// When the row was created.
+    pub created: E::Column,
+}
+
+impl<E: EntityTrait> ItemTable<E> {
+    /// Rows whose client the query's scope covers (and is its one client, when given) created
+    /// in its period.
+    pub fn condition(&self, query: &MetricsQuery) -> Condition {
+        let mut condition = Condition::all()
+            .add(self.created.gte(query.from))
+            .add(self.created.lt(query.to));
+        if let ClientScope::Only(ids) = &query.scope {
+            condition = condition.add(self.client.is_in(ids.clone()));
         }
-        if let Some(client) = self.client_id {
-            condition = condition.and(Expr::col(Alias::new(client_column)).eq(client));
+        if let Some(client) = query.client_id {
+            condition = condition.add(self.client.eq(client));
         }
         condition
+    }
+
+    /// Per value of `status`: how many rows the query covers, and the sum of `sum` over them.
+    pub async fn by_status<S: TryGetable>(
+        &self,
+        core: &Core,
+        query: &MetricsQuery,
+        status: E::Column,
+        sum: E::Column,
+    ) -> Result<Vec<(String, i64, Option<S>)>, Error> {
+        Ok(E::find()
+            .select_only()
+            .column(status)
+            .column_as(Expr::from(Func::count(Expr::col(Asterisk))), "n")
+            .column_as(Expr::from(Func::sum(sum.into_expr())), "total")
+            .filter(self.condition(query))
+            .group_by(status)
+            .into_tuple()
+            .all(core.db.reader())
+            .await?)
+    }
+
+    /// Up to `limit` rows the query covers, in id order after `after`.
+    pub async fn rows_after(
+        &self,
+        core: &Core,
+        query: &MetricsQuery,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Vec<E::Model>, Error> {
+        let mut select = E::find().filter(self.condition(query));
+        if let Some(after) = after {
+            select = select.filter(self.id.gt(after));
+        }
+        Ok(select
+            .order_by_asc(self.id)
+            .limit(limit)
+            .all(core.db.reader())
+            .await?)
+    }
+
+    /// How many rows the query covers for each of `clients` (absent: none).
+    pub async fn counts_by_client(
+        &self,
+        core: &Core,
+        query: &MetricsQuery,
+        clients: &[Uuid],
+    ) -> Result<HashMap<Uuid, i64>, Error> {
+        let counts: Vec<(Uuid, i64)> = E::find()
+            .select_only()
+            .column(self.client)
+            .column_as(Expr::from(Func::count(Expr::col(Asterisk))), "n")
+            .filter(self.condition(query))
+            .filter(self.client.is_in(clients.iter().copied()))
+            .group_by(self.client)
+            .into_tuple()
+            .all(core.db.reader())
+            .await?;
+        Ok(counts.into_iter().collect())
     }
 }
 
@@ -53,11 +127,13 @@ pub struct Column {
 }
 
 /// A row of a report table: its key (rows come in key order, for paging) and its cells, one
-/// per [`MetricsProvider::columns`] entry, with `client_id` among them.
+/// per [`MetricsProvider::columns`] entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportRow {
     /// The row's id; the next page starts after it.
     pub id: Uuid,
+    /// The client the row is about, whose name the report prints beside it.
+    pub client_id: Option<Uuid>,
     /// The cells.
     pub cells: Map<String, Value>,
 }
@@ -73,11 +149,7 @@ pub trait MetricsProvider: Send + Sync + 'static {
 
     /// The section of an overview: a JSON object of totals over the items in scope created in
     /// the period (`{"total", ...}`); a `by_status` object, when there is one, is charted.
-    async fn overview(
-        &self,
-        core: &agentdesk_core::Core,
-        query: &MetricsQuery,
-    ) -> Result<Value, Error>;
+    async fn overview(&self, core: &Core, query: &MetricsQuery) -> Result<Value, Error>;
 
     /// The report table's columns.
     fn columns(&self) -> &'static [Column];
@@ -86,7 +158,7 @@ pub trait MetricsProvider: Send + Sync + 'static {
     /// in the period.
     async fn rows(
         &self,
-        core: &agentdesk_core::Core,
+        core: &Core,
         query: &MetricsQuery,
         after: Option<Uuid>,
         limit: u64,
@@ -95,7 +167,7 @@ pub trait MetricsProvider: Send + Sync + 'static {
     /// How many items in scope created in the period each of `clients` has (absent: none).
     async fn counts_by_client(
         &self,
-        core: &agentdesk_core::Core,
+        core: &Core,
         query: &MetricsQuery,
         clients: &[Uuid],
     ) -> Result<HashMap<Uuid, i64>, Error>;

@@ -1036,7 +1036,8 @@ pub struct AuditFilter {
 }
 
 impl AuditFilter {
-    fn condition(&self) -> Condition {
+    /// The SQL condition of the filter, scope included.
+    pub fn condition(&self) -> Condition {
         let mut c = Condition::all();
         if let Some(v) = self.actor_id {
             c = c.add(audit::Column::ActorId.eq(v));

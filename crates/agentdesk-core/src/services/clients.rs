@@ -499,7 +499,8 @@ impl Core {
         }
     }
 
-    fn live_client(scope: &ClientScope) -> Condition {
+    /// The SQL condition for clients that are not deleted and that `scope` covers.
+    pub fn live_client(scope: &ClientScope) -> Condition {
         let mut c = Condition::all().add(client::Column::DeletedAt.is_null());
         if let ClientScope::Only(ids) = scope {
             c = c.add(client::Column::Id.is_in(ids.clone()));
