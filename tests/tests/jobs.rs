@@ -66,10 +66,10 @@ impl Agent for Probe {
     fn cron(&self) -> Vec<CronSpec> {
         self.cron
             .iter()
-            .map(|expr| CronSpec {
-                name: "probe-every-second".into(),
-                cron: expr.clone(),
-                job: Arc::new(|| NewJob::new("probe", "noop", json!({"label": "cron"}))),
+            .map(|expr| {
+                CronSpec::new("probe-every-second", expr.clone(), |_| {
+                    NewJob::new("probe", "noop", json!({"label": "cron"}))
+                })
             })
             .collect()
     }

@@ -87,6 +87,11 @@ const TABLE: &[Row] = &[
     row("get",    "/api/v1/reports/{id}/download",           Some(&[("agent:reports_analysis", &["read"])]),     [200, 403, 200, 404]),
     // Only its creator or an admin deletes a report; a reader over every client sees it.
     row("delete", "/api/v1/reports/{id}",                    Some(&[("agent:reports_analysis", &["read"])]),     [204, 403, 403, 404]),
+    row("post",   "/api/v1/reports/schedules",               Some(&[("agent:reports_analysis", &["generate"])]), [201, 403, 201, 201]),
+    row("get",    "/api/v1/reports/schedules",               Some(&[("agent:reports_analysis", &["read"])]),     [200, 403, 200, 200]),
+    // A schedule is seen by its owner and by readers over every client, deleted by its owner or an admin.
+    row("get",    "/api/v1/reports/schedules/{id}",          Some(&[("agent:reports_analysis", &["read"])]),     [200, 403, 200, 404]),
+    row("delete", "/api/v1/reports/schedules/{id}",          Some(&[("agent:reports_analysis", &["read"])]),     [204, 403, 403, 404]),
     row("get",    "/api/v1/agents",                          None,                                  [200, 200, 200, 200]),
     row("get",    "/api/v1/jobs",                            None,                                  [200, 200, 200, 200]),
     row("get",    "/api/v1/jobs/{id}",                       None,                                  [200, 404, 404, 404]),
@@ -212,6 +217,20 @@ impl Ctx<'_> {
         id
     }
 
+    /// A fresh report schedule, the admin's.
+    async fn schedule(&self) -> String {
+        let r = self
+            .app
+            .post(
+                "/api/v1/reports/schedules",
+                &self.admin,
+                json!({"kind": "activity", "cron": "0 6 * * *"}),
+            )
+            .await;
+        r.expect(201, None);
+        r.json["id"].as_str().unwrap().to_owned()
+    }
+
     /// A fresh client to act on.
     async fn client(&self) -> String {
         let r = self
@@ -308,6 +327,10 @@ impl Ctx<'_> {
             ("get", "/api/v1/reports") => app.get("/api/v1/reports", t).await,
             ("get", "/api/v1/reports/{id}") => app.get(&format!("/api/v1/reports/{}", self.report().await), t).await,
             ("get", "/api/v1/reports/{id}/download") => app.get(&format!("/api/v1/reports/{}/download", self.report().await), t).await,
+            ("post", "/api/v1/reports/schedules") => app.post("/api/v1/reports/schedules", t, json!({"kind": "activity", "cron": "0 6 * * *"})).await,
+            ("get", "/api/v1/reports/schedules") => app.get("/api/v1/reports/schedules", t).await,
+            ("get", "/api/v1/reports/schedules/{id}") => app.get(&format!("/api/v1/reports/schedules/{}", self.schedule().await), t).await,
+            ("delete", "/api/v1/reports/schedules/{id}") => app.delete(&format!("/api/v1/reports/schedules/{}", self.schedule().await), t).await,
             ("delete", "/api/v1/reports/{id}") => app.delete(&format!("/api/v1/reports/{}", self.report().await), t).await,
             ("delete", "/api/v1/recordings/{id}") => app.delete(&format!("/api/v1/recordings/{}", self.recording().await), t).await,
             ("get", "/api/v1/agents") => app.get("/api/v1/agents", t).await,

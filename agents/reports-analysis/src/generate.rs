@@ -202,6 +202,16 @@ async fn attempt(ctx: &JobContext, providers: &MetricsProviders) -> Result<Value
         let _ = core.storage.delete(&stored.key).await;
         return Ok(json!({"skipped": "the report was deleted"}));
     }
+    if let Some(schedule) = report.schedule_id {
+        // A scheduled report goes where its schedule says, as the schedule says it now.
+        let deliver = crate::schedules::Entity::find_by_id(schedule)
+            .one(&txn)
+            .await
+            .map_err(Error::from)?
+            .and_then(|s| serde_json::from_value(s.deliver).ok())
+            .unwrap_or_default();
+        crate::delivery::plan(core, &txn, &saved, &deliver).await?;
+    }
     let record = permit
         .audit("report.generate", Outcome::Success)
         .resource("report", report.id)

@@ -25,6 +25,7 @@ pub struct Model {
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub schedule_id: Option<Uuid>,
+    pub scheduled_for: Option<DateTime<Utc>>,
     pub storage_key: Option<String>,
     pub content_type: Option<String>,
     pub size_bytes: Option<i64>,
@@ -145,6 +146,12 @@ pub struct Report {
     /// The schedule that made it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule_id: Option<Uuid>,
+    /// The schedule's tick it was made for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<DateTime<Utc>>,
+    /// Its deliveries (mail, webhook), for a scheduled report that has them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deliveries: Vec<crate::delivery::Delivery>,
     /// Rows in the file, once ready.
     pub row_count: Option<i64>,
     /// Size of the file, once ready.
@@ -179,6 +186,8 @@ impl From<Model> for Report {
             status: m.status,
             error,
             schedule_id: m.schedule_id,
+            scheduled_for: m.scheduled_for,
+            deliveries: Vec::new(),
             row_count: m.row_count,
             size_bytes: m.size_bytes,
             sha256: m.sha256,
@@ -254,5 +263,22 @@ pub async fn list(
         .limit(request.limit + 1)
         .all(core.db.reader())
         .await?;
-    Ok(Page::from_rows(rows, request, |r| r.id).map(Report::from))
+    let mut page = Page::from_rows(rows, request, |r| r.id).map(Report::from);
+    attach_deliveries(core, &mut page.items).await?;
+    Ok(page)
+}
+
+/// Fills in the reports' deliveries, in one query.
+pub async fn attach_deliveries(core: &Core, reports: &mut [Report]) -> Result<(), Error> {
+    let scheduled: Vec<Uuid> = reports
+        .iter()
+        .filter(|r| r.schedule_id.is_some())
+        .map(|r| r.id)
+        .collect();
+    for delivery in crate::delivery::of_reports(core, &scheduled).await? {
+        if let Some(report) = reports.iter_mut().find(|r| r.id == delivery.report_id) {
+            report.deliveries.push(delivery.into());
+        }
+    }
+    Ok(())
 }

@@ -15,7 +15,7 @@ use axum::extract::{FromRef, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, EntityTrait, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -26,6 +26,7 @@ use uuid::Uuid;
 use crate::generate::GenerateArgs;
 use crate::period::Period;
 use crate::reports::{self, ListFilter, Report, ReportParams, format, kind, status};
+use crate::schedules::{self, NewSchedule, Schedule};
 use crate::{GENERATE, NAME};
 
 agentdesk_agent_sdk::requirements! {
@@ -47,6 +48,8 @@ where
         .routes(routes!(create_report, list_reports))
         .routes(routes!(get_report, delete_report))
         .routes(routes!(download_report))
+        .routes(routes!(create_schedule, list_schedules))
+        .routes(routes!(get_schedule, delete_schedule))
         .layer(Extension(providers))
 }
 
@@ -157,6 +160,15 @@ async fn create_report(
     Ok(response)
 }
 
+/// The schedule and tick a report is made for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scheduled {
+    /// The schedule.
+    pub schedule_id: Uuid,
+    /// Its tick.
+    pub tick: chrono::DateTime<Utc>,
+}
+
 /// Creates a report's row and its job in one transaction, audited.
 pub(crate) async fn create(
     core: &Core,
@@ -165,7 +177,7 @@ pub(crate) async fn create(
     format: &str,
     params: &ReportParams,
     period: Period,
-    schedule_id: Option<Uuid>,
+    scheduled: Option<Scheduled>,
 ) -> Result<reports::Model, Error> {
     let id = Uuid::now_v7();
     let mut job = NewJob::new(
@@ -189,7 +201,8 @@ pub(crate) async fn create(
         status: Set(status::QUEUED.into()),
         error_code: Set(None),
         error_message: Set(None),
-        schedule_id: Set(schedule_id),
+        schedule_id: Set(scheduled.map(|s| s.schedule_id)),
+        scheduled_for: Set(scheduled.map(|s| s.tick)),
         storage_key: Set(None),
         content_type: Set(None),
         size_bytes: Set(None),
@@ -269,9 +282,12 @@ async fn get_report(
     Authorized(permit, _): Authorized<ReportsRead>,
     Path(id): Path<Uuid>,
 ) -> ApiResult<AppJson<Report>> {
-    Ok(AppJson(
-        reports::visible_report(&core, &permit, id).await?.into(),
-    ))
+    let mut report = [Report::from(
+        reports::visible_report(&core, &permit, id).await?,
+    )];
+    reports::attach_deliveries(&core, &mut report).await?;
+    let [report] = report;
+    Ok(AppJson(report))
 }
 
 /// The report's file, once ready (the download is audited).
@@ -344,6 +360,11 @@ async fn delete_report(
         .exec(&txn)
         .await
         .map_err(Error::from)?;
+    crate::delivery::Entity::delete_many()
+        .filter(crate::delivery::Column::ReportId.eq(id))
+        .exec(&txn)
+        .await
+        .map_err(Error::from)?;
     let record = permit
         .audit("report.delete", Outcome::Success)
         .resource("report", id)
@@ -356,5 +377,97 @@ async fn delete_report(
     {
         tracing::warn!(error = %e, key = %key, "could not delete a report's file");
     }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Schedule a report: at every tick of `cron` (five fields, read in `timezone`) one report is made
+/// as the caller, once across all instances, its relative period resolved at the tick, then
+/// delivered by mail and/or a signed webhook. The webhook's signing key is in this answer only.
+#[utoipa::path(post, path = "/api/v1/reports/schedules", tag = "reports_analysis", request_body = NewSchedule,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The schedule, with `webhook_secret` when it calls a webhook", body = Schedule),
+        (status = 403, description = "Not permitted", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such client in scope", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An unknown kind or format, a bad cron, time zone, period, address or URL, or mail asked of an instance without SMTP", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn create_schedule(
+    State(core): State<Core>,
+    Authorized(permit, _): Authorized<ReportsGenerate>,
+    AppJson(body): AppJson<NewSchedule>,
+) -> ApiResult<Response> {
+    let schedule = schedules::create(&core, &permit, body).await?;
+    let mut response = (StatusCode::CREATED, AppJson(schedule.clone())).into_response();
+    if let Ok(location) =
+        HeaderValue::from_str(&format!("/api/v1/reports/schedules/{}", schedule.id))
+    {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// Page options.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SchedulePageQuery {
+    /// Rows per page, 1..=200 (default 50).
+    pub limit: Option<i64>,
+    /// From the previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+/// The schedules the caller may see, newest first: their own, or every schedule for a caller
+/// who may read reports over every client.
+#[utoipa::path(get, path = "/api/v1/reports/schedules", tag = "reports_analysis", params(SchedulePageQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of schedules", body = Page<Schedule>),
+        (status = 403, description = "Not permitted", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn list_schedules(
+    State(core): State<Core>,
+    Authorized(permit, _): Authorized<ReportsRead>,
+    AppQuery(query): AppQuery<SchedulePageQuery>,
+) -> ApiResult<AppJson<Page<Schedule>>> {
+    let request = PageRequest::parse(query.limit, query.cursor.as_deref())?;
+    Ok(AppJson(schedules::list(&core, &permit, request).await?))
+}
+
+/// A schedule: its cron, next tick, status (and why it stopped) and last report.
+#[utoipa::path(get, path = "/api/v1/reports/schedules/{id}", tag = "reports_analysis",
+    params(("id" = Uuid, Path, description = "The schedule")), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The schedule", body = Schedule),
+        (status = 403, description = "Not permitted", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such schedule for the caller", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn get_schedule(
+    State(core): State<Core>,
+    Authorized(permit, _): Authorized<ReportsRead>,
+    Path(id): Path<Uuid>,
+) -> ApiResult<AppJson<Schedule>> {
+    Ok(AppJson(Schedule::of(
+        schedules::visible_schedule(&core, &permit, id).await?,
+    )))
+}
+
+/// Delete a schedule (its owner or an admin); the reports it made stay.
+#[utoipa::path(delete, path = "/api/v1/reports/schedules/{id}", tag = "reports_analysis",
+    params(("id" = Uuid, Path, description = "The schedule")), security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "Not the schedule's owner nor an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such schedule for the caller", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn delete_schedule(
+    State(core): State<Core>,
+    Authorized(permit, _): Authorized<ReportsRead>,
+    Path(id): Path<Uuid>,
+) -> ApiResult<StatusCode> {
+    schedules::delete(&core, &permit, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

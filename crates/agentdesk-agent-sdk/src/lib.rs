@@ -30,6 +30,7 @@ use agentdesk_core::models::user::User;
 use agentdesk_core::services::jobs::NewJob;
 use agentdesk_core::services::permissions::{Actor, Need, Permit};
 use agentdesk_core::{Core, RequestMeta};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -134,16 +135,50 @@ impl From<agentdesk_core::Error> for JobError {
     }
 }
 
-/// A cron schedule of an agent: `cron` (with optional seconds) enqueues `job()` once per tick
-/// across every instance.
+/// A cron schedule of an agent: `cron` (with optional seconds), read in `timezone`, enqueues
+/// `job(tick)` once per tick across every instance.
 #[derive(Clone)]
 pub struct CronSpec {
-    /// Unique name of the schedule.
+    /// Unique name of the schedule; with the tick, what makes a firing happen once.
     pub name: String,
     /// The cron expression.
     pub cron: String,
-    /// The job to enqueue at each tick.
-    pub job: Arc<dyn Fn() -> NewJob + Send + Sync>,
+    /// The time zone its fields are read in (daylight saving included).
+    pub timezone: chrono_tz::Tz,
+    /// The job to enqueue for a tick.
+    pub job: Arc<dyn Fn(DateTime<Utc>) -> NewJob + Send + Sync>,
+    /// When the schedule began: a schedule read while its first tick has just passed still
+    /// fires it (the runner looks back a few seconds, never further).
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl CronSpec {
+    /// A schedule read in UTC.
+    pub fn new(
+        name: impl Into<String>,
+        cron: impl Into<String>,
+        job: impl Fn(DateTime<Utc>) -> NewJob + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            cron: cron.into(),
+            timezone: chrono_tz::UTC,
+            job: Arc::new(job),
+            since: None,
+        }
+    }
+
+    /// The same schedule, begun at `since`.
+    pub fn since(mut self, since: DateTime<Utc>) -> Self {
+        self.since = Some(since);
+        self
+    }
+
+    /// The same schedule read in `timezone`.
+    pub fn in_timezone(mut self, timezone: chrono_tz::Tz) -> Self {
+        self.timezone = timezone;
+        self
+    }
 }
 
 /// An agent: a manifest and a job handler.
@@ -158,6 +193,13 @@ pub trait Agent: Send + Sync + 'static {
     /// Jobs this agent runs on a schedule.
     fn cron(&self) -> Vec<CronSpec> {
         Vec::new()
+    }
+
+    /// Schedules kept as data (users' report schedules, say): the runner reads them again every
+    /// few seconds, so that one created, changed or removed takes effect without a restart, and
+    /// fires each like those of [`Self::cron`].
+    async fn schedules(&self, _core: &Core) -> Result<Vec<CronSpec>, agentdesk_core::Error> {
+        Ok(Vec::new())
     }
 
     /// How many of its jobs may run at once in one process, unless configured.

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use agentdesk_core::Core;
 
-use chrono::Utc;
+use chrono::{DateTime, SubsecRound, Utc};
 use futures::FutureExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{Agent, JobContext, JobError};
+use crate::{Agent, CronSpec, JobContext, JobError};
 
 /// How a runner behaves.
 #[derive(Debug, Clone)]
@@ -317,47 +317,133 @@ async fn heartbeat_loop(
     }
 }
 
-async fn cron_loop(core: Core, agents: Vec<Arc<dyn Agent>>, stop: CancellationToken) {
-    let mut schedules = Vec::new();
-    for agent in &agents {
-        for spec in agent.cron() {
-            match croner::parser::CronParser::builder()
-                .seconds(croner::parser::Seconds::Optional)
-                .build()
-                .parse(&spec.cron)
-            {
-                Ok(cron) => schedules.push((spec, cron, None)),
-                Err(e) => {
-                    tracing::error!(schedule = %spec.name, error = %e, "invalid cron expression; schedule ignored")
-                }
+/// How often schedules kept as data are read again.
+const SCHEDULE_RELOAD: Duration = Duration::from_secs(5);
+
+/// One schedule the cron loop watches, with its next tick.
+struct Watched {
+    spec: CronSpec,
+    cron: croner::Cron,
+    next: Option<DateTime<Utc>>,
+}
+
+impl Watched {
+    fn parse(spec: CronSpec) -> Option<Self> {
+        match croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Optional)
+            .build()
+            .parse(&spec.cron)
+        {
+            Ok(cron) => Some(Self {
+                spec,
+                cron,
+                next: None,
+            }),
+            Err(e) => {
+                tracing::error!(schedule = %spec.name, error = %e, "invalid cron expression; schedule ignored");
+                None
             }
         }
     }
-    if schedules.is_empty() {
-        return;
+
+    /// Where the first look for a tick starts: now, or for a schedule that began moments ago
+    /// (before this loop read it), when it began, but never more than two reloads back, so a
+    /// restart never replays old ticks.
+    fn first_look(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let window = chrono::Duration::from_std(SCHEDULE_RELOAD * 2).unwrap_or_default();
+        match self.spec.since {
+            Some(since) => since.max(now - window).min(now),
+            None => now,
+        }
     }
+
+    /// The first tick after `after`, in the schedule's time zone.
+    fn tick_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // Ticks are whole seconds: a fraction of `after` would carry into the tick.
+        self.cron
+            .find_next_occurrence(
+                &after.trunc_subsecs(0).with_timezone(&self.spec.timezone),
+                false,
+            )
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+}
+
+/// Reads the agents' data schedules again: new ones are watched from now on, changed ones start
+/// over, removed ones are dropped. On an error the previous set stays.
+async fn reload_schedules(
+    core: &Core,
+    agents: &[Arc<dyn Agent>],
+    watched: &mut HashMap<String, Watched>,
+    dynamic: &mut Vec<String>,
+) {
+    let mut fresh = Vec::new();
+    for agent in agents {
+        match agent.schedules(core).await {
+            Ok(specs) => fresh.extend(specs),
+            Err(e) => {
+                tracing::warn!(agent = agent.manifest().name, error = %e, "could not read schedules");
+                return;
+            }
+        }
+    }
+    let names: Vec<String> = fresh.iter().map(|s| s.name.clone()).collect();
+    for gone in dynamic.iter().filter(|n| !names.contains(n)) {
+        watched.remove(gone);
+    }
+    for spec in fresh {
+        let unchanged = watched
+            .get(&spec.name)
+            .is_some_and(|w| w.spec.cron == spec.cron && w.spec.timezone == spec.timezone);
+        if unchanged {
+            if let Some(w) = watched.get_mut(&spec.name) {
+                w.spec = spec;
+            }
+        } else if let Some(w) = Watched::parse(spec) {
+            watched.insert(w.spec.name.clone(), w);
+        }
+    }
+    *dynamic = names;
+}
+
+async fn cron_loop(core: Core, agents: Vec<Arc<dyn Agent>>, stop: CancellationToken) {
+    let mut watched: HashMap<String, Watched> = agents
+        .iter()
+        .flat_map(|agent| agent.cron())
+        .filter_map(Watched::parse)
+        .map(|w| (w.spec.name.clone(), w))
+        .collect();
+    let mut dynamic = Vec::new();
+    let mut reloaded: Option<Instant> = None;
     loop {
+        if reloaded.is_none_or(|at| at.elapsed() >= SCHEDULE_RELOAD) {
+            reload_schedules(&core, &agents, &mut watched, &mut dynamic).await;
+            reloaded = Some(Instant::now());
+        }
         let now = Utc::now();
-        for (spec, cron, next) in schedules.iter_mut() {
-            let due = match next {
-                Some(at) => *at,
-                None => match cron.find_next_occurrence(&now, false) {
-                    Ok(at) => {
-                        *next = Some(at);
+        for w in watched.values_mut() {
+            let due = match w.next {
+                Some(at) => at,
+                None => match w.tick_after(w.first_look(now)) {
+                    Some(at) => {
+                        w.next = Some(at);
                         at
                     }
-                    Err(_) => continue,
+                    None => continue,
                 },
             };
             if due <= now {
-                match core.fire_cron(&spec.name, due, (spec.job)()).await {
+                match core.fire_cron(&w.spec.name, due, (w.spec.job)(due)).await {
                     Ok(Some(job)) => {
-                        tracing::info!(schedule = %spec.name, job_id = %job.id, tick = %due, "cron fired")
+                        tracing::info!(schedule = %w.spec.name, job_id = %job.id, tick = %due, "cron fired")
                     }
                     Ok(None) => {}
-                    Err(e) => tracing::warn!(schedule = %spec.name, error = %e, "cron tick failed"),
+                    Err(e) => {
+                        tracing::warn!(schedule = %w.spec.name, error = %e, "cron tick failed")
+                    }
                 }
-                *next = cron.find_next_occurrence(&due, false).ok();
+                w.next = w.tick_after(due);
             }
         }
         tokio::select! {

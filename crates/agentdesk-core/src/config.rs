@@ -139,6 +139,16 @@ pub struct Settings {
     /// The name this deployment goes by on reports it makes (the firm or the customer
     /// organisation); default `agentdesk`.
     pub instance_name: String,
+    /// Where mail goes out: `smtp://host:port` (plain, or `?tls=required` for STARTTLS),
+    /// `smtps://host:465` (TLS), with `user:password@` when the relay wants a login. Unset: no
+    /// mail (schedules cannot deliver by e-mail).
+    pub smtp_url: Option<Secret>,
+    /// The sender of mail (`Reports <reports@example.com>`); required with `smtp_url`.
+    pub mail_from: Option<String>,
+    /// Attempts of a report delivery (one mail or webhook) before it is marked failed.
+    pub delivery_max_attempts: u32,
+    /// First wait before a delivery is tried again, in milliseconds; it doubles each attempt.
+    pub delivery_backoff_ms: u64,
 }
 
 impl Default for Settings {
@@ -175,6 +185,10 @@ impl Default for Settings {
             audio_model: None,
             audio_language: "auto".into(),
             instance_name: "agentdesk".into(),
+            smtp_url: None,
+            mail_from: None,
+            delivery_max_attempts: 8,
+            delivery_backoff_ms: 30_000,
             audio_threads: 0,
             audio_max_duration_secs: 4 * 3600,
             audio_live_max_secs: 2 * 3600,
@@ -409,6 +423,31 @@ impl Settings {
             return bad(
                 "instance_name",
                 "must be 1 to 200 printable characters".into(),
+            );
+        }
+        if let Some(url) = &self.smtp_url {
+            let url = url.expose();
+            if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                return bad("smtp_url", "must start with smtp:// or smtps://".into());
+            }
+            if self
+                .mail_from
+                .as_deref()
+                .is_none_or(|f| f.trim().is_empty())
+            {
+                return bad(
+                    "mail_from",
+                    "is required with smtp_url (the sender of mail)".into(),
+                );
+            }
+        }
+        if !(1..=50).contains(&self.delivery_max_attempts) {
+            return bad("delivery_max_attempts", "must be between 1 and 50".into());
+        }
+        if !(10..=3_600_000).contains(&self.delivery_backoff_ms) {
+            return bad(
+                "delivery_backoff_ms",
+                "must be between 10 and 3600000".into(),
             );
         }
         if self.audio_threads > 64 {

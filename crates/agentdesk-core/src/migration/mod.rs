@@ -15,6 +15,7 @@ mod m0009_audit_chain_per_statement;
 mod m0010_audit_body_digest;
 mod m0011_recordings;
 mod m0012_reports;
+mod m0013_report_schedules;
 
 /// Applies the schema, in order. A migration, once released, is never edited: add a new one.
 pub struct Migrator;
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0010_audit_body_digest::Migration),
             Box::new(m0011_recordings::Migration),
             Box::new(m0012_reports::Migration),
+            Box::new(m0013_report_schedules::Migration),
         ]
     }
 }
