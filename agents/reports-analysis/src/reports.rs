@@ -216,9 +216,15 @@ pub fn audit_view(r: &Model) -> Value {
 /// report never holds more than every client). Others get a 404, as for a report that does not
 /// exist.
 fn visible(permit: &Permit) -> Condition {
+    visible_to(permit, Column::CreatedBy)
+}
+
+/// Rows (reports, schedules) seen by the person in `owner`, and by whoever may read reports
+/// over every client.
+pub(crate) fn visible_to(permit: &Permit, owner: impl ColumnTrait) -> Condition {
     match permit.scope() {
         ClientScope::All => Condition::all(),
-        ClientScope::Only(_) => Condition::all().add(Column::CreatedBy.eq(permit.user().id)),
+        ClientScope::Only(_) => Condition::all().add(owner.eq(permit.user().id)),
     }
 }
 

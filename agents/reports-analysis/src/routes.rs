@@ -106,7 +106,8 @@ pub struct NewReport {
     pub format: Option<String>,
 }
 
-fn check_choice(field: &str, value: &str, allowed: &[&str]) -> Result<(), Error> {
+/// A 422 naming `field` unless `value` is one of `allowed`.
+pub(crate) fn check_choice(field: &str, value: &str, allowed: &[&str]) -> Result<(), Error> {
     if allowed.contains(&value) {
         Ok(())
     } else {

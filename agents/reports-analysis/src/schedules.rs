@@ -13,19 +13,20 @@ use agentdesk_agent_sdk::core::models::client;
 use agentdesk_agent_sdk::core::pagination::{Page, PageRequest};
 use agentdesk_agent_sdk::core::services::audit::{AuditRecord, Outcome};
 use agentdesk_agent_sdk::core::services::jobs::NewJob;
-use agentdesk_agent_sdk::core::services::permissions::{ClientScope, Need, Permit};
+use agentdesk_agent_sdk::core::services::permissions::{Need, Permit};
 use agentdesk_agent_sdk::core::{Core, Error, RequestMeta};
 use agentdesk_agent_sdk::{CronSpec, JobContext, JobError};
 use chrono::{DateTime, SubsecRound, Utc};
 use chrono_tz::Tz;
 use rand::RngCore;
 use sea_orm::entity::prelude::*;
-use sea_orm::{Condition, QueryOrder, QuerySelect, Set};
+use sea_orm::{QueryOrder, QuerySelect, Set};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::period::Period;
 use crate::reports::{self, ReportParams, format, kind};
+use crate::routes::check_choice;
 use crate::{NAME, SCHEDULED};
 
 /// A row of `report_schedules`.
@@ -234,17 +235,6 @@ pub fn check_webhook(raw: &str) -> Result<reqwest::Url, String> {
     Ok(url)
 }
 
-fn check_choice(field: &str, value: &str, allowed: &[&str]) -> Result<(), Error> {
-    if allowed.contains(&value) {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            field,
-            format!("must be one of {}", allowed.join(", ")),
-        ))
-    }
-}
-
 /// A fresh signing key: `whsec_` and 32 random bytes in hex.
 fn new_secret() -> String {
     let mut bytes = [0u8; 32];
@@ -343,18 +333,10 @@ pub async fn create(core: &Core, permit: &Permit, body: NewSchedule) -> Result<S
     Ok(view)
 }
 
-/// Who sees which schedules: their owner, and whoever may read reports over every client.
-fn visible(permit: &Permit) -> Condition {
-    match permit.scope() {
-        ClientScope::All => Condition::all(),
-        ClientScope::Only(_) => Condition::all().add(Column::CreatedBy.eq(permit.user().id)),
-    }
-}
-
 /// The schedule, if the caller may see it.
 pub async fn visible_schedule(core: &Core, permit: &Permit, id: Uuid) -> Result<Model, Error> {
     Entity::find_by_id(id)
-        .filter(visible(permit))
+        .filter(reports::visible_to(permit, Column::CreatedBy))
         .one(core.db.reader())
         .await?
         .ok_or(Error::NotFound("report schedule"))
@@ -366,7 +348,7 @@ pub async fn list(
     permit: &Permit,
     request: PageRequest,
 ) -> Result<Page<Schedule>, Error> {
-    let mut condition = visible(permit);
+    let mut condition = reports::visible_to(permit, Column::CreatedBy);
     if let Some(after) = request.after {
         condition = condition.add(Column::Id.lt(after));
     }
