@@ -81,6 +81,32 @@ impl TestEnv {
         }
     }
 
+    /// An empty database (no schema at all) and an empty data folder: where a restore goes.
+    pub async fn empty() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (database_url, pg_database) = match backend() {
+            Backend::Sqlite => (
+                format!("sqlite://{}/agentdesk.db", dir.path().display()),
+                None,
+            ),
+            Backend::Postgres => {
+                let name = postgres::empty_database().await;
+                (format!("{}/{}", postgres_server(), name), Some(name))
+            }
+        };
+        Self {
+            dir,
+            database_url,
+            pg_database,
+            redis_prefix: format!("adtest-{}", Uuid::now_v7().simple()),
+        }
+    }
+
+    /// The data folder.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// The database URL.
     pub fn database_url(&self) -> &str {
         &self.database_url
@@ -97,6 +123,8 @@ impl TestEnv {
             .merge(("admin_email", "admin@test.local"))
             .merge(("admin_password", ADMIN_PASSWORD))
             .merge(("redis_prefix", self.redis_prefix.clone()))
+            // Nothing watches a test server's /readyz: stop at once (the drain tests set it).
+            .merge(("drain_grace_secs", 0))
             .merge(("log", "warn"));
         if let Some(redis) = redis_url() {
             figment = figment.merge(("redis_url", redis));
@@ -227,6 +255,13 @@ impl TestApp {
             shutdown: Some(tx),
             server: Some(server),
             env,
+        }
+    }
+
+    /// Asks the server to stop (as SIGTERM does) without waiting: it drains from now on.
+    pub fn signal_stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
         }
     }
 
@@ -592,6 +627,17 @@ mod postgres {
                 Err(e) => panic!("cannot create a test database: {e}"),
             }
         }
+        let _ = admin.close().await;
+        name
+    }
+
+    /// Creates an empty database (no schema).
+    pub async fn empty_database() -> String {
+        let admin = admin().await;
+        let name = format!("agentdesk_test_{}", Uuid::now_v7().simple());
+        exec(&admin, format!("CREATE DATABASE {name} TEMPLATE template0"))
+            .await
+            .expect("create an empty database");
         let _ = admin.close().await;
         name
     }

@@ -50,6 +50,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The agents whose workers run in this process.
     pub in_process_agents: Arc<Vec<String>>,
+    /// Set on SIGTERM: `/readyz` answers 503 `draining` from then on.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl axum::extract::FromRef<AppState> for Core {
@@ -299,6 +301,7 @@ impl Application {
                 core,
                 metrics: metrics_handle(),
                 in_process_agents,
+                draining: Arc::default(),
             },
             generated_admin,
             startup: started.elapsed(),
@@ -318,13 +321,16 @@ impl Application {
         &self.state.core
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish
-    /// within the configured deadline.
+    /// Serves until `shutdown` resolves, then drains: `/readyz` answers 503 `draining` at once,
+    /// the listener stays open for the drain grace period (so that a proxy's health check
+    /// notices and stops sending), then stops accepting; in-flight requests finish within the
+    /// shutdown deadline, and running jobs finish or go back to the queue.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let deadline = self.state.core.settings.shutdown_timeout();
+        let grace = std::time::Duration::from_secs(self.state.core.settings.drain_grace_secs);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let app = router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let mut graceful_rx = stop_rx.clone();
@@ -336,8 +342,17 @@ impl Application {
         let runner = self
             .runner
             .map(|runner| tokio::spawn(runner.run(stop_runner.clone())));
+        let backups = backup_schedule(&self.state.core, stop_runner.clone());
         shutdown.await;
+        self.state
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "draining: /readyz answers 503 while the proxy notices"
+        );
         stop_runner.cancel();
+        tokio::time::sleep(grace).await;
         tracing::info!(
             deadline_secs = deadline.as_secs(),
             "shutting down: no new connections, finishing in-flight requests"
@@ -354,10 +369,67 @@ impl Application {
             // The runner has its own deadline and hands unfinished jobs back.
             let _ = runner.await;
         }
+        if let Some(backups) = backups {
+            let _ = backups.await;
+        }
         flush_audit_before_exit(&self.state.core).await;
         self.state.core.db.clone().close().await;
         Ok(())
     }
+}
+
+/// The in-process backup schedule (`backup_cron`): at each tick one instance (the one whose
+/// claim of the tick wins) backs up into `backup_dest` and keeps the newest `backup_keep`. A
+/// backup under way when the server stops is finished first.
+fn backup_schedule(core: &Core, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+    let settings = core.settings.clone();
+    let cron = agentdesk_core::config::parse_backup_cron(settings.backup_cron.as_deref()?).ok()?;
+    let dest = settings.backup_dest.clone()?;
+    let core = core.clone();
+    Some(tokio::spawn(async move {
+        loop {
+            let now = chrono::Utc::now();
+            let Ok(tick) = cron.find_next_occurrence(&now, false) else {
+                tracing::warn!("the backup schedule has no next run");
+                return;
+            };
+            let wait = (tick - now).to_std().unwrap_or_default();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            match core.claim_cron_tick("agentdesk.backup", tick).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim the backup tick");
+                    continue;
+                }
+            }
+            let started = std::time::Instant::now();
+            match agentdesk_core::backup::backup_to(&settings, &dest, settings.backup_keep as usize)
+                .await
+            {
+                Ok(stored) => {
+                    metrics::gauge!("backup_last_success_timestamp_seconds")
+                        .set(chrono::Utc::now().timestamp() as f64);
+                    metrics::gauge!("backup_last_size_bytes").set(stored.size as f64);
+                    tracing::info!(
+                        location = %stored.location,
+                        bytes = stored.size,
+                        files = stored.manifest.files.count,
+                        removed = stored.removed.len(),
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "scheduled backup written"
+                    );
+                }
+                Err(e) => {
+                    metrics::counter!("backup_failures_total").increment(1);
+                    tracing::error!(error = %e, "scheduled backup failed");
+                }
+            }
+        }
+    }))
 }
 
 /// `agentdesk worker`: the workers of `names` alone, with `/healthz`, `/readyz` and `/metrics`
@@ -397,6 +469,7 @@ pub async fn run_worker(
         core: core.clone(),
         metrics: metrics_handle(),
         in_process_agents: Arc::new(selected),
+        draining: Arc::default(),
     };
     let (health, _) = OpenApiRouter::new()
         .merge(system::routes())

@@ -149,6 +149,16 @@ pub struct Settings {
     pub delivery_max_attempts: u32,
     /// First wait before a delivery is tried again, in milliseconds; it doubles each attempt.
     pub delivery_backoff_ms: u64,
+    /// On SIGTERM, how long `/readyz` answers 503 `draining` before the listener closes, so that
+    /// a proxy's health check notices, in seconds.
+    pub drain_grace_secs: u64,
+    /// When the server backs itself up: a five-field cron expression in UTC (`0 3 * * *`);
+    /// unset: no scheduled backups. One instance takes each backup.
+    pub backup_cron: Option<String>,
+    /// Where scheduled backups go: a folder or `s3://bucket/prefix`; required with `backup_cron`.
+    pub backup_dest: Option<String>,
+    /// How many scheduled backups to keep at the destination (0: all).
+    pub backup_keep: u32,
 }
 
 impl Default for Settings {
@@ -189,6 +199,10 @@ impl Default for Settings {
             mail_from: None,
             delivery_max_attempts: 8,
             delivery_backoff_ms: 30_000,
+            drain_grace_secs: 5,
+            backup_cron: None,
+            backup_dest: None,
+            backup_keep: 7,
             audio_threads: 0,
             audio_max_duration_secs: 4 * 3600,
             audio_live_max_secs: 2 * 3600,
@@ -203,6 +217,17 @@ impl Default for Settings {
     }
 }
 
+/// Parses `backup_cron`: exactly five fields (minute to weekday), evaluated in UTC.
+pub fn parse_backup_cron(text: &str) -> std::result::Result<croner::Cron, String> {
+    if text.split_whitespace().count() != 5 {
+        return Err("must have five fields: minute hour day-of-month month day-of-week".into());
+    }
+    croner::parser::CronParser::builder()
+        .build()
+        .parse(text)
+        .map_err(|e| e.to_string())
+}
+
 /// A speech model's name: safe as part of a file name.
 pub fn is_model_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -213,7 +238,25 @@ pub fn is_model_name(name: &str) -> bool {
 }
 
 /// `AGENTDESK_*` variables that the binary reads but that are not settings.
-const NON_SETTING_VARIABLES: &[&str] = &["config", "new_password"];
+const NON_SETTING_VARIABLES: &[&str] = &[
+    "config",
+    "new_password",
+    "database_url_file",
+    "redis_url_file",
+    "jwt_secret_file",
+    "admin_password_file",
+    "smtp_url_file",
+];
+
+/// Settings that may instead be read from a file named by `AGENTDESK_<KEY>_FILE` (systemd's
+/// `LoadCredential=`, Docker and compose secrets), so that secrets stay out of the environment.
+pub const SECRET_FILE_KEYS: &[&str] = &[
+    "database_url",
+    "redis_url",
+    "jwt_secret",
+    "admin_password",
+    "smtp_url",
+];
 
 /// Which database the URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,9 +280,11 @@ impl Settings {
             });
         }
         let known = Self::known_keys();
+        let secret_files = Self::secret_files(|name| std::env::var_os(name))?;
         Self::from_figment(
             Figment::from(Serialized::defaults(Settings::default()))
                 .merge(Toml::file(&path))
+                .merge(secret_files)
                 // Only keys that name a setting: an orchestrator injects variables of its own
                 // under our prefix (Kubernetes: `AGENTDESK_PORT`, `AGENTDESK_SERVICE_HOST`, ... for
                 // a Service named agentdesk), and those must not stop the server. They are
@@ -250,6 +295,36 @@ impl Settings {
                     }),
                 ),
         )
+    }
+
+    /// The secrets given as files (`AGENTDESK_<KEY>_FILE`), read; `var` looks a variable up. A
+    /// key set both ways, or a file that cannot be read, is an error naming the key.
+    pub fn secret_files(
+        var: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Serialized<std::collections::BTreeMap<String, String>>> {
+        let mut values = std::collections::BTreeMap::new();
+        for key in SECRET_FILE_KEYS {
+            let upper = key.to_ascii_uppercase();
+            let Some(path) = var(&format!("AGENTDESK_{upper}_FILE")) else {
+                continue;
+            };
+            if var(&format!("AGENTDESK_{upper}")).is_some() {
+                return Err(Error::Config {
+                    key: (*key).into(),
+                    message: format!("set AGENTDESK_{upper} or AGENTDESK_{upper}_FILE, not both"),
+                });
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::Config {
+                key: format!("{key}_file"),
+                message: format!("cannot read {}: {e}", Path::new(&path).display()),
+            })?;
+            // Files usually end in a newline that is not part of the secret.
+            values.insert(
+                (*key).to_owned(),
+                text.trim_end_matches(['\n', '\r']).to_owned(),
+            );
+        }
+        Ok(Serialized::globals(values))
     }
 
     /// Variables named `AGENTDESK_*` in the process environment that are neither a setting nor
@@ -505,6 +580,25 @@ impl Settings {
         if let Err(e) = tracing_filter_check(&self.log) {
             return bad("log", e);
         }
+        if let Some(cron) = &self.backup_cron {
+            if let Err(e) = parse_backup_cron(cron) {
+                return bad("backup_cron", e);
+            }
+            if self.backup_dest.is_none() {
+                return bad(
+                    "backup_dest",
+                    "is required with backup_cron (a folder or s3://bucket/prefix)".into(),
+                );
+            }
+        }
+        if let Some(dest) = &self.backup_dest
+            && (dest.trim().is_empty() || dest.starts_with("s3:///"))
+        {
+            return bad(
+                "backup_dest",
+                "must be a folder or s3://bucket/prefix".into(),
+            );
+        }
         Ok(())
     }
 
@@ -736,5 +830,58 @@ mod tests {
         assert!(!text.contains("hunter2"), "{text}");
         assert!(!text.contains(&"x".repeat(40)), "{text}");
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn secrets_can_come_from_files_but_not_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jwt_secret");
+        std::fs::write(&file, format!("{}\n", "s".repeat(40))).unwrap();
+        let path = file.clone();
+        let vars = move |name: &str| {
+            (name == "AGENTDESK_JWT_SECRET_FILE").then(|| path.clone().into_os_string())
+        };
+        let provider = Settings::secret_files(vars).unwrap();
+        let settings = Settings::from_figment(
+            Figment::from(Serialized::defaults(Settings::default())).merge(provider),
+        )
+        .unwrap();
+        assert_eq!(
+            settings.jwt_secret.as_ref().map(Secret::expose),
+            Some("s".repeat(40).as_str()),
+            "read without its newline"
+        );
+        let both = Settings::secret_files(|name: &str| {
+            matches!(name, "AGENTDESK_JWT_SECRET_FILE" | "AGENTDESK_JWT_SECRET")
+                .then(|| std::ffi::OsString::from("x"))
+        });
+        assert!(matches!(both, Err(Error::Config { ref key, .. }) if key == "jwt_secret"));
+        let missing = Settings::secret_files(|name: &str| {
+            (name == "AGENTDESK_SMTP_URL_FILE").then(|| std::ffi::OsString::from("/nonexistent/x"))
+        });
+        assert!(matches!(missing, Err(Error::Config { ref key, .. }) if key == "smtp_url_file"));
+        assert!(Settings::unknown_keys_in(["AGENTDESK_JWT_SECRET_FILE".to_owned()]).is_empty());
+    }
+
+    #[test]
+    fn a_backup_schedule_needs_a_valid_cron_and_a_destination() {
+        assert!(
+            with(&[
+                ("backup_cron", "0 3 * * *"),
+                ("backup_dest", "/var/backups")
+            ])
+            .is_ok()
+        );
+        for (cron, dest) in [("0 3 * *", "/b"), ("61 3 * * *", "/b"), ("0 3 * * *", "")] {
+            let mut pairs = vec![("backup_cron", cron)];
+            if !dest.is_empty() {
+                pairs.push(("backup_dest", dest));
+            }
+            let err = with(&pairs).unwrap_err();
+            assert!(
+                matches!(err, Error::Config { ref key, .. } if key == "backup_cron" || key == "backup_dest"),
+                "{cron:?} {dest:?}: {err}"
+            );
+        }
     }
 }

@@ -106,25 +106,69 @@ impl Database {
 
     /// Applies pending migrations. Safe to run twice, and from two instances at once: on
     /// PostgreSQL the migrations run under an advisory lock, on SQLite under the write lock.
+    ///
+    /// Migrations only expand the schema (see [`crate::migration::ContractMigrator`]), so an
+    /// older build may serve a database that a newer one has migrated (blue/green upgrades):
+    /// when the database has every migration of this build plus newer ones, nothing is applied
+    /// and the newer schema is served as it is.
     pub async fn migrate(&self) -> Result<()> {
-        match self.kind {
-            DatabaseKind::Postgres => {
-                let txn = self.writer.begin().await?;
-                txn.execute_raw(Statement::from_string(
-                    DatabaseBackend::Postgres,
-                    "SELECT pg_advisory_xact_lock(7263501)",
-                ))
-                .await?;
-                Migrator::up(&txn, None).await?;
-                txn.commit().await?;
-            }
-            DatabaseKind::Sqlite => {
-                let txn = self.begin().await?;
-                Migrator::up(&txn, None).await?;
-                txn.commit().await?;
-            }
+        let txn = self.begin().await?;
+        if self.kind == DatabaseKind::Postgres {
+            txn.execute_raw(Statement::from_string(
+                DatabaseBackend::Postgres,
+                "SELECT pg_advisory_xact_lock(7263501)",
+            ))
+            .await?;
         }
+        let applied = applied_migrations(&txn, self.kind).await?;
+        let known = crate::migration::known_migrations();
+        let newer: Vec<&String> = applied.iter().filter(|v| !known.contains(v)).collect();
+        if !newer.is_empty() {
+            let missing: Vec<&String> = known.iter().filter(|k| !applied.contains(k)).collect();
+            if !missing.is_empty() {
+                return Err(Error::Config {
+                    key: "database_url".into(),
+                    message: format!(
+                        "the database has migrations of another release ({}) but lacks this build's ({}); run the newest release's `agentdesk migrate`",
+                        join(&newer),
+                        join(&missing)
+                    ),
+                });
+            }
+            tracing::info!(
+                database_schema = applied.last().map(String::as_str).unwrap_or_default(),
+                build_schema = crate::migration::schema_version(),
+                "the database's schema is newer than this build's; its migrations only add, so this build serves it as it is"
+            );
+            txn.commit().await?;
+            return Ok(());
+        }
+        Migrator::up(&txn, None).await?;
+        txn.commit().await?;
         Ok(())
+    }
+
+    /// Applies the expand migrations, then the contract ones (removals that no running older
+    /// build may depend on any more): `agentdesk migrate --contract`.
+    pub async fn migrate_contract(&self) -> Result<()> {
+        self.migrate().await?;
+        let txn = self.begin().await?;
+        if self.kind == DatabaseKind::Postgres {
+            txn.execute_raw(Statement::from_string(
+                DatabaseBackend::Postgres,
+                "SELECT pg_advisory_xact_lock(7263501)",
+            ))
+            .await?;
+        }
+        crate::migration::ContractMigrator::up(&txn, None).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// The migrations applied to the database, in order (empty for a new database); the last
+    /// is the database's schema version.
+    pub async fn applied_migrations(&self) -> Result<Vec<String>> {
+        applied_migrations(&self.reader, self.kind).await
     }
 
     /// Checks that the database answers (for `/readyz`).
@@ -157,6 +201,46 @@ impl Database {
             let _ = self.writer.close().await;
         }
     }
+}
+
+fn join(names: &[&String]) -> String {
+    names
+        .iter()
+        .map(|n| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn applied_migrations(
+    conn: &impl ConnectionTrait,
+    kind: DatabaseKind,
+) -> Result<Vec<String>> {
+    let exists = match kind {
+        DatabaseKind::Sqlite => {
+            "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'seaql_migrations'"
+        }
+        DatabaseKind::Postgres => {
+            "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'seaql_migrations'"
+        }
+    };
+    let backend = conn.get_database_backend();
+    let found = conn
+        .query_one_raw(Statement::from_string(backend, exists))
+        .await?
+        .map(|row| row.try_get::<i64>("", "n"))
+        .transpose()?
+        .unwrap_or(0);
+    if found == 0 {
+        return Ok(Vec::new());
+    }
+    conn.query_all_raw(Statement::from_string(
+        backend,
+        "SELECT version FROM seaql_migrations ORDER BY version",
+    ))
+    .await?
+    .into_iter()
+    .map(|row| row.try_get::<String>("", "version").map_err(Error::from))
+    .collect()
 }
 
 fn sqlite_path(url: &str) -> Option<String> {

@@ -75,6 +75,9 @@ pub enum Error {
     /// Anything else that is our fault.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A backup, verification or restore failed; says why in words.
+    #[error("{0}")]
+    Backup(String),
 }
 
 impl Error {
@@ -94,6 +97,7 @@ impl Error {
             Error::Unavailable(_) => "service_unavailable",
             Error::Config { .. } => "invalid_configuration",
             Error::Database(_) | Error::Internal(_) => "internal_error",
+            Error::Backup(_) => "backup_failed",
         }
     }
 

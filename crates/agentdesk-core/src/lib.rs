@@ -6,6 +6,7 @@
 //! on SQLite, `BEGIN IMMEDIATE`); reads use the reader pool. Caches live per instance and are
 //! kept honest by the invalidation bus in [`cache`].
 
+pub mod backup;
 pub mod cache;
 pub mod config;
 pub mod database;

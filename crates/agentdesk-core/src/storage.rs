@@ -188,6 +188,56 @@ impl Storage {
             .map(|r| r.map_err(std::io::Error::other)))
     }
 
+    /// Stores a stream under the given key (a restore puts files back where they were).
+    pub async fn put_stream_at<S, E>(&self, key: &str, body: S) -> Result<()>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let upload = self
+            .store
+            .put_multipart(&self.path(key))
+            .await
+            .map_err(store_error)?;
+        let mut writer = WriteMultipart::new(upload);
+        let mut body = std::pin::pin!(body);
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    writer.write(&chunk);
+                    writer.wait_for_capacity(4).await.map_err(store_error)?;
+                }
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(Error::Unavailable(format!("storage: {e}")));
+                }
+            }
+        }
+        writer.finish().await.map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Every object's key (relative to the store's prefix) and size, sorted by key.
+    pub async fn list(&self) -> Result<Vec<(String, u64)>> {
+        let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
+        let mut listing = self.store.list(prefix);
+        let mut objects = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(store_error)?;
+            let location = meta.location.as_ref();
+            let key = match prefix {
+                Some(p) => location
+                    .strip_prefix(p.as_ref())
+                    .map(|rest| rest.trim_start_matches('/'))
+                    .unwrap_or(location),
+                None => location,
+            };
+            objects.push((key.to_owned(), meta.size));
+        }
+        objects.sort();
+        Ok(objects)
+    }
+
     /// Removes an object (missing is fine).
     pub async fn delete(&self, key: &str) -> Result<()> {
         match self.store.delete(&self.path(key)).await {

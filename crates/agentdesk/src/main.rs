@@ -31,8 +31,42 @@ enum Command {
         #[arg(long, value_delimiter = ',', required = true)]
         agents: Vec<String>,
     },
-    /// Apply pending migrations and exit.
-    Migrate,
+    /// Apply pending migrations (expand: they only add, so an older release can go on serving)
+    /// and exit.
+    Migrate {
+        /// Also apply the contract migrations (removals), once no older release serves.
+        #[arg(long)]
+        contract: bool,
+    },
+    /// Back up the database and the stored files into one file, while the server serves.
+    #[command(args_conflicts_with_subcommands = true)]
+    Backup {
+        #[command(subcommand)]
+        command: Option<BackupCommand>,
+        /// The file to write.
+        #[arg(long, conflicts_with = "dest")]
+        out: Option<std::path::PathBuf>,
+        /// A folder or `s3://bucket/prefix`, under a time-stamped name instead.
+        #[arg(long)]
+        dest: Option<String>,
+        /// With `--dest`: keep only the newest N backups there (0: all).
+        #[arg(long, requires = "dest", default_value_t = 0)]
+        keep: usize,
+    },
+    /// Restore a backup into an empty data directory or empty database (checks it first).
+    Restore {
+        /// The backup file.
+        file: std::path::PathBuf,
+    },
+    /// Exit 0 when this instance's `/readyz` answers 200 (container health checks).
+    Healthcheck {
+        /// The URL to ask (default: `/readyz` on `AGENTDESK_BIND`).
+        #[arg(long)]
+        url: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
     /// Manage users from the command line.
     Admin {
         #[command(subcommand)]
@@ -73,6 +107,15 @@ enum AdminCommand {
         /// Display name.
         #[arg(long, default_value = "Administrator")]
         full_name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// Check a backup without restoring it: every checksum, the manifest, the database copy.
+    Verify {
+        /// The backup file.
+        file: std::path::PathBuf,
     },
 }
 
@@ -136,6 +179,13 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Backup {
+        command: Some(BackupCommand::Verify { file }),
+        ..
+    } = &cli.command
+    {
+        return verify_backup(file);
+    }
     let settings = match Settings::load() {
         Ok(settings) => settings,
         Err(e) => {
@@ -161,7 +211,16 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    init_tracing(&settings, matches!(cli.command, Command::Models { .. }));
+    if let Command::Healthcheck { url, timeout } = &cli.command {
+        return healthcheck(&settings, url.as_deref(), *timeout);
+    }
+    init_tracing(
+        &settings,
+        matches!(
+            cli.command,
+            Command::Models { .. } | Command::Backup { .. } | Command::Restore { .. }
+        ),
+    );
     if !unknown_env.is_empty() {
         tracing::warn!(
             variables = %unknown_env.join(", "),
@@ -215,11 +274,67 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 .map_err(describe)?;
             tracing::info!("agentdesk worker stopped");
         }
-        Command::Migrate => {
+        Command::Migrate { contract } => {
             let db = Database::connect(&settings).await?;
-            db.migrate().await?;
+            if contract {
+                db.migrate_contract().await?;
+            } else {
+                db.migrate().await?;
+            }
+            let applied = db.applied_migrations().await?;
             db.close().await;
-            println!("migrations applied");
+            println!(
+                "migrations applied{}: the database's schema is {} (this build's: {})",
+                if contract { " (contract included)" } else { "" },
+                applied.last().map(String::as_str).unwrap_or("empty"),
+                agentdesk_core::migration::schema_version()
+            );
+        }
+        Command::Backup {
+            out, dest, keep, ..
+        } => {
+            use agentdesk_core::backup;
+            let started = std::time::Instant::now();
+            let (location, manifest) = match (out, dest) {
+                (Some(out), None) => {
+                    let manifest = backup::backup(&settings, &out).await?;
+                    (out.display().to_string(), manifest)
+                }
+                (None, Some(dest)) => {
+                    let stored = backup::backup_to(&settings, &dest, keep).await?;
+                    for old in &stored.removed {
+                        println!("removed the older backup {old}");
+                    }
+                    (stored.location, stored.manifest)
+                }
+                _ => anyhow::bail!("name the file with --out FILE, or a destination with --dest"),
+            };
+            println!(
+                "backup written to {location} in {:.1} s: schema {}, {} rows, {} files ({} bytes)",
+                started.elapsed().as_secs_f64(),
+                manifest.database.schema_version().unwrap_or("empty"),
+                manifest.database.tables.values().sum::<u64>(),
+                manifest.files.count,
+                manifest.files.bytes
+            );
+        }
+        Command::Restore { file } => {
+            let started = std::time::Instant::now();
+            let manifest = agentdesk_core::backup::restore(
+                &settings,
+                &file,
+                &agentdesk_core::migration::known_migrations(),
+            )
+            .await?;
+            println!(
+                "restored {} (taken {} by agentdesk {}) in {:.1} s: {} rows, {} files; the next start migrates it to this build's schema",
+                file.display(),
+                manifest.created_at.to_rfc3339(),
+                manifest.agentdesk_version,
+                started.elapsed().as_secs_f64(),
+                manifest.database.tables.values().sum::<u64>(),
+                manifest.files.count
+            );
         }
         Command::Admin {
             command:
@@ -254,7 +369,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
         }
         Command::Models { command } => models(command, &settings)?,
-        Command::Openapi | Command::Config { .. } => {}
+        Command::Openapi | Command::Config { .. } | Command::Healthcheck { .. } => {}
     }
     Ok(())
 }
@@ -311,6 +426,132 @@ fn models(command: ModelsCommand, settings: &Settings) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `agentdesk backup verify FILE`: needs no configuration.
+fn verify_backup(file: &std::path::Path) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(agentdesk_core::backup::verify(file)) {
+        Ok(manifest) => {
+            println!(
+                "{} is a sound backup: taken {} by agentdesk {}, {} database at schema {}, {} rows in {} tables, {} files ({} bytes); every checksum holds",
+                file.display(),
+                manifest.created_at.to_rfc3339(),
+                manifest.agentdesk_version,
+                manifest.database.kind,
+                manifest.database.schema_version().unwrap_or("empty"),
+                manifest.database.tables.values().sum::<u64>(),
+                manifest.database.tables.len(),
+                manifest.files.count,
+                manifest.files.bytes
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `agentdesk healthcheck`: one HTTP/1.1 GET of `/readyz`, without an HTTP client library (the
+/// answer's status line is all it reads); exit 0 on 200.
+fn healthcheck(settings: &Settings, url: Option<&str>, timeout_secs: u64) -> ExitCode {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(timeout_secs.max(1));
+    let (host, port, path) = match url {
+        Some(url) => match parse_http_url(url) {
+            Some(parts) => parts,
+            None => {
+                eprintln!("error: --url must be http://host[:port]/path");
+                return ExitCode::from(2);
+            }
+        },
+        None => {
+            let bind = settings.bind;
+            // A wildcard bind is reached on loopback.
+            let ip = if bind.ip().is_unspecified() {
+                if bind.is_ipv4() {
+                    std::net::IpAddr::from([127, 0, 0, 1])
+                } else {
+                    std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+                }
+            } else {
+                bind.ip()
+            };
+            (ip.to_string(), bind.port(), "/readyz".to_owned())
+        }
+    };
+    let answer = (|| -> std::io::Result<String> {
+        use std::net::ToSocketAddrs;
+        let host_port = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let addr = host_port
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nUser-Agent: agentdesk-healthcheck\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut head = [0u8; 64];
+        let n = stream.read(&mut head)?;
+        Ok(String::from_utf8_lossy(&head[..n]).into_owned())
+    })();
+    match answer {
+        Ok(head) if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") => {
+            ExitCode::SUCCESS
+        }
+        Ok(head) => {
+            eprintln!(
+                "not ready: {}",
+                head.lines().next().unwrap_or("no answer").trim()
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("not ready: {host}:{port}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `http://host[:port][/path]` → (host, port, path).
+fn parse_http_url(url: &str) -> Option<(String, u16, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].to_owned()),
+        None => (rest, "/readyz".to_owned()),
+    };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None => 80,
+        };
+        (host.to_owned(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host.to_owned(), port.parse().ok()?),
+            None => (authority.to_owned(), 80),
+        }
+    };
+    (!host.is_empty()).then_some((host, port, path))
 }
 
 fn describe(e: agentdesk_core::Error) -> anyhow::Error {

@@ -75,7 +75,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
         Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        Error::Config { .. } | Error::Database(_) | Error::Internal(_) => {
+        Error::Config { .. } | Error::Database(_) | Error::Internal(_) | Error::Backup(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
     }

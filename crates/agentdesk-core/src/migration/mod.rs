@@ -41,6 +41,38 @@ impl MigratorTrait for Migrator {
     }
 }
 
+/// The names of this build's migrations, in order: the last is its schema version.
+pub fn known_migrations() -> Vec<String> {
+    Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect()
+}
+
+/// The schema version this build migrates to: its last migration's name.
+pub fn schema_version() -> String {
+    known_migrations().pop().unwrap_or_default()
+}
+
+/// Removals that a release only makes once no older binary serves the database: dropped tables
+/// and columns, renames, tightened constraints. Applied by `agentdesk migrate --contract`, never
+/// at start; kept in their own table so that an older binary's migrator does not see them.
+///
+/// Expand-only rule: a migration in [`Migrator`] only adds (tables, nullable or defaulted
+/// columns, indexes); `scripts/check-migrations` fails CI when one drops or renames anything.
+pub struct ContractMigrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for ContractMigrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        Vec::new()
+    }
+
+    fn migration_table_name() -> DynIden {
+        Alias::new("agentdesk_contract_migrations").into_iden()
+    }
+}
+
 /// Fills the type placeholders of a DDL script for the backend and runs each statement.
 ///
 /// `{uuid}` UUID / BLOB, `{ts}` TIMESTAMPTZ / TEXT, `{bool}` BOOLEAN / INTEGER, `{json}` JSONB / TEXT,

@@ -738,6 +738,21 @@ impl Core {
         Ok(())
     }
 
+    /// Claims `tick` of the schedule `name` for this instance: true for exactly one instance per
+    /// tick (work that is not a job, such as the scheduled backup, runs where this is true).
+    pub async fn claim_cron_tick(&self, name: &str, tick: DateTime<Utc>) -> Result<bool> {
+        let inserted = self
+            .db
+            .writer()
+            .execute_raw(Statement::from_sql_and_values(
+                self.db.backend(),
+                "INSERT INTO cron_ticks (name, tick) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                [name.to_owned().into(), tick.trunc_subsecs(0).into()],
+            ))
+            .await?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
     /// Fires a cron schedule for `tick` once across all instances: the instance whose insert of
     /// `(name, tick)` succeeds enqueues `job` in the same transaction. Returns the job if this
     /// instance fired it.
