@@ -9,6 +9,9 @@ use agentdesk_core::config::{LogFormat, Settings};
 use agentdesk_core::database::Database;
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "upgrade-probe")]
+mod upgrade_probe;
+
 // The system allocator, except in the `pdf-extract` child, which runs faster on mimalloc.
 #[global_allocator]
 static ALLOCATOR: agentdesk_api::ProcessAllocator = agentdesk_api::ProcessAllocator;
@@ -167,6 +170,8 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let cli = Cli::parse();
+    #[cfg(feature = "upgrade-probe")]
+    upgrade_probe::install();
     if let Command::Openapi = cli.command {
         return match serde_json::to_string_pretty(&agentdesk_api::openapi()) {
             Ok(text) => {

@@ -17,12 +17,34 @@ mod m0011_recordings;
 mod m0012_reports;
 mod m0013_report_schedules;
 
+/// Makes one migration (migrations are trait objects, made afresh for each run).
+pub type MakeMigration = fn() -> Box<dyn MigrationTrait>;
+
+/// Migrations a binary adds after the core's (see [`add_migrations`]).
+static ADDED: std::sync::OnceLock<Vec<MakeMigration>> = std::sync::OnceLock::new();
+
+/// Adds migrations after the core's, once per process, before the database is first migrated.
+/// The upgrade test's build (`agentdesk` with the `upgrade-probe` feature) uses it to be "the
+/// next release with a new migration" without a second copy of the workspace. Returns false if
+/// migrations were already added.
+pub fn add_migrations(migrations: Vec<MakeMigration>) -> bool {
+    ADDED.set(migrations).is_ok()
+}
+
 /// Applies the schema, in order. A migration, once released, is never edited: add a new one.
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        let mut list = Self::core_migrations();
+        list.extend(ADDED.get().into_iter().flatten().map(|make| make()));
+        list
+    }
+}
+
+impl Migrator {
+    fn core_migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![
             Box::new(m0001_users_sessions::Migration),
             Box::new(m0002_permissions_audit::Migration),
