@@ -5,7 +5,7 @@
 # - `agentdesk backup verify`,
 # - `agentdesk restore` into an empty data folder (or an empty PostgreSQL database),
 # - `agentdesk audit verify` on the restored copy.
-# Builds the release binary.
+# Builds the release binary unless AGENTDESK_BIN names one.
 #
 # Usage: bash bench/backup.sh [clients] [files] [postgres-server-url]
 #   e.g. bash bench/backup.sh 100000 50 postgres://postgres@127.0.0.1:5432
@@ -26,8 +26,9 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-cargo build --release -p agentdesk
-bin=$PWD/target/release/agentdesk
+# AGENTDESK_BIN: an already built release binary (default: build it).
+if [ -z "${AGENTDESK_BIN:-}" ]; then cargo build --release -p agentdesk; fi
+bin=$(realpath "${AGENTDESK_BIN:-target/release/agentdesk}")
 export AGENTDESK_BIND=127.0.0.1:$port AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
 export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-password-123
 export AGENTDESK_JWT_SECRET=bench-secret-bench-secret-bench-secret-00
