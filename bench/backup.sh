@@ -37,7 +37,7 @@ src=$work/src dst=$work/dst
 mkdir -p "$src" "$dst"
 if [ -n "$pg" ]; then
   for name in bench_backup_src bench_backup_dst; do
-    psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $name WITH (FORCE)" -c "CREATE DATABASE $name TEMPLATE template0" >/dev/null
+    PGOPTIONS="-c client_min_messages=warning" psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $name WITH (FORCE)" -c "CREATE DATABASE $name TEMPLATE template0" >/dev/null
   done
   src_db=$pg/bench_backup_src dst_db=$pg/bench_backup_dst
 else
@@ -85,7 +85,7 @@ timed() { # label, command...
   local ms=$(( ($(date +%s%N) - start) / 1000000 ))
   printf '%-28s %8.1f s   max RSS %5d MiB\n' "$label" "$(echo "$ms / 1000" | bc -l)" $(( $(tail -n1 "$work/rss") / 1024 ))
 }
-echo "seeded $clients clients and $files x 20 MiB files in $((seed_s / 1000)) s (${pg:+PostgreSQL}${pg:-SQLite})"
+echo "seeded $clients clients and $files x 20 MiB files in $((seed_s / 1000)) s ($([ -n "$pg" ] && echo PostgreSQL || echo SQLite))"
 AGENTDESK_DATA_DIR=$src AGENTDESK_DATABASE_URL=$src_db timed "backup (server serving)" "$bin" backup --out "$work/b.backup"
 echo "backup size: $(( $(stat -c %s "$work/b.backup") / 1024 / 1024 )) MiB"
 timed "backup verify" "$bin" backup verify "$work/b.backup"

@@ -489,18 +489,24 @@ fn write_archive(
     )?);
     let mut bytes = 0u64;
     for (key, size) in objects {
-        let stream = handle.block_on(storage.get_stream(key))?;
-        let reader = tokio_util::io::SyncIoBridge::new_with_handle(
-            tokio_util::io::StreamReader::new(stream),
-            handle.clone(),
-        );
-        entries.push(append(
-            &mut builder,
-            &format!("{FILES_PREFIX}{key}"),
-            *size,
-            mtime,
-            reader,
-        )?);
+        let path = format!("{FILES_PREFIX}{key}");
+        // A local store's files are read directly; S3 objects are streamed.
+        let entry = match storage.local_file(key) {
+            Some(file) => {
+                let reader =
+                    std::fs::File::open(&file).map_err(|e| io_failed(file.display(), e))?;
+                append(&mut builder, &path, *size, mtime, reader)?
+            }
+            None => {
+                let stream = handle.block_on(storage.get_stream(key))?;
+                let reader = tokio_util::io::SyncIoBridge::new_with_handle(
+                    tokio_util::io::StreamReader::new(stream),
+                    handle.clone(),
+                );
+                append(&mut builder, &path, *size, mtime, reader)?
+            }
+        };
+        entries.push(entry);
         bytes += size;
     }
     let manifest = Manifest {

@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
+    /// The folder of a `file://` store (bulk readers such as backups read it directly).
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -80,6 +82,7 @@ impl Storage {
             return Ok(Self {
                 store: Arc::new(store),
                 prefix: Path::default(),
+                local_root: Some(std::path::PathBuf::from(dir)),
             });
         }
         if let Some(rest) = url.strip_prefix("s3://") {
@@ -96,6 +99,7 @@ impl Storage {
                 return Ok(Self {
                     store: Arc::new(store),
                     prefix: Path::from(prefix),
+                    local_root: None,
                 });
             }
             #[cfg(not(feature = "s3"))]
@@ -236,6 +240,16 @@ impl Storage {
         }
         objects.sort();
         Ok(objects)
+    }
+
+    /// The file that holds `key`, for a local store (None for S3). Keys are our own
+    /// (`folder/uuid`), never a user's file name.
+    pub fn local_file(&self, key: &str) -> Option<std::path::PathBuf> {
+        let root = self.local_root.as_ref()?;
+        (!key
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == ".."))
+        .then(|| root.join(key))
     }
 
     /// Removes an object (missing is fine).
