@@ -68,8 +68,12 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
     span.in_scope(|| {
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
-        if status.is_server_error() {
+        // A 503 from /readyz is the answer asked for (draining, a dependency down: the readiness
+        // check logs why), not a failure of the request.
+        if status.is_server_error() && path != "/readyz" {
             tracing::error!(status = status.as_u16(), latency_ms, "request finished");
+        } else if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), latency_ms, "request finished");
         } else {
             tracing::info!(status = status.as_u16(), latency_ms, "request finished");
         }
