@@ -39,6 +39,7 @@ const fn row(
 const TABLE: &[Row] = &[
     //   method    path                                      grant of the "right" persona           admin none right other-client
     row("get",    "/healthz",                                None,                                  [200, 200, 200, 200]),
+    row("get",    "/livez",                                  None,                                  [200, 200, 200, 200]),
     row("get",    "/readyz",                                 None,                                  [200, 200, 200, 200]),
     row("get",    "/version",                                None,                                  [200, 200, 200, 200]),
     row("get",    "/metrics",                                None,                                  [200, 200, 200, 200]),
