@@ -112,14 +112,7 @@ impl Database {
     /// when the database has every migration of this build plus newer ones, nothing is applied
     /// and the newer schema is served as it is.
     pub async fn migrate(&self) -> Result<()> {
-        let txn = self.begin().await?;
-        if self.kind == DatabaseKind::Postgres {
-            txn.execute_raw(Statement::from_string(
-                DatabaseBackend::Postgres,
-                "SELECT pg_advisory_xact_lock(7263501)",
-            ))
-            .await?;
-        }
+        let txn = self.begin_migration().await?;
         let applied = applied_migrations(&txn, self.kind).await?;
         let known = crate::migration::known_migrations();
         let newer: Vec<&String> = applied.iter().filter(|v| !known.contains(v)).collect();
@@ -152,6 +145,15 @@ impl Database {
     /// build may depend on any more): `agentdesk migrate --contract`.
     pub async fn migrate_contract(&self) -> Result<()> {
         self.migrate().await?;
+        let txn = self.begin_migration().await?;
+        crate::migration::ContractMigrator::up(&txn, None).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// A write transaction that holds the migration lock (PostgreSQL: an advisory lock; SQLite:
+    /// the write lock that `BEGIN IMMEDIATE` takes).
+    async fn begin_migration(&self) -> Result<DatabaseTransaction> {
         let txn = self.begin().await?;
         if self.kind == DatabaseKind::Postgres {
             txn.execute_raw(Statement::from_string(
@@ -160,9 +162,7 @@ impl Database {
             ))
             .await?;
         }
-        crate::migration::ContractMigrator::up(&txn, None).await?;
-        txn.commit().await?;
-        Ok(())
+        Ok(txn)
     }
 
     /// The migrations applied to the database, in order (empty for a new database); the last

@@ -232,15 +232,8 @@ fn main() -> ExitCode {
             "ignoring environment variables that name no setting"
         );
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(run(cli.command, settings)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -433,17 +426,24 @@ fn models(command: ModelsCommand, settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `agentdesk backup verify FILE`: needs no configuration.
-fn verify_backup(file: &std::path::Path) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+/// The multi-threaded runtime, or None after saying why it could not start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(rt) => Some(rt),
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            None
         }
+    }
+}
+
+/// `agentdesk backup verify FILE`: needs no configuration.
+fn verify_backup(file: &std::path::Path) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(agentdesk_core::backup::verify(file)) {
         Ok(manifest) => {
