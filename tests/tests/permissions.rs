@@ -452,3 +452,62 @@ async fn grant_revocation_reaches_every_instance_within_a_second() {
         .await
     );
 }
+
+/// Grants made before the `grant_clients` table existed (the release before it) are copied into
+/// it by its migration, so their members keep exactly their clients after the upgrade.
+#[tokio::test]
+async fn grants_older_than_their_client_rows_are_copied_by_the_migration() {
+    use sea_orm::ConnectionTrait;
+    use sea_orm_migration::MigratorTrait;
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let r = app
+            .post(
+                "/api/v1/clients",
+                &admin,
+                json!({"name": format!("Kept {i}")}),
+            )
+            .await;
+        r.expect(201, None);
+        ids.push(r.json["id"].as_str().unwrap().to_owned());
+    }
+    let member = app
+        .persona(
+            &admin,
+            "member",
+            &[json!({"resource": "clients", "actions": ["read"], "client_ids": [ids[0], ids[2]]})],
+        )
+        .await;
+    let listed = |r: &agentdesk_tests::Reply| -> Vec<String> {
+        r.json["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let before = app.get("/api/v1/clients", &member.token).await;
+    assert_eq!(listed(&before), [ids[2].clone(), ids[0].clone()]);
+
+    // Back to the schema before the table, then forward again: the copy fills it.
+    let db = app.core.db.writer();
+    agentdesk_core::migration::Migrator::down(db, Some(1))
+        .await
+        .unwrap();
+    agentdesk_core::migration::Migrator::up(db, None)
+        .await
+        .unwrap();
+    let rows = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT count(*) AS n FROM grant_clients",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rows.try_get::<i64>("", "n").unwrap(), 2);
+    let after = app.get("/api/v1/clients", &member.token).await;
+    assert_eq!(listed(&after), listed(&before));
+}

@@ -48,9 +48,7 @@ impl<E: EntityTrait> ItemTable<E> {
         let mut condition = Condition::all()
             .add(self.created.gte(query.from))
             .add(self.created.lt(query.to));
-        if let ClientScope::Only(ids) = &query.scope {
-            condition = condition.add(self.client.is_in(ids.clone()));
-        }
+        condition = condition.add(query.scope.condition((E::default(), self.client)));
         if let Some(client) = query.client_id {
             condition = condition.add(self.client.eq(client));
         }

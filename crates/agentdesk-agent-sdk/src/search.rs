@@ -305,21 +305,17 @@ pub async fn search(
             format!("-bm25({fts})"),
         )
     };
-    if let Some(ids) = scope.as_filter() {
-        if ids.is_empty() {
-            return Ok(Page {
-                items: Vec::new(),
-                next_cursor: None,
-            });
-        }
+    if let ClientScope::Only(scoped) = scope {
+        // The grants' rows in `grant_clients`, not a list of their client ids.
         let first = values.len() + 1;
-        let placeholders: Vec<String> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, _)| format!("${}", first + i))
+        let placeholders: Vec<String> = (first..first + scoped.grants().len())
+            .map(|i| format!("${i}"))
             .collect();
-        values.extend(ids.iter().map(|id| SqlValue::from(*id)));
-        conditions.push(format!("p.client_id IN ({})", placeholders.join(",")));
+        values.extend(scoped.grants().iter().map(|id| SqlValue::from(*id)));
+        conditions.push(format!(
+            "p.client_id IN (SELECT client_id FROM grant_clients WHERE grant_id IN ({}))",
+            placeholders.join(",")
+        ));
     }
     if let Some(client) = client_id {
         values.push(client.into());

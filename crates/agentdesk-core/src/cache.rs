@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use crate::database::Database;
 use crate::error::{Error, Result};
-use crate::models::grant::Grant;
 use crate::models::user::User;
+use crate::services::permissions::UserGrants;
 
 const PG_CHANNEL: &str = "agentdesk_invalidate";
 
@@ -61,7 +61,7 @@ enum Remote {
 #[derive(Clone)]
 pub struct Caches {
     sessions: Cache<Uuid, AuthContext>,
-    grants: Cache<Uuid, Arc<Vec<Grant>>>,
+    grants: Cache<Uuid, Arc<UserGrants>>,
     remote: Remote,
 }
 
@@ -117,12 +117,12 @@ impl Caches {
     }
 
     /// A user's cached effective grants.
-    pub async fn grants(&self, user_id: Uuid) -> Option<Arc<Vec<Grant>>> {
+    pub async fn grants(&self, user_id: Uuid) -> Option<Arc<UserGrants>> {
         self.grants.get(&user_id).await
     }
 
     /// Caches a user's effective grants.
-    pub async fn put_grants(&self, user_id: Uuid, grants: Arc<Vec<Grant>>) {
+    pub async fn put_grants(&self, user_id: Uuid, grants: Arc<UserGrants>) {
         self.grants.insert(user_id, grants).await;
     }
 

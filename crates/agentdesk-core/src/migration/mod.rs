@@ -16,6 +16,7 @@ mod m0010_audit_body_digest;
 mod m0011_recordings;
 mod m0012_reports;
 mod m0013_report_schedules;
+mod m0014_grant_clients;
 
 /// Makes one migration (migrations are trait objects, made afresh for each run).
 pub type MakeMigration = fn() -> Box<dyn MigrationTrait>;
@@ -59,6 +60,7 @@ impl Migrator {
             Box::new(m0011_recordings::Migration),
             Box::new(m0012_reports::Migration),
             Box::new(m0013_report_schedules::Migration),
+            Box::new(m0014_grant_clients::Migration),
         ]
     }
 }

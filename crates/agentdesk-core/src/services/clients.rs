@@ -480,32 +480,69 @@ fn check_if_match(if_match: Option<&str>, current: &Client) -> Result<()> {
     }
 }
 
+/// Rows of the sample that estimates how common a search's matches are (SQLite).
+const SEARCH_SAMPLE: u64 = 256;
+/// Rows a search may expect to walk before the trigram index is the better plan (SQLite).
+const SEARCH_WALK: u64 = 4096;
+
 impl Core {
-    /// The SQL condition for a substring search of name, email and company.
-    fn client_search(&self, q: &str) -> sea_orm::sea_query::SimpleExpr {
+    /// The SQL condition for a substring search of name, email and company, for a page of
+    /// `limit` in `scope`.
+    ///
+    /// PostgreSQL plans it from its statistics of the trigram GIN index. On SQLite, a `LIKE`
+    /// tested on each row while the page's order is walked stops at the page's end: that wins
+    /// when matches are common, or the scope is a grant's few hundred clients. When they are
+    /// rare among all clients, the FTS5 trigram index wins: it finds every match (then sorted),
+    /// where the walk would read most of the table. Which one, SQLite cannot tell, so we ask
+    /// a sample of the newest rows how common matches are.
+    async fn client_search(
+        &self,
+        q: &str,
+        scope: &ClientScope,
+        limit: u64,
+    ) -> Result<sea_orm::sea_query::SimpleExpr> {
         let pattern = like_pattern(q);
-        let has_wildcards = q.contains(['%', '_', '\\']);
-        match self.db.backend() {
-            // Trigram GIN index.
-            DatabaseBackend::Postgres => {
-                Expr::col(client::Column::SearchText).like(LikeExpr::new(pattern).escape('\\'))
-            }
-            // The FTS5 trigram index answers LIKE for three characters or more (without ESCAPE).
-            _ if q.chars().count() >= 3 && !has_wildcards => Expr::cust_with_values(
+        let walk = Expr::col((client::Entity, client::Column::SearchText))
+            .like(LikeExpr::new(pattern.clone()).escape('\\'));
+        if self.db.backend() == DatabaseBackend::Postgres || matches!(scope, ClientScope::Only(_)) {
+            return Ok(walk);
+        }
+        // The FTS5 trigram index answers LIKE for three characters or more (without ESCAPE).
+        let lowered: Vec<char> = q.to_lowercase().chars().collect();
+        if lowered.len() < 3 || q.contains(['%', '_', '\\']) {
+            return Ok(walk);
+        }
+        // The newest rows as a sample of how common matches are (a few dozen microseconds).
+        let sample = sea_orm::Statement::from_sql_and_values(
+            DatabaseBackend::Sqlite,
+            format!(
+                "SELECT count(*) FROM (SELECT search_text FROM clients ORDER BY rowid DESC \
+                 LIMIT {SEARCH_SAMPLE}) WHERE search_text LIKE ? ESCAPE '\\'"
+            ),
+            [sea_orm::Value::from(pattern.as_str())],
+        );
+        let matches = match self.db.reader().query_one_raw(sample).await? {
+            Some(row) => row.try_get_by_index::<i64>(0)?,
+            None => 0,
+        };
+        // The walk reads about (limit + 1) * SAMPLE / matches rows: at most SEARCH_WALK.
+        let use_walk = matches > 0
+            && (limit as i64 + 1) * SEARCH_SAMPLE as i64 <= matches * SEARCH_WALK as i64;
+        Ok(if use_walk {
+            walk
+        } else {
+            Expr::cust_with_values(
                 "clients.rowid IN (SELECT rowid FROM clients_fts WHERE search_text LIKE ?)",
                 [pattern],
-            ),
-            _ => Expr::col(client::Column::SearchText).like(LikeExpr::new(pattern).escape('\\')),
-        }
+            )
+        })
     }
 
     /// The SQL condition for clients that are not deleted and that `scope` covers.
     pub fn live_client(scope: &ClientScope) -> Condition {
-        let mut c = Condition::all().add(client::Column::DeletedAt.is_null());
-        if let ClientScope::Only(ids) = scope {
-            c = c.add(client::Column::Id.is_in(ids.clone()));
-        }
-        c
+        Condition::all()
+            .add(client::Column::DeletedAt.is_null())
+            .add(scope.condition((client::Entity, client::Column::Id)))
     }
 
     /// A page of clients in the caller's scope (`clients:read`).
@@ -527,9 +564,24 @@ impl Core {
                 )));
             }
         };
-        let mut condition = Self::live_client(permit.scope());
+        // One grant (the common case): join its rows of `grant_clients` and walk them in the
+        // page's order, so the page ends after `limit` rows of the grant, not after a pass
+        // over all of them. Several grants: their union, as a condition (`live_client`).
+        let single_grant = match permit.scope() {
+            ClientScope::Only(scoped) if scoped.grants().len() == 1 => Some(scoped.grants()[0]),
+            _ => None,
+        };
+        let grant_clients = Alias::new("grant_clients");
+        let id_column = match single_grant {
+            Some(_) => Expr::col((grant_clients.clone(), Alias::new("client_id"))),
+            None => Expr::col((client::Entity, client::Column::Id)),
+        };
+        let mut condition = match single_grant {
+            Some(_) => Condition::all().add(client::Column::DeletedAt.is_null()),
+            None => Self::live_client(permit.scope()),
+        };
         if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
-            condition = condition.add(self.client_search(q));
+            condition = condition.add(self.client_search(q, permit.scope(), limit).await?);
         }
         if let Some(status) = &filter.status {
             if !STATUSES.contains(&status.as_str()) {
@@ -557,9 +609,9 @@ impl Core {
             let cursor = decode_cursor(raw)?;
             let desc = sort.descending();
             let after_id = if desc {
-                client::Column::Id.lt(cursor.id)
+                id_column.clone().lt(cursor.id)
             } else {
-                client::Column::Id.gt(cursor.id)
+                id_column.clone().gt(cursor.id)
             };
             condition = condition.add(match (key_column, cursor.k) {
                 (None, _) => Condition::all().add(after_id),
@@ -585,6 +637,14 @@ impl Core {
             });
         }
         let mut query = client::Entity::find().filter(condition);
+        if let Some(grant) = single_grant {
+            QueryTrait::query(&mut query).inner_join(
+                grant_clients.clone(),
+                Expr::col((grant_clients.clone(), Alias::new("client_id")))
+                    .equals((client::Entity, client::Column::Id))
+                    .and(Expr::col((grant_clients, Alias::new("grant_id"))).eq(grant)),
+            );
+        }
         let order = if sort.descending() {
             sea_orm::Order::Desc
         } else {
@@ -594,7 +654,7 @@ impl Core {
             query = query.order_by(col, order.clone());
         }
         let rows = query
-            .order_by(client::Column::Id, order)
+            .order_by(id_column, order)
             .limit(limit + 1)
             .all(self.db.reader())
             .await?;

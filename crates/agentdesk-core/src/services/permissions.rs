@@ -7,10 +7,10 @@
 //! [`Core::authorize`] is the one gate: it returns a [`Permit`], the proof value that services
 //! take, and records a `denied` audit event when it refuses.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, IntoColumnRef, Query};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     Set,
@@ -139,8 +139,47 @@ impl Default for Catalog {
 pub enum ClientScope {
     /// Every client.
     All,
-    /// Only these.
-    Only(Vec<Uuid>),
+    /// Only the clients of these grants.
+    Only(Arc<ScopedClients>),
+}
+
+/// The clients of a scoped permit: the grants that give them (for SQL, which joins their rows
+/// in `grant_clients`) and the ids themselves, sorted (for checks in memory).
+#[derive(Debug, PartialEq, Eq, Default)]
+pub struct ScopedClients {
+    grants: Vec<Uuid>,
+    clients: Vec<Uuid>,
+}
+
+impl ScopedClients {
+    /// The clients of `grants` (each a grant's id and its client ids).
+    pub fn new<'a>(grants: impl IntoIterator<Item = (Uuid, &'a [Uuid])>) -> Self {
+        let mut scope = Self::default();
+        for (grant, clients) in grants {
+            scope.grants.push(grant);
+            scope.clients.extend_from_slice(clients);
+        }
+        scope.grants.sort_unstable();
+        scope.grants.dedup();
+        scope.clients.sort_unstable();
+        scope.clients.dedup();
+        scope
+    }
+
+    /// The grants whose clients these are.
+    pub fn grants(&self) -> &[Uuid] {
+        &self.grants
+    }
+
+    /// The client ids, sorted.
+    pub fn clients(&self) -> &[Uuid] {
+        &self.clients
+    }
+
+    /// Whether `client` is one of them.
+    pub fn contains(&self, client: Uuid) -> bool {
+        self.clients.binary_search(&client).is_ok()
+    }
 }
 
 impl ClientScope {
@@ -148,7 +187,7 @@ impl ClientScope {
     pub fn covers(&self, client: Uuid) -> bool {
         match self {
             ClientScope::All => true,
-            ClientScope::Only(ids) => ids.contains(&client),
+            ClientScope::Only(scoped) => scoped.contains(client),
         }
     }
 
@@ -156,8 +195,112 @@ impl ClientScope {
     pub fn as_filter(&self) -> Option<Vec<Uuid>> {
         match self {
             ClientScope::All => None,
-            ClientScope::Only(ids) => Some(ids.clone()),
+            ClientScope::Only(scoped) => Some(scoped.clients.clone()),
         }
+    }
+
+    /// The SQL condition that `column` (a client id) is covered: nothing for all clients, else
+    /// membership in the grants' rows of `grant_clients`, which the planner reaches through its
+    /// primary key, however many clients the grants name.
+    pub fn condition(&self, column: impl IntoColumnRef) -> Condition {
+        match self {
+            ClientScope::All => Condition::all(),
+            ClientScope::Only(scoped) => {
+                let grant_id = Expr::col(Alias::new("grant_id"));
+                let of_grants = match scoped.grants.as_slice() {
+                    [one] => grant_id.eq(*one),
+                    many => grant_id.is_in(many.iter().copied()),
+                };
+                let clients = Query::select()
+                    .column(Alias::new("client_id"))
+                    .from(Alias::new("grant_clients"))
+                    .and_where(of_grants)
+                    .to_owned();
+                Condition::all().add(Expr::col(column).in_subquery(clients))
+            }
+        }
+    }
+}
+
+/// A user's grants as cached (direct and through their role, expired ones included), with the
+/// client scopes computed from them, so that a request with a 500-client grant does not collect
+/// and sort those ids again. The memo goes when the grants do (any change invalidates them).
+#[derive(Debug, Default)]
+pub struct UserGrants {
+    grants: Vec<Grant>,
+    scopes: std::sync::Mutex<Vec<MemoScope>>,
+}
+
+#[derive(Debug)]
+struct MemoScope {
+    resource: String,
+    action: String,
+    scope: Option<ClientScope>,
+    /// The earliest expiry among the grants it was computed from: then it is computed again.
+    valid_until: Option<DateTime<Utc>>,
+}
+
+impl UserGrants {
+    /// Wraps a user's grants.
+    pub fn new(grants: Vec<Grant>) -> Self {
+        Self {
+            grants,
+            scopes: Default::default(),
+        }
+    }
+
+    /// The grants.
+    pub fn grants(&self) -> &[Grant] {
+        &self.grants
+    }
+
+    /// The clients for which these grants allow `action` on `resource` at `now`; `None` when
+    /// none.
+    fn scope(&self, resource: &str, action: &str, now: DateTime<Utc>) -> Option<ClientScope> {
+        let memo = |scopes: &Vec<MemoScope>| {
+            scopes
+                .iter()
+                .find(|m| {
+                    m.resource == resource
+                        && m.action == action
+                        && m.valid_until.is_none_or(|until| now < until)
+                })
+                .map(|m| m.scope.clone())
+        };
+        if let Ok(scopes) = self.scopes.lock()
+            && let Some(found) = memo(&scopes)
+        {
+            return found;
+        }
+        let matching: Vec<&Grant> = self
+            .grants
+            .iter()
+            .filter(|g| {
+                g.is_live(now) && g.resource == resource && g.actions.iter().any(|a| a == action)
+            })
+            .collect();
+        let valid_until = matching.iter().filter_map(|g| g.expires_at).min();
+        let scope = if matching.is_empty() {
+            None
+        } else if matching.iter().any(|g| g.client_ids.is_none()) {
+            Some(ClientScope::All)
+        } else {
+            Some(ClientScope::Only(Arc::new(ScopedClients::new(
+                matching
+                    .iter()
+                    .map(|g| (g.id, g.client_ids.as_deref().unwrap_or_default())),
+            ))))
+        };
+        if let Ok(mut scopes) = self.scopes.lock() {
+            scopes.retain(|m| !(m.resource == resource && m.action == action));
+            scopes.push(MemoScope {
+                resource: resource.to_owned(),
+                action: action.to_owned(),
+                scope: scope.clone(),
+                valid_until,
+            });
+        }
+        scope
     }
 }
 
@@ -287,7 +430,7 @@ fn describe(grant: &Grant) -> String {
 impl Core {
     /// A user's grants, direct and through their role, expired ones included (the check
     /// compares with the time), from the cache.
-    async fn all_grants(&self, user: &User) -> Result<Arc<Vec<Grant>>> {
+    async fn all_grants(&self, user: &User) -> Result<Arc<UserGrants>> {
         if let Some(grants) = self.caches.grants(user.id).await {
             return Ok(grants);
         }
@@ -300,7 +443,7 @@ impl Core {
             .order_by_asc(grant::Column::Id)
             .all(self.db.reader())
             .await?;
-        let grants = Arc::new(rows.into_iter().map(Grant::from).collect::<Vec<_>>());
+        let grants = Arc::new(UserGrants::new(rows.into_iter().map(Grant::from).collect()));
         self.caches.put_grants(user.id, grants.clone()).await;
         Ok(grants)
     }
@@ -311,6 +454,7 @@ impl Core {
         Ok(self
             .all_grants(user)
             .await?
+            .grants()
             .iter()
             .filter(|g| g.is_live(now))
             .cloned()
@@ -343,6 +487,7 @@ impl Core {
         let now = Utc::now();
         let grants = self.all_grants(user).await?;
         let matching: Vec<&Grant> = grants
+            .grants()
             .iter()
             .filter(|g| g.resource == resource && g.actions.iter().any(|a| a == action))
             .collect();
@@ -403,20 +548,10 @@ impl Core {
         if user.is_admin() {
             return Ok(Some(ClientScope::All));
         }
-        let now = Utc::now();
-        let grants = self.all_grants(user).await?;
-        let mut ids = BTreeSet::new();
-        let mut any = false;
-        for g in grants.iter().filter(|g| {
-            g.is_live(now) && g.resource == resource && g.actions.iter().any(|a| a == action)
-        }) {
-            any = true;
-            match &g.client_ids {
-                None => return Ok(Some(ClientScope::All)),
-                Some(list) => ids.extend(list.iter().copied()),
-            }
-        }
-        Ok(any.then(|| ClientScope::Only(ids.into_iter().collect())))
+        Ok(self
+            .all_grants(user)
+            .await?
+            .scope(resource, action, Utc::now()))
     }
 
     /// The gate in front of every protected route: a permit, or 403 and a `denied` audit event.
@@ -595,7 +730,7 @@ impl Core {
                 let enough = match (&held, &client_ids) {
                     (Some(ClientScope::All), _) => true,
                     (Some(ClientScope::Only(mine)), Some(wanted)) => {
-                        wanted.iter().all(|c| mine.contains(c))
+                        wanted.iter().all(|c| mine.contains(*c))
                     }
                     _ => false,
                 };
