@@ -407,3 +407,84 @@ async fn a_hundred_thousand_row_import() {
     let page = app.get("/api/v1/clients?q=client99999@", &admin).await;
     assert_eq!(page.json["items"].as_array().unwrap().len(), 1);
 }
+
+/// New clients are inserted a batch at a time: a second row for an email that an earlier row
+/// of the file creates updates that client, and clients created through the API while the
+/// import runs (with emails that the file holds further down) are never duplicated, whichever
+/// moment the API's write lands: updated, or that row alone refused. Every change is audited.
+#[tokio::test]
+async fn bulk_inserts_upsert_within_the_file_and_against_concurrent_writers() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let rows = 2400;
+    let mut csv = String::from("name,email,tags\n");
+    for i in 0..rows {
+        csv.push_str(&format!("Bulk {i},bulk{i}@example.com,t{};all\n", i % 5));
+    }
+    // Row 2401 repeats row 0's email (a later batch); row 2402 repeats the one before it.
+    csv.push_str("Bulk Zero Again,BULK0@example.com,\n");
+    csv.push_str("Bulk Last,last@example.com,\nBulk Last Again,last@example.com,again\n");
+    let r = import(&app, &admin, &csv, false, false).await;
+    r.expect(202, None);
+    let job_id = r.json["id"].as_str().unwrap().to_owned();
+    // Meanwhile, the API creates some clients whose emails the file holds near its end.
+    let mut created_by_api = 0;
+    for i in (rows - 40)..rows {
+        let c = app
+            .post(
+                "/api/v1/clients",
+                &admin,
+                json!({"name": format!("API {i}"), "email": format!("bulk{i}@example.com")}),
+            )
+            .await;
+        if c.status == 201 {
+            created_by_api += 1;
+        } else {
+            c.expect(409, None);
+        }
+    }
+    let job = finished(&app, &admin, &job_id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let result = &job["result"];
+    // A row whose email the API took between the batch's lookup and its insert is refused
+    // alone (the batch goes on, row by row in savepoints); any other row is written.
+    for error in result["errors"].as_array().unwrap() {
+        assert_eq!(
+            error["message"], "a client with this email already exists",
+            "{result}"
+        );
+        let row = error["row"].as_u64().unwrap();
+        assert!(
+            ((rows - 40 + 2) as u64..=(rows + 1) as u64).contains(&row),
+            "{result}"
+        );
+    }
+    let created = result["created"].as_u64().unwrap();
+    let updated = result["updated"].as_u64().unwrap();
+    let skipped = result["skipped"].as_u64().unwrap();
+    let refused = result["error_count"].as_u64().unwrap();
+    assert_eq!(created + created_by_api, rows as u64 + 1, "{result}");
+    assert_eq!(
+        created + updated + skipped + refused,
+        rows as u64 + 3,
+        "{result}"
+    );
+    // One client per email, the last row's values winning.
+    for email in [
+        "bulk0@example.com",
+        "last@example.com",
+        "bulk2399@example.com",
+    ] {
+        let found = app
+            .get(&format!("/api/v1/clients?q={email}&limit=5"), &admin)
+            .await;
+        assert_eq!(found.json["items"].as_array().unwrap().len(), 1, "{email}");
+    }
+    let last = app.get("/api/v1/clients?q=last@example.com", &admin).await;
+    assert_eq!(last.json["items"][0]["name"], "Bulk Last Again");
+    assert_eq!(last.json["items"][0]["tags"], json!(["again"]));
+    let zero = app.get("/api/v1/clients?q=bulk0@example.com", &admin).await;
+    assert_eq!(zero.json["items"][0]["name"], "Bulk Zero Again");
+    app.assert_audited(&admin, &["client.create", "client.update"])
+        .await;
+}

@@ -1,11 +1,12 @@
 //! CSV import: upsert by email, per-row errors, dry runs, progress.
 
+use agentdesk_agent_sdk::core::models::client::Client;
 use agentdesk_agent_sdk::core::services::audit::Outcome;
 use agentdesk_agent_sdk::core::services::clients::ClientFields;
 use agentdesk_agent_sdk::core::services::permissions::{Need, Permit};
 use agentdesk_agent_sdk::{JobContext, JobError};
 use futures::StreamExt;
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -187,7 +188,9 @@ pub async fn run(ctx: &JobContext) -> Result<Value, JobError> {
 }
 
 /// Writes one batch in one transaction: upsert by email, each change audited with it. A dry
-/// run does the same work and rolls back.
+/// run does the same work and rolls back. Consecutive new clients are inserted together (see
+/// [`create_pending`]); a row that updates a client first writes those, so the log keeps the
+/// file's order.
 async fn write_batch(
     ctx: &JobContext,
     permit: &Permit,
@@ -209,35 +212,33 @@ async fn write_batch(
         .find_clients_by_emails(&txn, &emails)
         .await
         .map_err(JobError::from)?;
+    let mut pending = Pending::default();
     for (row, doc) in batch.drain(..) {
         let incoming = Value::Object(doc.clone());
         let email_key = doc
             .get("email")
             .and_then(Value::as_str)
             .map(str::to_lowercase);
+        // A second row for an email that a waiting row creates updates that client.
+        if email_key
+            .as_ref()
+            .is_some_and(|k| pending.emails.contains(k))
+        {
+            create_pending(ctx, permit, &txn, &mut pending, &mut known, result).await?;
+        }
         let existing = email_key.as_ref().and_then(|k| known.get(k).cloned());
         match existing {
             None => match ClientFields::from_json(&incoming) {
                 Err(e) => result.reject(row, field_errors(e)),
                 Ok(fields) => {
-                    let created = core
-                        .insert_client(&txn, &fields, Some(permit.user().id))
-                        .await;
-                    match created {
-                        Ok(client) => {
-                            let record = permit
-                                .audit("client.create", Outcome::Success)
-                                .resource("client", client.id)
-                                .client(Some(client.id))
-                                .changes(json!({"before": null, "after": client, "source": "import", "job_id": ctx.job().id}));
-                            core.append(&txn, record).await.map_err(JobError::from)?;
-                            result.created += 1;
-                        }
-                        Err(e) => result.reject(row, field_errors(e)),
+                    if let Some(key) = &email_key {
+                        pending.emails.insert(key.clone());
                     }
+                    pending.rows.push((row, email_key, fields));
                 }
             },
             Some(current) => {
+                create_pending(ctx, permit, &txn, &mut pending, &mut known, result).await?;
                 // The file's non-empty fields override; the rest stays.
                 let mut merged = ClientFields::from_client(&current).to_json();
                 if let (Some(base), Value::Object(new)) = (merged.as_object_mut(), incoming) {
@@ -272,6 +273,7 @@ async fn write_batch(
             }
         }
     }
+    create_pending(ctx, permit, &txn, &mut pending, &mut known, result).await?;
     if dry_run {
         txn.rollback()
             .await
@@ -282,4 +284,84 @@ async fn write_batch(
             .map_err(|e| JobError::Retryable(e.to_string()))?;
     }
     Ok(())
+}
+
+/// A savepoint that could not be taken, released or rolled back: the batch is retried.
+fn savepoint_error(e: sea_orm::DbErr) -> JobError {
+    JobError::from(agentdesk_agent_sdk::core::Error::from(e))
+}
+
+/// New clients of a batch waiting to be inserted together: (row, lowercased email, fields).
+#[derive(Default)]
+struct Pending {
+    rows: Vec<(u64, Option<String>, ClientFields)>,
+    emails: std::collections::HashSet<String>,
+}
+
+/// Inserts the waiting new clients by multi-row statements and queues their events together
+/// (on PostgreSQL a round trip per statement is what an import costs). In a savepoint: when an
+/// email was taken meanwhile by another writer, the statement fails whole, and then each row
+/// goes alone in a savepoint of its own, so only that row is refused.
+async fn create_pending(
+    ctx: &JobContext,
+    permit: &Permit,
+    txn: &DatabaseTransaction,
+    pending: &mut Pending,
+    known: &mut std::collections::HashMap<String, Client>,
+    result: &mut ImportResult,
+) -> Result<(), JobError> {
+    if pending.rows.is_empty() {
+        return Ok(());
+    }
+    let core = ctx.core();
+    let author = Some(permit.user().id);
+    let rows = std::mem::take(&mut pending.rows);
+    pending.emails.clear();
+    let fields: Vec<ClientFields> = rows.iter().map(|(_, _, f)| f.clone()).collect();
+    let together = txn.begin().await.map_err(savepoint_error)?;
+    let outcomes: Vec<Result<Client, agentdesk_agent_sdk::core::Error>> =
+        match core.insert_clients(&together, &fields, author).await {
+            Ok(created) => {
+                together.commit().await.map_err(savepoint_error)?;
+                created.into_iter().map(Ok).collect()
+            }
+            Err(_) => {
+                together.rollback().await.map_err(savepoint_error)?;
+                let mut outcomes = Vec::with_capacity(fields.len());
+                for f in &fields {
+                    let alone = txn.begin().await.map_err(savepoint_error)?;
+                    match core.insert_client(&alone, f, author).await {
+                        Ok(client) => {
+                            alone.commit().await.map_err(savepoint_error)?;
+                            outcomes.push(Ok(client));
+                        }
+                        Err(e) => {
+                            alone.rollback().await.map_err(savepoint_error)?;
+                            outcomes.push(Err(e));
+                        }
+                    }
+                }
+                outcomes
+            }
+        };
+    let mut records = Vec::with_capacity(rows.len());
+    for ((row, email_key, _), outcome) in rows.into_iter().zip(outcomes) {
+        match outcome {
+            Ok(client) => {
+                records.push(
+                    permit
+                        .audit("client.create", Outcome::Success)
+                        .resource("client", client.id)
+                        .client(Some(client.id))
+                        .changes(json!({"before": null, "after": client, "source": "import", "job_id": ctx.job().id})),
+                );
+                if let Some(key) = email_key {
+                    known.insert(key, client);
+                }
+                result.created += 1;
+            }
+            Err(e) => result.reject(row, field_errors(e)),
+        }
+    }
+    core.append_many(txn, records).await.map_err(JobError::from)
 }

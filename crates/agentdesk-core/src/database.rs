@@ -44,7 +44,7 @@ impl Database {
                 // The writer creates the file and switches it to WAL before readers open it.
                 let reader = sea_orm::Database::connect(sqlite_options(
                     &url,
-                    settings.database_max_connections.max(2),
+                    sqlite_readers(settings.database_max_connections),
                     true,
                 ))
                 .await
@@ -249,6 +249,14 @@ fn sqlite_path(url: &str) -> Option<String> {
         .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or(rest);
     (!path.is_empty() && path != ":memory:").then(|| path.to_owned())
+}
+
+/// Readers for SQLite: the setting, but at most two per core and at least two. A read runs on
+/// its connection's own thread, so readers beyond the cores add threads and page caches (about
+/// 6 MiB each under load), not throughput.
+fn sqlite_readers(max_connections: u32) -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    max_connections.min(2 * cores).max(2)
 }
 
 fn sqlite_options(url: &str, max_connections: u32, read_only: bool) -> ConnectOptions {
