@@ -545,7 +545,7 @@ async fn scoped_and_searched_pages_are_exact_whatever_the_plan() {
     );
     assert_eq!(
         all_pages(&app, &admin, "/api/v1/clients?q=ZYXWV&limit=7").await,
-        [rare.clone()]
+        vec![rare]
     );
     assert_eq!(
         all_pages(&app, &admin, "/api/v1/clients?q=nomatchanywhere&limit=7").await,
