@@ -234,7 +234,8 @@ async fn write_batch(
                     if let Some(key) = &email_key {
                         pending.emails.insert(key.clone());
                     }
-                    pending.rows.push((row, email_key, fields));
+                    pending.rows.push((row, email_key));
+                    pending.fields.push(fields);
                 }
             },
             Some(current) => {
@@ -307,10 +308,12 @@ fn savepoint_error(e: sea_orm::DbErr) -> JobError {
     JobError::from(agentdesk_agent_sdk::core::Error::from(e))
 }
 
-/// New clients of a batch waiting to be inserted together: (row, lowercased email, fields).
+/// New clients of a batch waiting to be inserted together: each row's number and lowercased
+/// email, and beside them its fields (in the form `insert_clients` takes).
 #[derive(Default)]
 struct Pending {
-    rows: Vec<(u64, Option<String>, ClientFields)>,
+    rows: Vec<(u64, Option<String>)>,
+    fields: Vec<ClientFields>,
     emails: std::collections::HashSet<String>,
 }
 
@@ -332,8 +335,8 @@ async fn create_pending(
     let core = ctx.core();
     let author = Some(permit.user().id);
     let rows = std::mem::take(&mut pending.rows);
+    let fields = std::mem::take(&mut pending.fields);
     pending.emails.clear();
-    let fields: Vec<ClientFields> = rows.iter().map(|(_, _, f)| f.clone()).collect();
     let together = txn.begin().await.map_err(savepoint_error)?;
     let outcomes: Vec<Result<Client, agentdesk_agent_sdk::core::Error>> =
         match core.insert_clients(&together, &fields, author).await {
@@ -361,7 +364,7 @@ async fn create_pending(
             }
         };
     let mut records = Vec::with_capacity(rows.len());
-    for ((row, email_key, _), outcome) in rows.into_iter().zip(outcomes) {
+    for ((row, email_key), outcome) in rows.into_iter().zip(outcomes) {
         match outcome {
             Ok(client) => {
                 records.push(

@@ -702,9 +702,10 @@ pub async fn append_many(
             if i > 0 {
                 sql.push_str(", ");
             }
+            // As in QUEUE_EVENT: `changes`, the one before the digest, is cast to json.
             let placeholders: Vec<String> = (1..=QUEUE_VALUES)
                 .map(|k| match k {
-                    13 => format!("${}::json", p + k),
+                    k if k == QUEUE_VALUES - 1 => format!("${}::json", p + k),
                     _ => format!("${}", p + k),
                 })
                 .collect();

@@ -480,6 +480,30 @@ fn check_if_match(if_match: Option<&str>, current: &Client) -> Result<()> {
     }
 }
 
+/// Inserts `(client, tag)` rows by multi-row statements: one for a client's tags, a few for a
+/// bulk import's batch (5,000 rows each, within both databases' bound-parameter limits).
+async fn insert_tag_rows(conn: &impl ConnectionTrait, rows: &[(Uuid, &str)]) -> Result<()> {
+    for chunk in rows.chunks(5000) {
+        let placeholders: Vec<String> = (0..chunk.len())
+            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let values: Vec<sea_orm::Value> = chunk
+            .iter()
+            .flat_map(|(id, tag)| [(*id).into(), sea_orm::Value::from(*tag)])
+            .collect();
+        conn.execute_raw(Statement::from_sql_and_values(
+            conn.get_database_backend(),
+            format!(
+                "INSERT INTO client_tags (client_id, tag) VALUES {}",
+                placeholders.join(", ")
+            ),
+            values,
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
 /// Rows of the sample that estimates how common a search's matches are (SQLite).
 const SEARCH_SAMPLE: u64 = 256;
 /// Rows a search may expect to walk before the trigram index is the better plan (SQLite).
@@ -508,8 +532,7 @@ impl Core {
             return Ok(walk);
         }
         // The FTS5 trigram index answers LIKE for three characters or more (without ESCAPE).
-        let lowered: Vec<char> = q.to_lowercase().chars().collect();
-        if lowered.len() < 3 || q.contains(['%', '_', '\\']) {
+        if q.chars().count() < 3 || q.contains(['%', '_', '\\']) {
             return Ok(walk);
         }
         // The newest rows as a sample of how common matches are (a few dozen microseconds).
@@ -840,29 +863,12 @@ impl Core {
                 .await
                 .map_err(|e| map_unique(e, &EMAIL_UNIQUE, EMAIL_TAKEN))?;
         }
-        let tags: Vec<(Uuid, &String)> = created
+        let tags: Vec<(Uuid, &str)> = created
             .iter()
             .zip(fields)
-            .flat_map(|(c, f)| f.tags.iter().map(move |t| (c.id, t)))
+            .flat_map(|(c, f)| f.tags.iter().map(move |t| (c.id, t.as_str())))
             .collect();
-        for chunk in tags.chunks(5000) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
-                .collect();
-            let values: Vec<sea_orm::Value> = chunk
-                .iter()
-                .flat_map(|(id, tag)| [(*id).into(), sea_orm::Value::from((*tag).clone())])
-                .collect();
-            conn.execute_raw(Statement::from_sql_and_values(
-                conn.get_database_backend(),
-                format!(
-                    "INSERT INTO client_tags (client_id, tag) VALUES {}",
-                    rows.join(", ")
-                ),
-                values,
-            ))
-            .await?;
-        }
+        insert_tag_rows(conn, &tags).await?;
         Ok(created)
     }
 
@@ -888,26 +894,8 @@ impl Core {
         id: Uuid,
         tags: &[String],
     ) -> Result<()> {
-        if tags.is_empty() {
-            return Ok(());
-        }
-        // One statement for all of a client's tags.
-        let rows: Vec<String> = (0..tags.len())
-            .map(|i| format!("($1, ${})", i + 2))
-            .collect();
-        let mut values: Vec<sea_orm::Value> = vec![id.into()];
-        values.extend(tags.iter().map(|t| sea_orm::Value::from(t.clone())));
-        let sql = format!(
-            "INSERT INTO client_tags (client_id, tag) VALUES {}",
-            rows.join(", ")
-        );
-        conn.execute_raw(Statement::from_sql_and_values(
-            conn.get_database_backend(),
-            sql,
-            values,
-        ))
-        .await?;
-        Ok(())
+        let rows: Vec<(Uuid, &str)> = tags.iter().map(|t| (id, t.as_str())).collect();
+        insert_tag_rows(conn, &rows).await
     }
 
     /// Applies a JSON merge patch (`clients:write`); with `if_match`, a stale version is 412.
