@@ -408,6 +408,43 @@ async fn a_hundred_thousand_row_import() {
     assert_eq!(page.json["items"].as_array().unwrap().len(), 1);
 }
 
+/// A row's email is matched the way a client's email is stored (trimmed of any Unicode space,
+/// case-insensitively): an address followed by a no-break space, as spreadsheets export it,
+/// updates its client, both against the database and against an earlier row of the same file.
+#[tokio::test]
+async fn emails_padded_with_unicode_spaces_update_their_client() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    app.post(
+        "/api/v1/clients",
+        &admin,
+        json!({"name": "Bob", "email": "bob@example.com"}),
+    )
+    .await
+    .expect(201, None);
+    let csv = "name,email\n\
+               Bob Updated,BOB@example.com\u{a0}\n\
+               Carol,carol@example.com\n\
+               Carol Updated,\u{2003}Carol@Example.com\u{a0}\n";
+    let r = import(&app, &admin, csv, false, false).await;
+    r.expect(202, None);
+    let job = finished(&app, &admin, r.json["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let result = &job["result"];
+    assert_eq!(result["error_count"], 0, "{result}");
+    assert_eq!(result["created"], 1, "{result}");
+    assert_eq!(result["updated"], 2, "{result}");
+    for (q, name) in [
+        ("bob@example.com", "Bob Updated"),
+        ("carol@", "Carol Updated"),
+    ] {
+        let page = app.get(&format!("/api/v1/clients?q={q}"), &admin).await;
+        let items = page.json["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{q}: {}", page.json);
+        assert_eq!(items[0]["name"], name);
+    }
+}
+
 /// New clients are inserted a batch at a time: a second row for an email that an earlier row
 /// of the file creates updates that client, and clients created through the API while the
 /// import runs (with emails that the file holds further down) are never duplicated, whichever

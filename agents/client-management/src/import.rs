@@ -4,6 +4,7 @@ use agentdesk_agent_sdk::core::models::client::Client;
 use agentdesk_agent_sdk::core::services::audit::Outcome;
 use agentdesk_agent_sdk::core::services::clients::ClientFields;
 use agentdesk_agent_sdk::core::services::permissions::{Need, Permit};
+use agentdesk_agent_sdk::core::validators::Email;
 use agentdesk_agent_sdk::{JobContext, JobError};
 use futures::StreamExt;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
@@ -204,10 +205,7 @@ async fn write_batch(
     let core = ctx.core();
     let txn = core.db.begin().await.map_err(JobError::from)?;
     // One lookup for the batch; clients created or changed earlier in it are tracked here.
-    let emails: Vec<String> = batch
-        .iter()
-        .filter_map(|(_, doc)| doc.get("email").and_then(Value::as_str).map(str::to_owned))
-        .collect();
+    let emails: Vec<String> = batch.iter().filter_map(|(_, doc)| email_key(doc)).collect();
     let mut known = core
         .find_clients_by_emails(&txn, &emails)
         .await
@@ -215,10 +213,7 @@ async fn write_batch(
     let mut pending = Pending::default();
     for (row, doc) in batch.drain(..) {
         let incoming = Value::Object(doc.clone());
-        let email_key = doc
-            .get("email")
-            .and_then(Value::as_str)
-            .map(str::to_lowercase);
+        let email_key = email_key(&doc);
         // A second row for an email that a waiting row creates updates that client.
         if email_key
             .as_ref()
@@ -285,6 +280,14 @@ async fn write_batch(
             .map_err(|e| JobError::Retryable(e.to_string()))?;
     }
     Ok(())
+}
+
+/// The key a row's email is stored under ([`Email::key`]: trimmed as the client's fields trim
+/// it, so that `bob@x.io` followed by a no-break space finds bob@x.io), or none for a row
+/// without a valid email.
+fn email_key(doc: &Map<String, Value>) -> Option<String> {
+    let raw = doc.get("email").and_then(Value::as_str)?;
+    Email::parse(raw).ok().map(|email| email.key())
 }
 
 /// PostgreSQL: refreshes the planner's statistics of the clients' tables (SQLite plans

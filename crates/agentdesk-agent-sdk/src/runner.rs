@@ -11,7 +11,7 @@ use agentdesk_core::Core;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use futures::FutureExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -46,6 +46,9 @@ impl Default for RunnerConfig {
 }
 
 type Running = Arc<Mutex<HashMap<Uuid, CancellationToken>>>;
+
+/// How long freed slots wait for more to free while most of an agent's slots are busy.
+const DISPATCH_COOLDOWN: Duration = Duration::from_millis(1);
 
 /// Works the jobs of a set of agents in this process.
 pub struct Runner {
@@ -109,19 +112,31 @@ impl Runner {
             self.agents.clone(),
             stop_side_tasks.clone(),
         ));
-        let slots: Vec<Arc<Semaphore>> = self
+        let limits: Vec<usize> = self
             .agents
             .iter()
             .map(|a| {
-                let n = self
-                    .config
+                self.config
                     .concurrency
                     .get(a.manifest().name)
                     .copied()
-                    .unwrap_or_else(|| a.concurrency());
-                Arc::new(Semaphore::new(n.max(1)))
+                    .unwrap_or_else(|| a.concurrency())
+                    .max(1)
             })
             .collect();
+        let slots: Vec<Arc<Semaphore>> = limits
+            .iter()
+            .map(|&n| Arc::new(Semaphore::new(n)))
+            .collect();
+        // Per agent: since when a few of its slots are free while most are busy.
+        let mut partly_free: Vec<Option<Instant>> = vec![None; limits.len()];
+        let (completions, completed) = mpsc::channel(COMPLETER_BACKLOG);
+        let completer = tokio::spawn(completer_loop(
+            self.core.clone(),
+            self.worker_id.clone(),
+            running.clone(),
+            completed,
+        ));
         let signal = self.core.job_signal();
         let mut tasks = JoinSet::new();
         let mut last_rescue = Instant::now() - self.config.lease;
@@ -133,11 +148,24 @@ impl Runner {
                 last_rescue = Instant::now();
             }
             let mut claimed_any = false;
-            for (agent, slots) in self.agents.iter().zip(&slots) {
+            let mut claim_at: Option<Instant> = None;
+            for (i, (agent, slots)) in self.agents.iter().zip(&slots).enumerate() {
                 let free = slots.available_permits();
                 if free == 0 {
+                    partly_free[i] = None;
                     continue;
                 }
+                if free * 2 < limits[i] {
+                    // Most slots are busy: wait a moment for more to free, so that jobs
+                    // finishing together are claimed by one statement (and one commit), not
+                    // one each (Oban's dispatch cooldown).
+                    let due = *partly_free[i].get_or_insert_with(Instant::now) + DISPATCH_COOLDOWN;
+                    if Instant::now() < due {
+                        claim_at = Some(claim_at.map_or(due, |at| at.min(due)));
+                        continue;
+                    }
+                }
+                partly_free[i] = None;
                 let name = vec![agent.manifest().name.to_owned()];
                 let jobs = match self
                     .core
@@ -167,19 +195,22 @@ impl Runner {
                         cancel: token.clone(),
                     };
                     let (agent, running) = (agent.clone(), running.clone());
+                    let completions = completions.clone();
                     tasks.spawn(async move {
-                        run_job(agent, ctx, token, running).await;
+                        run_job(agent, ctx, token, running, completions).await;
                         drop(slot);
                     });
                 }
             }
             while tasks.try_join_next().is_some() {}
             if !claimed_any {
-                // Sleep until new jobs arrive, a running job finishes (a slot frees), the poll
-                // interval passes, or shutdown.
+                // Sleep until new jobs arrive, a running job finishes (a slot frees), a
+                // waiting claim is due, the poll interval passes, or shutdown.
+                let due = claim_at.unwrap_or_else(Instant::now);
                 tokio::select! {
                     _ = signal.wait(self.config.poll_interval) => {}
                     Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                    _ = tokio::time::sleep_until(due.into()), if claim_at.is_some() => {}
                     _ = shutdown.cancelled() => {}
                 }
             }
@@ -191,11 +222,17 @@ impl Runner {
         })
         .await;
         if finished.is_err() {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        // Every sender is gone now: the completer writes what finished, then ends.
+        drop(completions);
+        let _ = completer.await;
+        if finished.is_err() {
             let ids: Vec<Uuid> = running
                 .lock()
                 .map(|m| m.keys().copied().collect())
                 .unwrap_or_default();
-            tasks.abort_all();
             if let Err(e) = self.core.release_jobs(&self.worker_id, &ids).await {
                 tracing::error!(error = %e, "could not hand running jobs back; their leases will expire");
             } else {
@@ -217,6 +254,7 @@ async fn run_job(
     ctx: JobContext,
     token: CancellationToken,
     running: Running,
+    completions: mpsc::Sender<Done>,
 ) {
     let (core, id, worker) = (ctx.core.clone(), ctx.job.id, ctx.worker_id.clone());
     let name = agent.manifest().name;
@@ -232,17 +270,21 @@ async fn run_job(
             }
             "cancelled"
         }
-        Some(Ok(Ok(result))) => match core.complete_job(&worker, id, result).await {
-            Ok(true) => "succeeded",
-            Ok(false) => {
-                tracing::warn!(job_id = %id, "finished a job this worker no longer held (its lease had expired)");
-                "lost"
+        Some(Ok(Ok(result))) => {
+            // The completer records it (with the jobs that finish meanwhile) and counts it.
+            metrics::histogram!("job_duration_seconds", "agent" => name)
+                .record(started.elapsed().as_secs_f64());
+            let done = Done {
+                id,
+                agent: name,
+                result,
+            };
+            if let Err(mpsc::error::SendError(done)) = completions.send(done).await {
+                // The completer is gone (it panicked): record it here.
+                record_done(&core, &worker, &running, vec![done]).await;
             }
-            Err(e) => {
-                tracing::error!(error = %e, job_id = %id, "could not record a finished job; its lease will expire");
-                "lost"
-            }
-        },
+            return;
+        }
         Some(Ok(Err(error))) => {
             let retryable = matches!(error, JobError::Retryable(_));
             if let Err(e) = core
@@ -268,6 +310,62 @@ async fn run_job(
         .record(started.elapsed().as_secs_f64());
     if let Ok(mut map) = running.lock() {
         map.remove(&id);
+    }
+}
+
+/// A job whose handler succeeded, waiting to be recorded.
+struct Done {
+    id: Uuid,
+    agent: &'static str,
+    result: serde_json::Value,
+}
+
+/// Finished jobs that may wait for the completer: past this, a finishing job waits (and holds
+/// its slot) until the completer catches up.
+const COMPLETER_BACKLOG: usize = 1024;
+
+/// Records succeeded jobs in batches, as River's batch completer does: whatever finished while
+/// the previous batch was written goes in the next statement, so one commit covers many jobs.
+/// A job stays in `running` (its lease renewed by the heartbeat) until its batch is written.
+async fn completer_loop(
+    core: Core,
+    worker_id: String,
+    running: Running,
+    mut completions: mpsc::Receiver<Done>,
+) {
+    let mut batch = Vec::new();
+    while completions.recv_many(&mut batch, COMPLETER_BACKLOG).await > 0 {
+        record_done(&core, &worker_id, &running, std::mem::take(&mut batch)).await;
+    }
+}
+
+/// Marks `done` succeeded, counts each, and forgets them as running. A job this worker no
+/// longer held (its lease ran out and another attempt began) is counted `lost`; on an error
+/// their leases expire and they run again.
+async fn record_done(core: &Core, worker_id: &str, running: &Running, done: Vec<Done>) {
+    let rows: Vec<(Uuid, serde_json::Value)> =
+        done.iter().map(|d| (d.id, d.result.clone())).collect();
+    let recorded = match core.complete_jobs(worker_id, &rows).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::error!(error = %e, jobs = done.len(), "could not record finished jobs; their leases will expire");
+            Vec::new()
+        }
+    };
+    for d in &done {
+        let label = if recorded.contains(&d.id) {
+            "succeeded"
+        } else {
+            tracing::warn!(job_id = %d.id, "finished a job this worker no longer held (its lease had expired)");
+            "lost"
+        };
+        metrics::counter!("jobs_finished_total", "agent" => d.agent, "outcome" => label)
+            .increment(1);
+    }
+    if let Ok(mut map) = running.lock() {
+        for d in &done {
+            map.remove(&d.id);
+        }
     }
 }
 

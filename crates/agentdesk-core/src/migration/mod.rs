@@ -17,6 +17,7 @@ mod m0011_recordings;
 mod m0012_reports;
 mod m0013_report_schedules;
 mod m0014_grant_clients;
+mod m0015_jobs_queued_index;
 
 /// Makes one migration (migrations are trait objects, made afresh for each run).
 pub type MakeMigration = fn() -> Box<dyn MigrationTrait>;
@@ -61,6 +62,7 @@ impl Migrator {
             Box::new(m0012_reports::Migration),
             Box::new(m0013_report_schedules::Migration),
             Box::new(m0014_grant_clients::Migration),
+            Box::new(m0015_jobs_queued_index::Migration),
         ]
     }
 }

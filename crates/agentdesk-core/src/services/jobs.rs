@@ -37,6 +37,12 @@ use crate::models::job::{self, Job, status};
 
 const PG_CHANNEL: &str = "agentdesk_jobs";
 
+/// Jobs inserted by one statement of [`Core::enqueue_many`] (24 columns each).
+const JOBS_PER_INSERT: usize = 500;
+
+/// Jobs marked done by one statement of [`Core::complete_jobs`] (two parameters each).
+const COMPLETIONS_PER_STATEMENT: usize = 500;
+
 /// A job to enqueue.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -147,6 +153,36 @@ fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
+/// A new job's row, queued now (or at its `run_at`).
+fn queued_model(new: NewJob) -> job::Model {
+    let now = now();
+    job::Model {
+        id: Uuid::now_v7(),
+        agent: new.agent,
+        kind: new.kind,
+        status: status::QUEUED.into(),
+        priority: new.priority,
+        args: new.args,
+        result: None,
+        error: None,
+        errors: json!([]),
+        progress: 0,
+        attempts: 0,
+        max_attempts: new.max_attempts.max(1),
+        backoff_base_ms: new.backoff_base_ms.max(1),
+        run_at: new.run_at.map(|t| t.trunc_subsecs(6)).unwrap_or(now),
+        unique_key: new.unique_key,
+        client_id: new.client_id,
+        created_by: new.created_by,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        lease_until: None,
+        worker_id: None,
+        cancel_requested: false,
+    }
+}
+
 impl Core {
     /// Enqueues a job in the caller's transaction. With a unique key that a live job holds,
     /// returns that job instead. Call [`Core::wake_workers`] after the commit.
@@ -161,37 +197,40 @@ impl Core {
                 return Ok(existing.into());
             }
         }
-        let now = now();
-        let model = job::Model {
-            id: Uuid::now_v7(),
-            agent: new.agent,
-            kind: new.kind,
-            status: status::QUEUED.into(),
-            priority: new.priority,
-            args: new.args,
-            result: None,
-            error: None,
-            errors: json!([]),
-            progress: 0,
-            attempts: 0,
-            max_attempts: new.max_attempts.max(1),
-            backoff_base_ms: new.backoff_base_ms.max(1),
-            run_at: new.run_at.map(|t| t.trunc_subsecs(6)).unwrap_or(now),
-            unique_key: new.unique_key,
-            client_id: new.client_id,
-            created_by: new.created_by,
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            lease_until: None,
-            worker_id: None,
-            cancel_requested: false,
-        };
+        let model = queued_model(new);
         let active: job::ActiveModel = model.clone().into();
         job::Entity::insert(active)
             .exec_without_returning(conn)
             .await?;
         Ok(model.into())
+    }
+
+    /// Enqueues many jobs in the caller's transaction, by multi-row statements (Oban's
+    /// `insert_all`), and returns them in order. Jobs with a unique key go one at a time, as
+    /// [`Core::enqueue`] does them. Call [`Core::wake_workers`] after the commit.
+    pub async fn enqueue_many(
+        &self,
+        conn: &impl ConnectionTrait,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<Job>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut plain = Vec::with_capacity(jobs.len());
+        for new in jobs {
+            if new.unique_key.is_some() {
+                out.push(self.enqueue(conn, new).await?);
+            } else {
+                let model = queued_model(new);
+                out.push(Job::from(model.clone()));
+                plain.push(job::ActiveModel::from(model));
+            }
+        }
+        let mut rows = plain.into_iter().peekable();
+        while rows.peek().is_some() {
+            job::Entity::insert_many(rows.by_ref().take(JOBS_PER_INSERT))
+                .exec_without_returning(conn)
+                .await?;
+        }
+        Ok(out)
     }
 
     /// Wakes this process's workers, and on PostgreSQL every other process's.
@@ -279,11 +318,62 @@ impl Core {
             placeholders.join(", ")
         );
         let stmt = Statement::from_sql_and_values(self.db.backend(), sql, values);
-        // SQLite: the immediate transaction holds the database's single write lock.
+        if self.db.kind() == DatabaseKind::Postgres {
+            // One statement is atomic by itself; the row locks keep other workers off.
+            return Ok(job::Model::find_by_statement(stmt)
+                .all(self.db.writer())
+                .await?);
+        }
+        // SQLite: the immediate transaction takes the database's single write lock before the
+        // read, so that no other process's commit can come between the two.
         let txn = self.db.begin().await?;
         let rows = job::Model::find_by_statement(stmt).all(&txn).await?;
         txn.commit().await?;
         Ok(rows)
+    }
+
+    /// Marks finished jobs done, all in one statement (a runner gathers the jobs that finish
+    /// while its previous batch is written). Only the jobs that `worker_id` still holds are
+    /// marked; returns their ids.
+    pub async fn complete_jobs(
+        &self,
+        worker_id: &str,
+        done: &[(Uuid, Value)],
+    ) -> Result<Vec<Uuid>> {
+        let mut ids = Vec::with_capacity(done.len());
+        for chunk in done.chunks(COMPLETIONS_PER_STATEMENT) {
+            let mut values: Vec<sea_orm::Value> = Vec::with_capacity(2 + chunk.len() * 2);
+            values.push(worker_id.to_owned().into());
+            values.push(now().into());
+            let mut cases = String::new();
+            let mut placeholders = Vec::with_capacity(chunk.len());
+            for (id, result) in chunk {
+                values.push((*id).into());
+                values.push(result.clone().into());
+                let (id_at, result_at) = (values.len() - 1, values.len());
+                cases.push_str(&format!(" WHEN ${id_at} THEN ${result_at}"));
+                placeholders.push(format!("${id_at}"));
+            }
+            let sql = format!(
+                "UPDATE jobs SET status = 'succeeded', result = CASE id{cases} END, progress = 100, \
+                 finished_at = $2, lease_until = NULL \
+                 WHERE worker_id = $1 AND status = 'running' AND id IN ({}) RETURNING id",
+                placeholders.join(", ")
+            );
+            let rows = self
+                .db
+                .writer()
+                .query_all_raw(Statement::from_sql_and_values(
+                    self.db.backend(),
+                    sql,
+                    values,
+                ))
+                .await?;
+            for row in rows {
+                ids.push(row.try_get_by_index::<Uuid>(0)?);
+            }
+        }
+        Ok(ids)
     }
 
     /// Renews the leases of a worker's running jobs; returns those whose cancel was requested.
@@ -335,27 +425,10 @@ impl Core {
 
     /// Marks a job done. Only the worker that holds it may; returns whether it did.
     pub async fn complete_job(&self, worker_id: &str, id: Uuid, result: Value) -> Result<bool> {
-        let done = job::Entity::update_many()
-            .col_expr(
-                job::Column::Status,
-                sea_orm::sea_query::Expr::value(status::SUCCEEDED),
-            )
-            .col_expr(job::Column::Result, sea_orm::sea_query::Expr::value(result))
-            .col_expr(job::Column::Progress, sea_orm::sea_query::Expr::value(100))
-            .col_expr(
-                job::Column::FinishedAt,
-                sea_orm::sea_query::Expr::value(now()),
-            )
-            .col_expr(
-                job::Column::LeaseUntil,
-                sea_orm::sea_query::Expr::value(Option::<DateTime<Utc>>::None),
-            )
-            .filter(job::Column::Id.eq(id))
-            .filter(job::Column::WorkerId.eq(worker_id))
-            .filter(job::Column::Status.eq(status::RUNNING))
-            .exec(self.db.writer())
-            .await?;
-        Ok(done.rows_affected == 1)
+        Ok(!self
+            .complete_jobs(worker_id, &[(id, result)])
+            .await?
+            .is_empty())
     }
 
     /// Records a failed attempt: back to the queue after the backoff, or `failed` when out of
