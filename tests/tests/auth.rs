@@ -531,4 +531,30 @@ async fn revocations_reach_every_instance() {
         .await,
         "the logout reaches instance B within a second"
     );
+
+    // A session its user ends from another one (`DELETE /auth/sessions/{id}`) likewise.
+    let (doomed, _) = a.tokens(&email, PASSWORD).await;
+    let (keeper, _) = a.tokens(&email, PASSWORD).await;
+    b.get("/api/v1/auth/me", &doomed).await.expect(200, None);
+    let sessions = a.get("/api/v1/auth/sessions", &doomed).await;
+    let doomed_id = sessions.json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    a.delete(&format!("/api/v1/auth/sessions/{doomed_id}"), &keeper)
+        .await
+        .expect(204, None);
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            b.get("/api/v1/auth/me", &doomed).await.status == 401
+        })
+        .await,
+        "the end of a session reaches instance B within a second"
+    );
+    b.get("/api/v1/auth/me", &keeper).await.expect(200, None);
 }

@@ -49,6 +49,9 @@ const TABLE: &[Row] = &[
     row("post",   "/api/v1/auth/logout",                     None,                                  [204, 204, 204, 204]),
     row("get",    "/api/v1/auth/me",                         None,                                  [200, 200, 200, 200]),
     row("post",   "/api/v1/auth/password",                   None,                                  [204, 204, 204, 204]),
+    row("get",    "/api/v1/auth/sessions",                   None,                                  [200, 200, 200, 200]),
+    // Each persona ends a session of its own (a second login); another's is a 404 (account.rs).
+    row("delete", "/api/v1/auth/sessions/{id}",              None,                                  [204, 204, 204, 204]),
     row("get",    "/api/v1/users",                           Some(&[("users", &["read"])]),            [200, 403, 200, NA]),
     row("post",   "/api/v1/users",                           Some(&[("users", &["write"])]),           [201, 403, 201, NA]),
     row("get",    "/api/v1/users/{id}",                      Some(&[("users", &["read"])]),            [200, 403, 200, NA]),
@@ -261,6 +264,13 @@ impl Ctx<'_> {
             }
             ("post", "/api/v1/auth/logout") => app.post("/api/v1/auth/logout", t, json!({"refresh_token": p.refresh})).await,
             ("get", "/api/v1/auth/me") => app.get("/api/v1/auth/me", t).await,
+            ("get", "/api/v1/auth/sessions") => app.get("/api/v1/auth/sessions", t).await,
+            ("delete", "/api/v1/auth/sessions/{id}") => {
+                let (other, _) = app.tokens(&p.email, &p.password).await;
+                let list = app.get("/api/v1/auth/sessions", &other).await;
+                let id = list.json["items"].as_array().unwrap().iter().find(|s| s["current"] == true).unwrap()["id"].as_str().unwrap().to_owned();
+                app.delete(&format!("/api/v1/auth/sessions/{id}"), t).await
+            }
             ("post", "/api/v1/auth/password") => {
                 app.post("/api/v1/auth/password", t, json!({"current_password": p.password, "new_password": "a-brand-new-password"})).await
             }

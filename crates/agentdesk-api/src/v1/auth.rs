@@ -2,8 +2,9 @@
 
 use agentdesk_core::models::grant::Grant;
 use agentdesk_core::models::user::User;
+use agentdesk_core::services::account::SessionInfo;
 use agentdesk_core::services::auth::TokenPair;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -23,6 +24,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(logout))
         .routes(routes!(me))
         .routes(routes!(change_password))
+        .routes(routes!(list_sessions))
+        .routes(routes!(end_session))
 }
 
 /// Login credentials.
@@ -200,5 +203,50 @@ async fn change_password(
         .core
         .change_password(&caller, &body.current_password, &body.new_password, &meta)
         .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's sessions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    /// Live sessions, the most recent login first.
+    pub items: Vec<SessionInfo>,
+}
+
+/// My live sessions: where and when I logged in, and which one is this request's.
+#[utoipa::path(get, path = "/api/v1/auth/sessions", tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's live sessions", body = SessionList),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn list_sessions(
+    State(state): State<AppState>,
+    AuthUser(caller): AuthUser,
+) -> ApiResult<AppJson<SessionList>> {
+    Ok(AppJson(SessionList {
+        items: state.core.list_sessions(&caller).await?,
+    }))
+}
+
+/// End one of my sessions (this one too): its tokens are refused on every instance.
+#[utoipa::path(delete, path = "/api/v1/auth/sessions/{id}", tag = "auth",
+    params(("id" = String, Path, description = "The session")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not one of the caller's live sessions", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn end_session(
+    State(state): State<AppState>,
+    AuthUser(caller): AuthUser,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = crate::v1::users::parse_id(&id, "session")?;
+    state.core.end_session(&caller, id, &meta).await?;
     Ok(StatusCode::NO_CONTENT)
 }

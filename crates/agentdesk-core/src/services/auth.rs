@@ -372,6 +372,7 @@ impl Core {
         let claims = self.signer.verify(access_token)?;
         if let Some(ctx) = self.caches.session(claims.sid).await {
             return if ctx.user.id == claims.sub {
+                self.last_used.session(ctx.session_id, Utc::now());
                 Ok(ctx)
             } else {
                 Err(Error::InvalidToken("the access token is invalid"))
@@ -399,6 +400,7 @@ impl Core {
             session_id: session.id,
         };
         self.caches.put_session(ctx.clone()).await;
+        self.last_used.session(ctx.session_id, Utc::now());
         Ok(ctx)
     }
 }

@@ -1,6 +1,7 @@
 //! The business rules. Services take plain arguments and return domain types; they know nothing
 //! of HTTP.
 
+pub mod account;
 pub mod audit;
 pub mod auth;
 pub mod clients;
@@ -65,6 +66,8 @@ pub struct Core {
     pub job_signal: jobs::JobSignal,
     /// File storage.
     pub storage: crate::storage::Storage,
+    /// When sessions and API keys were last used, written in batches.
+    pub last_used: account::LastUsed,
 }
 
 impl Core {
@@ -92,6 +95,8 @@ impl Core {
         caches.spawn_listener();
         let audit_head = audit::ChainHead::default();
         audit::spawn_sequencer(db.clone(), &audit_head);
+        let last_used = account::LastUsed::default();
+        last_used.spawn_flusher(db.clone());
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
@@ -107,6 +112,7 @@ impl Core {
             audit_head,
             job_signal: jobs::JobSignal::default(),
             storage,
+            last_used,
         })
     }
 
