@@ -43,7 +43,7 @@ pub struct SessionInfo {
     pub current: bool,
 }
 
-/// When credentials were last used, gathered per request in memory and written every
+/// When sessions were last used, gathered per request in memory and written every
 /// [`LAST_USED_FLUSH`] in one statement per table: a request never waits for a write.
 #[derive(Debug, Clone, Default)]
 pub struct LastUsed(Arc<Mutex<Pending>>);
@@ -51,7 +51,6 @@ pub struct LastUsed(Arc<Mutex<Pending>>);
 #[derive(Debug, Default)]
 struct Pending {
     sessions: HashMap<Uuid, DateTime<Utc>>,
-    api_keys: HashMap<Uuid, DateTime<Utc>>,
 }
 
 impl LastUsed {
@@ -59,13 +58,6 @@ impl LastUsed {
     pub fn session(&self, id: Uuid, at: DateTime<Utc>) {
         if let Ok(mut pending) = self.0.lock() {
             pending.sessions.insert(id, at);
-        }
-    }
-
-    /// Notes a use of an API key.
-    pub fn api_key(&self, id: Uuid, at: DateTime<Utc>) {
-        if let Ok(mut pending) = self.0.lock() {
-            pending.api_keys.insert(id, at);
         }
     }
 
@@ -80,20 +72,13 @@ impl LastUsed {
             Ok(mut pending) => std::mem::take(&mut *pending),
             Err(_) => return Ok(()),
         };
-        let written = async {
-            write_last_used(db, "sessions", &taken.sessions).await?;
-            write_last_used(db, "api_keys", &taken.api_keys).await
-        }
-        .await;
+        let written = write_last_used(db, "sessions", &taken.sessions).await;
         if written.is_err()
             && let Ok(mut pending) = self.0.lock()
         {
             // Newer uses noted meanwhile win.
             for (id, at) in taken.sessions {
                 pending.sessions.entry(id).or_insert(at);
-            }
-            for (id, at) in taken.api_keys {
-                pending.api_keys.entry(id).or_insert(at);
             }
         }
         written

@@ -66,7 +66,7 @@ pub struct Core {
     pub job_signal: jobs::JobSignal,
     /// File storage.
     pub storage: crate::storage::Storage,
-    /// When sessions and API keys were last used, written in batches.
+    /// When sessions were last used, written in batches.
     pub last_used: account::LastUsed,
 }
 
