@@ -345,11 +345,12 @@ async fn completer_loop(
 async fn record_done(core: &Core, worker_id: &str, running: &Running, done: Vec<Done>) {
     let rows: Vec<(Uuid, serde_json::Value)> =
         done.iter().map(|d| (d.id, d.result.clone())).collect();
-    let recorded = match core.complete_jobs(worker_id, &rows).await {
-        Ok(ids) => ids,
+    let recorded: std::collections::HashSet<Uuid> = match core.complete_jobs(worker_id, &rows).await
+    {
+        Ok(ids) => ids.into_iter().collect(),
         Err(e) => {
             tracing::error!(error = %e, jobs = done.len(), "could not record finished jobs; their leases will expire");
-            Vec::new()
+            Default::default()
         }
     };
     for d in &done {

@@ -110,19 +110,10 @@ async fn write_last_used(
     let uses: Vec<(&Uuid, &DateTime<Utc>)> = uses.iter().collect();
     for chunk in uses.chunks(LAST_USED_PER_STATEMENT) {
         let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 2);
-        let mut cases = String::new();
-        let mut ids = Vec::with_capacity(chunk.len());
-        for (id, at) in chunk {
-            values.push((**id).into());
-            values.push((**at).into());
-            let (id_at, at_at) = (values.len() - 1, values.len());
-            cases.push_str(&format!(" WHEN ${id_at} THEN ${at_at}"));
-            ids.push(format!("${id_at}"));
-        }
+        let (at, ids) = super::case_by_id(&mut values, chunk.iter().map(|(id, at)| (**id, **at)));
         let sql = format!(
-            "UPDATE {table} SET last_used_at = CASE id{cases} END \
-             WHERE id IN ({ids}) AND (last_used_at IS NULL OR last_used_at < CASE id{cases} END)",
-            ids = ids.join(", ")
+            "UPDATE {table} SET last_used_at = {at} \
+             WHERE id IN ({ids}) AND (last_used_at IS NULL OR last_used_at < {at})"
         );
         db.writer()
             .execute_raw(Statement::from_sql_and_values(db.backend(), sql, values))

@@ -345,20 +345,14 @@ impl Core {
             let mut values: Vec<sea_orm::Value> = Vec::with_capacity(2 + chunk.len() * 2);
             values.push(worker_id.to_owned().into());
             values.push(now().into());
-            let mut cases = String::new();
-            let mut placeholders = Vec::with_capacity(chunk.len());
-            for (id, result) in chunk {
-                values.push((*id).into());
-                values.push(result.clone().into());
-                let (id_at, result_at) = (values.len() - 1, values.len());
-                cases.push_str(&format!(" WHEN ${id_at} THEN ${result_at}"));
-                placeholders.push(format!("${id_at}"));
-            }
+            let (result, ids_in) = super::case_by_id(
+                &mut values,
+                chunk.iter().map(|(id, result)| (*id, result.clone())),
+            );
             let sql = format!(
-                "UPDATE jobs SET status = 'succeeded', result = CASE id{cases} END, progress = 100, \
+                "UPDATE jobs SET status = 'succeeded', result = {result}, progress = 100, \
                  finished_at = $2, lease_until = NULL \
-                 WHERE worker_id = $1 AND status = 'running' AND id IN ({}) RETURNING id",
-                placeholders.join(", ")
+                 WHERE worker_id = $1 AND status = 'running' AND id IN ({ids_in}) RETURNING id"
             );
             let rows = self
                 .db

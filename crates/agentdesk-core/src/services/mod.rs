@@ -137,6 +137,26 @@ impl Core {
     }
 }
 
+/// One value per row in a multi-row UPDATE: pushes each `(id, value)` onto `values` and
+/// returns `CASE id WHEN $i THEN $v … END` and the ids' placeholders (`$i, …`), numbered after
+/// the values already there.
+pub(crate) fn case_by_id<V: Into<sea_orm::Value>>(
+    values: &mut Vec<sea_orm::Value>,
+    rows: impl IntoIterator<Item = (uuid::Uuid, V)>,
+) -> (String, String) {
+    let mut cases = String::from("CASE id");
+    let mut ids = Vec::new();
+    for (id, value) in rows {
+        values.push(id.into());
+        values.push(value.into());
+        let (id_at, value_at) = (values.len() - 1, values.len());
+        cases.push_str(&format!(" WHEN ${id_at} THEN ${value_at}"));
+        ids.push(format!("${id_at}"));
+    }
+    cases.push_str(" END");
+    (cases, ids.join(", "))
+}
+
 /// The JWT secret: configured, or generated once into the data directory (mode 0600).
 fn jwt_secret(settings: &Settings) -> Result<String> {
     if let Some(secret) = &settings.jwt_secret {
