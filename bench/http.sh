@@ -2,7 +2,8 @@
 # HTTP load benchmark of the real release binary on the embedded default (SQLite):
 #   - start to ready: from exec to the first 200 of /readyz, on a fresh data directory
 #   - resident memory at idle (after start, and again after the load)
-#   - wrk: GET /healthz, authenticated GET /api/v1/auth/me, POST /api/v1/auth/login
+#   - wrk: GET /healthz, authenticated GET /api/v1/auth/me (with a session's token, then with an
+#     API key), POST /api/v1/auth/login
 # Usage: bash bench/http.sh [seconds-per-run] [connections]    (needs wrk: apt-get install wrk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,8 @@ idle_rss=$(rss)
 
 token=$(curl -fs "http://127.0.0.1:$port/api/v1/auth/login" -H 'content-type: application/json' \
   -d '{"email":"bench@example.com","password":"bench-password-123"}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+api_key=$(curl -fs "http://127.0.0.1:$port/api/v1/api-keys" -H "Authorization: Bearer $token" \
+  -H 'content-type: application/json' -d '{"name":"bench"}' | sed -E 's/.*"key":"([^"]+)".*/\1/')
 
 lua=$(mktemp --suffix=.lua)
 cat >"$lua" <<LUA
@@ -60,10 +63,12 @@ echo "| run | req/s | p50 | p99 | non-2xx |"
 echo "|---|---|---|---|---|"
 run healthz "http://127.0.0.1:$port/healthz"
 run auth_me -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/v1/auth/me"
+run auth_me_api_key -H "Authorization: Bearer $api_key" "http://127.0.0.1:$port/api/v1/auth/me"
 run login -c4 -s "$lua" "http://127.0.0.1:$port/api/v1/auth/login" 2>/dev/null || run login -s "$lua" "http://127.0.0.1:$port/api/v1/auth/login"
 sleep 3
 echo
 cat "$data/rss.log"
 echo "resident memory at idle after the load: $(rss) MB"
 awk -v a="$(cat "$data/auth_me.rps")" -v h="$(cat "$data/healthz.rps")" 'BEGIN {printf "authenticated GET / healthz = %.2f (target >= 0.50)\n", a/h}'
+awk -v k="$(cat "$data/auth_me_api_key.rps")" -v s="$(cat "$data/auth_me.rps")" 'BEGIN {printf "API key / session token on GET /auth/me = %.2f (target >= 0.90)\n", k/s}'
 rm -f "$lua"

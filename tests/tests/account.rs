@@ -143,3 +143,298 @@ async fn last_use_is_recorded_in_batches() {
         row.last_used_at
     );
 }
+
+fn key_items(list: &Value) -> &Vec<Value> {
+    list["items"].as_array().expect("items")
+}
+
+/// An API key acts as its owner, or only through the grants it was narrowed to, and never
+/// beyond what the owner holds at the moment of each request: a revoked grant stops a narrowed
+/// key at once, a deactivated owner stops every key. Keys cannot manage the account.
+#[tokio::test]
+async fn api_keys_act_as_their_owner_narrowed_by_grants() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let member = app
+        .persona(
+            &admin,
+            "member",
+            &[
+                json!({"resource": "clients", "actions": ["read", "write"]}),
+                json!({"resource": "users", "actions": ["read"]}),
+            ],
+        )
+        .await;
+    let held = app
+        .get(&format!("/api/v1/users/{}/grants", member.id), &admin)
+        .await;
+    let grant_of = |resource: &str| {
+        held.json
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["resource"] == resource)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (clients_grant, users_grant) = (grant_of("clients"), grant_of("users"));
+
+    // A key for everything the member may do: shown once, recognisable by its prefix.
+    let made = app
+        .post(
+            "/api/v1/api-keys",
+            &member.token,
+            json!({"name": "nightly sync"}),
+        )
+        .await;
+    made.expect(201, None);
+    let full = made.json["key"].as_str().unwrap().to_owned();
+    let full_id = made.json["id"].clone();
+    assert!(full.starts_with("adk_") && full.len() == 56, "{full}");
+    assert_eq!(made.json["prefix"].as_str().unwrap(), &full[..12]);
+    assert_eq!(made.json["grants"], Value::Null);
+    assert_eq!(
+        made.header("location").unwrap(),
+        format!("/api/v1/api-keys/{}", made.json["id"].as_str().unwrap())
+    );
+    app.get("/api/v1/clients", &full).await.expect(200, None);
+    app.get("/api/v1/users", &full).await.expect(200, None);
+    // Nothing beyond the owner: no grant on permissions, so no key has it either.
+    app.get("/api/v1/permissions/grants", &full)
+        .await
+        .expect(403, Some("forbidden"));
+    let created = app
+        .post(
+            "/api/v1/clients",
+            &full,
+            json!({"name": "Made by a script"}),
+        )
+        .await;
+    created.expect(201, None);
+    // What a key does is audited as its owner's, with the key's id, in the verified chain.
+    let events = app
+        .get(
+            &format!(
+                "/api/v1/audit/events?action=client.create&resource_id={}",
+                created.json["id"].as_str().unwrap()
+            ),
+            &admin,
+        )
+        .await;
+    let event = &events.json["items"][0];
+    assert_eq!(event["actor_id"], json!(member.id), "{}", events.json);
+    assert_eq!(event["api_key_id"], full_id, "{}", events.json);
+    let export = app
+        .get(
+            "/api/v1/audit/export?format=csv&action=client.create",
+            &admin,
+        )
+        .await;
+    assert!(
+        export.text.contains(full_id.as_str().unwrap()),
+        "{}",
+        export.text
+    );
+
+    // A key narrowed to the clients grant may not read users, though its owner may.
+    let made = app
+        .post(
+            "/api/v1/api-keys",
+            &member.token,
+            json!({"name": "clients only", "grants": [clients_grant]}),
+        )
+        .await;
+    made.expect(201, None);
+    assert_eq!(made.json["grants"], json!([clients_grant]));
+    let narrow = made.json["key"].as_str().unwrap().to_owned();
+    app.get("/api/v1/clients", &narrow).await.expect(200, None);
+    let refused = app.get("/api/v1/users", &narrow).await;
+    refused.expect(403, Some("forbidden"));
+    assert!(
+        refused.json["detail"].as_str().unwrap().contains("API key"),
+        "{}",
+        refused.json
+    );
+
+    // Keys cannot manage the account: a leaked key makes no keys and ends no sessions.
+    for (method, path) in [
+        (Method::GET, "/api/v1/api-keys"),
+        (Method::POST, "/api/v1/api-keys"),
+        (Method::GET, "/api/v1/auth/sessions"),
+        (Method::POST, "/api/v1/auth/password"),
+    ] {
+        app.request(method, path, Some(&full), Some(json!({"name": "x"})))
+            .await
+            .expect(403, Some("session_required"));
+    }
+
+    // Bad input: a clear 422 (or 400) each, and no key made.
+    for body in [
+        json!({"name": ""}),
+        json!({"name": "   "}),
+        json!({"name": "x".repeat(101)}),
+        json!({"name": "a\u{7}bell"}),
+        json!({"name": "k", "grants": []}),
+        json!({"name": "k", "grants": [uuid::Uuid::now_v7()]}),
+        json!({"name": "k", "grants": ["not-a-uuid"]}),
+        json!({"name": "k", "expires_at": "2001-01-01T00:00:00Z"}),
+        json!({"name": "k", "expires_at": "tomorrow"}),
+        json!({"grants": [users_grant]}),
+    ] {
+        app.post("/api/v1/api-keys", &member.token, body.clone())
+            .await
+            .expect(422, Some("validation_failed"));
+    }
+    let malformed = TestApp::read(
+        app.client
+            .post(format!("{}/api/v1/api-keys", app.base))
+            .bearer_auth(&member.token)
+            .header("content-type", "application/json")
+            .body("{\"name\": ")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    malformed.expect(400, None);
+    // Someone else's grant is not the member's to hand to a key.
+    let other = app
+        .persona(
+            &admin,
+            "member",
+            &[json!({"resource": "audit", "actions": ["read"]})],
+        )
+        .await;
+    let others = app
+        .get(&format!("/api/v1/users/{}/grants", other.id), &admin)
+        .await;
+    let others_grant = others.json[0]["id"].clone();
+    app.post(
+        "/api/v1/api-keys",
+        &member.token,
+        json!({"name": "k", "grants": [others_grant]}),
+    )
+    .await
+    .expect(422, Some("validation_failed"));
+
+    // The list shows both keys, never a secret.
+    let list = app.get("/api/v1/api-keys", &member.token).await;
+    list.expect(200, None);
+    assert_eq!(key_items(&list.json).len(), 2, "{}", list.json);
+    assert!(!list.text.contains(&full[12..]) && !list.text.contains(&narrow[12..]));
+    assert_eq!(key_items(&list.json)[0]["name"], "clients only");
+
+    // The grant goes: the narrowed key stops at once; the full key keeps what is left.
+    app.delete(
+        &format!("/api/v1/permissions/grants/{clients_grant}"),
+        &admin,
+    )
+    .await
+    .expect(204, None);
+    app.get("/api/v1/clients", &narrow)
+        .await
+        .expect(403, Some("forbidden"));
+    app.get("/api/v1/clients", &full)
+        .await
+        .expect(403, Some("forbidden"));
+    app.get("/api/v1/users", &full).await.expect(200, None);
+
+    // The owner is deactivated: every key stops at once.
+    app.delete(&format!("/api/v1/users/{}", member.id), &admin)
+        .await
+        .expect(204, None);
+    app.get("/api/v1/users", &full)
+        .await
+        .expect(401, Some("invalid_token"));
+    app.assert_audited(&admin, &["api_key.create"]).await;
+}
+
+/// Revoked and expired keys are refused; a key's last use is kept in batches; a forged key is
+/// refused like any bad token; revocation is the owner's own and audited.
+#[tokio::test]
+async fn api_keys_are_revoked_expire_and_record_their_last_use() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let member = app
+        .persona(
+            &admin,
+            "member",
+            &[json!({"resource": "clients", "actions": ["read"]})],
+        )
+        .await;
+    let made = app
+        .post("/api/v1/api-keys", &member.token, json!({"name": "cron"}))
+        .await;
+    made.expect(201, None);
+    let key = made.json["key"].as_str().unwrap().to_owned();
+    let id = made.json["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        key_items(&app.get("/api/v1/api-keys", &member.token).await.json)[0]["last_used_at"],
+        Value::Null
+    );
+    app.get("/api/v1/clients", &key).await.expect(200, None);
+    let list = app.get("/api/v1/api-keys", &member.token).await;
+    assert!(
+        key_items(&list.json)[0]["last_used_at"].is_string(),
+        "{}",
+        list.json
+    );
+    app.core.last_used.flush(&app.core.db).await.unwrap();
+    let row =
+        agentdesk_core::models::api_key::Entity::find_by_id(id.parse::<uuid::Uuid>().unwrap())
+            .one(app.core.db.reader())
+            .await
+            .unwrap()
+            .unwrap();
+    assert!(row.last_used_at.is_some());
+    assert_ne!(row.key_hash, key, "only a hash is stored");
+    assert!(!row.key_hash.contains(&key[4..]));
+
+    // Forged keys: right shape, wrong length, garbage.
+    let forged = format!("adk_{}", "a".repeat(52));
+    for token in [forged.as_str(), "adk_short", "adk_"] {
+        app.get("/api/v1/clients", token)
+            .await
+            .expect(401, Some("invalid_token"));
+    }
+
+    // Only the owner revokes: another user (even an admin) gets a 404.
+    app.delete(&format!("/api/v1/api-keys/{id}"), &admin)
+        .await
+        .expect(404, Some("not_found"));
+    app.delete("/api/v1/api-keys/not-a-uuid", &member.token)
+        .await
+        .expect(404, Some("not_found"));
+    app.get("/api/v1/clients", &key).await.expect(200, None);
+    app.delete(&format!("/api/v1/api-keys/{id}"), &member.token)
+        .await
+        .expect(204, None);
+    app.get("/api/v1/clients", &key)
+        .await
+        .expect(401, Some("invalid_token"));
+    app.delete(&format!("/api/v1/api-keys/{id}"), &member.token)
+        .await
+        .expect(404, Some("not_found"));
+    assert!(key_items(&app.get("/api/v1/api-keys", &member.token).await.json).is_empty());
+
+    // A key with an expiry works until then, and not after (cached or not).
+    let soon = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let made = app
+        .post(
+            "/api/v1/api-keys",
+            &member.token,
+            json!({"name": "short-lived", "expires_at": soon}),
+        )
+        .await;
+    made.expect(201, None);
+    let short = made.json["key"].as_str().unwrap().to_owned();
+    app.get("/api/v1/clients", &short).await.expect(200, None);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    app.get("/api/v1/clients", &short)
+        .await
+        .expect(401, Some("invalid_token"));
+    app.assert_audited(&admin, &["api_key.create", "api_key.revoke"])
+        .await;
+}

@@ -1022,6 +1022,7 @@ async fn events_hashed_before_the_body_digest_verify_beside_those_after() {
             ip: None,
             user_agent: None,
             request_id: None,
+            api_key_id: None,
             changes: Some(stored.clone()),
             prev_hash: prev_hash.clone(),
             hash: String::new(),

@@ -557,4 +557,25 @@ async fn revocations_reach_every_instance() {
         "the end of a session reaches instance B within a second"
     );
     b.get("/api/v1/auth/me", &keeper).await.expect(200, None);
+
+    // An API key revoked on A is refused by B (which had it cached) within a second.
+    let made = a
+        .post("/api/v1/api-keys", &keeper, json!({"name": "multi"}))
+        .await;
+    made.expect(201, None);
+    let key = made.json["key"].as_str().unwrap().to_owned();
+    b.get("/api/v1/auth/me", &key).await.expect(200, None);
+    a.delete(
+        &format!("/api/v1/api-keys/{}", made.json["id"].as_str().unwrap()),
+        &keeper,
+    )
+    .await
+    .expect(204, None);
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            b.get("/api/v1/auth/me", &key).await.status == 401
+        })
+        .await,
+        "the revocation of an API key reaches instance B within a second"
+    );
 }

@@ -52,6 +52,11 @@ const TABLE: &[Row] = &[
     row("get",    "/api/v1/auth/sessions",                   None,                                  [200, 200, 200, 200]),
     // Each persona ends a session of its own (a second login); another's is a 404 (account.rs).
     row("delete", "/api/v1/auth/sessions/{id}",              None,                                  [204, 204, 204, 204]),
+    // Every persona manages keys of its own; another's is a 404 and a key itself is refused
+    // (account.rs).
+    row("post",   "/api/v1/api-keys",                        None,                                  [201, 201, 201, 201]),
+    row("get",    "/api/v1/api-keys",                        None,                                  [200, 200, 200, 200]),
+    row("delete", "/api/v1/api-keys/{id}",                   None,                                  [204, 204, 204, 204]),
     row("get",    "/api/v1/users",                           Some(&[("users", &["read"])]),            [200, 403, 200, NA]),
     row("post",   "/api/v1/users",                           Some(&[("users", &["write"])]),           [201, 403, 201, NA]),
     row("get",    "/api/v1/users/{id}",                      Some(&[("users", &["read"])]),            [200, 403, 200, NA]),
@@ -270,6 +275,13 @@ impl Ctx<'_> {
                 let list = app.get("/api/v1/auth/sessions", &other).await;
                 let id = list.json["items"].as_array().unwrap().iter().find(|s| s["current"] == true).unwrap()["id"].as_str().unwrap().to_owned();
                 app.delete(&format!("/api/v1/auth/sessions/{id}"), t).await
+            }
+            ("post", "/api/v1/api-keys") => app.post("/api/v1/api-keys", t, json!({"name": "matrix"})).await,
+            ("get", "/api/v1/api-keys") => app.get("/api/v1/api-keys", t).await,
+            ("delete", "/api/v1/api-keys/{id}") => {
+                let made = app.post("/api/v1/api-keys", t, json!({"name": "doomed"})).await;
+                let id = made.json["id"].as_str().unwrap_or("missing").to_owned();
+                app.delete(&format!("/api/v1/api-keys/{id}"), t).await
             }
             ("post", "/api/v1/auth/password") => {
                 app.post("/api/v1/auth/password", t, json!({"current_password": p.password, "new_password": "a-brand-new-password"})).await

@@ -263,11 +263,7 @@ impl JobContext {
             )));
         }
         let user = self.user().await?;
-        let actor = Actor {
-            user,
-            session_id: None,
-            meta: RequestMeta::system(&format!("job:{}", self.job.id)),
-        };
+        let actor = Actor::system(user, RequestMeta::system(&format!("job:{}", self.job.id)));
         self.core
             .authorize(actor, resource, action, need)
             .await

@@ -13,6 +13,7 @@ use utoipa::{Modify, OpenApi};
     tags(
         (name = "system", description = "Health, readiness, version, metrics"),
         (name = "auth", description = "Login, tokens, sessions"),
+        (name = "api_keys", description = "API keys for scripts: `Authorization: Bearer adk_...`"),
         (name = "users", description = "User management"),
         (name = "clients", description = "Customer records"),
         (name = "client_management", description = "Import, export, duplicates, merge"),
@@ -33,7 +34,7 @@ impl Modify for SecuritySchemes {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
+                    .bearer_format("JWT or API key (adk_...)")
                     .build(),
             ),
         );

@@ -58,11 +58,7 @@ fn benches(c: &mut Criterion) {
             )
             .await
             .unwrap();
-        let actor = Actor {
-            user: admin,
-            session_id: None,
-            meta: RequestMeta::system("bench"),
-        };
+        let actor = Actor::system(admin, RequestMeta::system("bench"));
         let permit = core
             .authorize(actor, "permissions", "write", Need::AllClients)
             .await
@@ -136,6 +132,22 @@ fn benches(c: &mut Criterion) {
     group.bench_function("authenticate_cached_session", |b| {
         b.to_async(&rt)
             .iter(|| async { black_box(core.authenticate(&token).await.unwrap()) })
+    });
+    // The same member's API key: its check must cost no more than the session's.
+    let api_key = rt.block_on(async {
+        let session = core.authenticate(&token).await.unwrap();
+        let new = agentdesk_core::services::api_keys::NewApiKey {
+            name: "bench".into(),
+            ..Default::default()
+        };
+        core.create_api_key(&session, new, &RequestMeta::default())
+            .await
+            .unwrap()
+            .key
+    });
+    group.bench_function("authenticate_cached_api_key", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(core.authenticate(&api_key).await.unwrap()) })
     });
     group.finish();
 

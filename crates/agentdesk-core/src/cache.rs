@@ -30,19 +30,46 @@ const PG_CHANNEL: &str = "agentdesk_invalidate";
 pub enum Invalidation {
     /// One session was revoked.
     Session(Uuid),
+    /// One API key was revoked.
+    ApiKey(Uuid),
     /// A user changed (role, activity, password, grants): drop all their sessions and grants.
     User(Uuid),
     /// Something that affects many users changed (a role's grants): drop everything.
     All,
 }
 
-/// A cached, verified session: who the caller is, as of when it was loaded.
+/// A cached, verified credential (a session's access token or an API key): who the caller
+/// is, as of when it was loaded.
 #[derive(Debug, Clone)]
 pub struct AuthContext {
-    /// The user, as loaded with the session.
+    /// The user, as loaded with the credential.
     pub user: User,
-    /// The session the access token belongs to.
+    /// The session the access token belongs to; for an API key, the key's id.
     pub session_id: Uuid,
+    /// Set when the caller authenticated with an API key rather than a session.
+    pub api_key: Option<Arc<ApiKeyScope>>,
+}
+
+impl AuthContext {
+    /// Fails for an API key: the account's own settings (sessions, keys, password, second
+    /// factor) need a user's session.
+    pub fn require_session(&self) -> Result<()> {
+        match self.api_key {
+            None => Ok(()),
+            Some(_) => Err(Error::SessionRequired),
+        }
+    }
+}
+
+/// What an API key allows: its owner's grants, or only some of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyScope {
+    /// The key's id.
+    pub id: Uuid,
+    /// The owner's grants the key is narrowed to, sorted; `None` for everything the owner may do.
+    pub grant_ids: Option<Vec<Uuid>>,
+    /// When the key stops working (checked on every use, cached or not).
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// How invalidations reach other instances.
@@ -61,6 +88,8 @@ enum Remote {
 #[derive(Clone)]
 pub struct Caches {
     sessions: Cache<Uuid, AuthContext>,
+    /// Verified API keys, by the key's hash.
+    api_keys: Cache<String, AuthContext>,
     grants: Cache<Uuid, Arc<UserGrants>>,
     remote: Remote,
 }
@@ -95,12 +124,18 @@ impl Caches {
             .time_to_live(session_ttl)
             .support_invalidation_closures()
             .build();
+        let api_keys = Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(session_ttl)
+            .support_invalidation_closures()
+            .build();
         let grants = Cache::builder()
             .max_capacity(100_000)
             .time_to_live(Duration::from_secs(30))
             .build();
         Self {
             sessions,
+            api_keys,
             grants,
             remote,
         }
@@ -114,6 +149,16 @@ impl Caches {
     /// Caches a verified session.
     pub async fn put_session(&self, ctx: AuthContext) {
         self.sessions.insert(ctx.session_id, ctx).await;
+    }
+
+    /// A cached API key, by the key's hash.
+    pub async fn api_key(&self, key_hash: &str) -> Option<AuthContext> {
+        self.api_keys.get(key_hash).await
+    }
+
+    /// Caches a verified API key under its hash.
+    pub async fn put_api_key(&self, key_hash: String, ctx: AuthContext) {
+        self.api_keys.insert(key_hash, ctx).await;
     }
 
     /// A user's cached effective grants.
@@ -164,15 +209,25 @@ impl Caches {
     async fn apply(&self, what: &Invalidation) {
         match what {
             Invalidation::Session(id) => self.sessions.invalidate(id).await,
+            Invalidation::ApiKey(id) => {
+                let id = *id;
+                let _ = self
+                    .api_keys
+                    .invalidate_entries_if(move |_, ctx| ctx.session_id == id);
+            }
             Invalidation::User(user_id) => {
                 let user_id = *user_id;
                 let _ = self
                     .sessions
                     .invalidate_entries_if(move |_, ctx| ctx.user.id == user_id);
+                let _ = self
+                    .api_keys
+                    .invalidate_entries_if(move |_, ctx| ctx.user.id == user_id);
                 self.grants.invalidate(&user_id).await;
             }
             Invalidation::All => {
                 self.sessions.invalidate_all();
+                self.api_keys.invalidate_all();
                 self.grants.invalidate_all();
             }
         }

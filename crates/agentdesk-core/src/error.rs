@@ -43,6 +43,9 @@ pub enum Error {
     /// Authenticated, but not allowed to do this.
     #[error("{0}")]
     Forbidden(String),
+    /// An API key was used where only a user's session may act (the account's own settings).
+    #[error("this route needs a user's session; API keys cannot use it")]
+    SessionRequired,
     /// No such record (or one outside the caller's scope).
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -90,6 +93,7 @@ impl Error {
             Error::AccountDisabled => "account_disabled",
             Error::InvalidToken(_) => "invalid_token",
             Error::Forbidden(_) => "forbidden",
+            Error::SessionRequired => "session_required",
             Error::NotFound(_) => "not_found",
             Error::Conflict(_) => "conflict",
             Error::PreconditionFailed => "precondition_failed",

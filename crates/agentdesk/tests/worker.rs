@@ -7,6 +7,11 @@ use std::time::{Duration, Instant};
 use agentdesk_tests::{TestApp, TestEnv};
 use serde_json::json;
 
+/// The two tests run one after the other: the audio worker's transcription takes every core,
+/// and a worker starved of CPU misses its heartbeats, so a lease would expire for no fault of
+/// the code under test.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -22,7 +27,7 @@ fn spawn_worker(env: &TestEnv, storage: &str, data: &std::path::Path, port: u16)
         .env("AGENTDESK_DATABASE_URL", env.database_url())
         .env("AGENTDESK_STORAGE_URL", storage)
         .env("AGENTDESK_WORKER_BIND", format!("127.0.0.1:{port}"))
-        .env("AGENTDESK_JOB_LEASE_SECS", "2")
+        .env("AGENTDESK_JOB_LEASE_SECS", "4")
         .env("AGENTDESK_JOB_POLL_MS", "100")
         .env(
             "AGENTDESK_JWT_SECRET",
@@ -38,6 +43,7 @@ fn spawn_worker(env: &TestEnv, storage: &str, data: &std::path::Path, port: u16)
 
 #[tokio::test]
 async fn a_killed_workers_job_is_completed_by_another_worker() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let env = TestEnv::new().await;
     let files = tempfile::tempdir().unwrap();
     let storage = format!("file://{}", files.path().display());
@@ -187,6 +193,7 @@ async fn the_audio_agent_runs_as_a_worker_of_its_own() {
     if !agentdesk_tests::speech_model_available() {
         return;
     }
+    let _serial = ONE_AT_A_TIME.lock().await;
     let models = agentdesk_tests::speech_models_dir().expect("checked above");
     let env = TestEnv::new().await;
     let files = tempfile::tempdir().unwrap();

@@ -315,6 +315,26 @@ where
     }
 }
 
+/// The authenticated caller, through a user's session: an API key is refused with 403
+/// `session_required`. The account's own settings (sessions, API keys, password, logout) take
+/// this, so that a leaked key cannot make more keys or lock its owner out.
+#[derive(Debug, Clone)]
+pub struct SessionUser(pub AuthContext);
+
+impl<S> FromRequestParts<S> for SessionUser
+where
+    S: Send + Sync,
+    Core: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let AuthUser(ctx) = AuthUser::from_request_parts(parts, state).await?;
+        ctx.require_session()?;
+        Ok(Self(ctx))
+    }
+}
+
 /// What a route requires: a resource, an action, and whether a grant for some clients suffices.
 pub trait Requirement: Send + Sync + 'static {
     /// The resource (`users`, `clients`, `agent:pdf_processing`, ...).

@@ -69,7 +69,9 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
         Error::BadRequest(_) => StatusCode::BAD_REQUEST,
         Error::InvalidCredentials | Error::InvalidToken(_) => StatusCode::UNAUTHORIZED,
-        Error::AccountDisabled | Error::Forbidden(_) => StatusCode::FORBIDDEN,
+        Error::AccountDisabled | Error::Forbidden(_) | Error::SessionRequired => {
+            StatusCode::FORBIDDEN
+        }
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::Conflict(_) => StatusCode::CONFLICT,
         Error::PreconditionFailed => StatusCode::PRECONDITION_FAILED,

@@ -233,7 +233,7 @@ async fn export(
     Ok(format.attachment(body, "audit-events"))
 }
 
-const CSV_HEADER: &str = "id,seq,at,actor_id,actor_email,action,resource_type,resource_id,client_id,outcome,ip,user_agent,request_id,changes,prev_hash,hash\n";
+const CSV_HEADER: &str = "id,seq,at,actor_id,actor_email,action,resource_type,resource_id,client_id,outcome,ip,user_agent,request_id,changes,prev_hash,hash,api_key_id\n";
 
 fn json_line(event: &AuditEvent) -> String {
     let mut line = serde_json::to_string(event).unwrap_or_default();
@@ -264,6 +264,8 @@ fn csv_line(e: &AuditEvent) -> String {
             .unwrap_or_default(),
         csv_cell(&e.prev_hash),
         csv_cell(&e.hash),
+        // Last, so that readers of the columns before it keep working.
+        uuid(&e.api_key_id),
     ];
     let mut line = cells.join(",");
     line.push('\n');

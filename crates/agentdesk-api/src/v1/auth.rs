@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::extractors::{AppForm, AppJson, AuthUser, Meta};
+use crate::extractors::{AppForm, AppJson, AuthUser, Meta, SessionUser};
 use crate::problem::{ApiResult, Problem};
 
 /// The routes of `/auth`.
@@ -137,11 +137,12 @@ async fn refresh(
     responses(
         (status = 204, description = "Logged out"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An API key was used: this route needs a user's session (`session_required`)", body = Problem, content_type = "application/problem+json"),
     ))]
 #[tracing::instrument(skip_all)]
 async fn logout(
     State(state): State<AppState>,
-    AuthUser(caller): AuthUser,
+    SessionUser(caller): SessionUser,
     Meta(meta): Meta,
     AppJson(body): AppJson<RefreshRequest>,
 ) -> ApiResult<StatusCode> {
@@ -190,12 +191,13 @@ pub struct PasswordChange {
     responses(
         (status = 204, description = "Changed"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An API key was used: this route needs a user's session (`session_required`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Wrong current password or weak new one", body = Problem, content_type = "application/problem+json"),
     ))]
 #[tracing::instrument(skip_all)]
 async fn change_password(
     State(state): State<AppState>,
-    AuthUser(caller): AuthUser,
+    SessionUser(caller): SessionUser,
     Meta(meta): Meta,
     AppJson(body): AppJson<PasswordChange>,
 ) -> ApiResult<StatusCode> {
@@ -219,11 +221,12 @@ pub struct SessionList {
     responses(
         (status = 200, description = "The caller's live sessions", body = SessionList),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An API key was used: this route needs a user's session (`session_required`)", body = Problem, content_type = "application/problem+json"),
     ))]
 #[tracing::instrument(skip_all)]
 async fn list_sessions(
     State(state): State<AppState>,
-    AuthUser(caller): AuthUser,
+    SessionUser(caller): SessionUser,
 ) -> ApiResult<AppJson<SessionList>> {
     Ok(AppJson(SessionList {
         items: state.core.list_sessions(&caller).await?,
@@ -237,12 +240,13 @@ async fn list_sessions(
     responses(
         (status = 204, description = "Ended"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An API key was used: this route needs a user's session (`session_required`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not one of the caller's live sessions", body = Problem, content_type = "application/problem+json"),
     ))]
 #[tracing::instrument(skip_all)]
 async fn end_session(
     State(state): State<AppState>,
-    AuthUser(caller): AuthUser,
+    SessionUser(caller): SessionUser,
     Meta(meta): Meta,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {

@@ -1,5 +1,6 @@
 //! Version 1 of the HTTP API, mounted at `/api/v1`.
 
+pub mod api_keys;
 pub mod audit;
 pub mod auth;
 pub mod clients;
@@ -15,6 +16,7 @@ use crate::AppState;
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(auth::routes())
+        .merge(api_keys::routes())
         .merge(users::routes())
         .merge(clients::routes())
         .merge(agentdesk_agent_client_management::routes())

@@ -18,6 +18,7 @@ mod m0012_reports;
 mod m0013_report_schedules;
 mod m0014_grant_clients;
 mod m0015_jobs_queued_index;
+mod m0016_api_keys;
 
 /// Makes one migration (migrations are trait objects, made afresh for each run).
 pub type MakeMigration = fn() -> Box<dyn MigrationTrait>;
@@ -63,6 +64,7 @@ impl Migrator {
             Box::new(m0013_report_schedules::Migration),
             Box::new(m0014_grant_clients::Migration),
             Box::new(m0015_jobs_queued_index::Migration),
+            Box::new(m0016_api_keys::Migration),
         ]
     }
 }

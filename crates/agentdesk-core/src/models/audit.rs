@@ -22,6 +22,7 @@ pub struct Model {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
+    pub api_key_id: Option<Uuid>,
     pub changes: Option<Json>,
     pub prev_hash: String,
     pub hash: String,
@@ -65,6 +66,8 @@ pub struct AuditEvent {
     pub user_agent: Option<String>,
     /// The request's id.
     pub request_id: Option<String>,
+    /// The API key the actor used, when they used one (null for a session).
+    pub api_key_id: Option<Uuid>,
     /// `before` and `after` of the fields that changed (never secrets); null for an event that
     /// changed no field (a login, a denied request).
     #[schema(value_type = Option<Object>)]
@@ -91,6 +94,7 @@ impl From<Model> for AuditEvent {
             ip: m.ip,
             user_agent: m.user_agent,
             request_id: m.request_id,
+            api_key_id: m.api_key_id,
             changes: m.changes,
             prev_hash: m.prev_hash,
             hash: m.hash,

@@ -1,5 +1,6 @@
 //! Database entities (SeaORM) and the domain types the services return.
 
+pub mod api_key;
 pub mod audit;
 pub mod client;
 pub mod grant;

@@ -43,7 +43,7 @@ pub struct SessionInfo {
     pub current: bool,
 }
 
-/// When sessions were last used, gathered per request in memory and written every
+/// When sessions and API keys were last used, gathered per request in memory and written every
 /// [`LAST_USED_FLUSH`] in one statement per table: a request never waits for a write.
 #[derive(Debug, Clone, Default)]
 pub struct LastUsed(Arc<Mutex<Pending>>);
@@ -51,6 +51,7 @@ pub struct LastUsed(Arc<Mutex<Pending>>);
 #[derive(Debug, Default)]
 struct Pending {
     sessions: HashMap<Uuid, DateTime<Utc>>,
+    api_keys: HashMap<Uuid, DateTime<Utc>>,
 }
 
 impl LastUsed {
@@ -61,9 +62,21 @@ impl LastUsed {
         }
     }
 
+    /// Notes a use of an API key.
+    pub fn api_key(&self, id: Uuid, at: DateTime<Utc>) {
+        if let Ok(mut pending) = self.0.lock() {
+            pending.api_keys.insert(id, at);
+        }
+    }
+
     /// A use of this session noted here but not yet written.
     fn pending_session(&self, id: Uuid) -> Option<DateTime<Utc>> {
         self.0.lock().ok()?.sessions.get(&id).copied()
+    }
+
+    /// A use of this API key noted here but not yet written.
+    pub(crate) fn pending_api_key(&self, id: Uuid) -> Option<DateTime<Utc>> {
+        self.0.lock().ok()?.api_keys.get(&id).copied()
     }
 
     /// Writes what was gathered. On an error the uses are kept for the next flush.
@@ -72,16 +85,22 @@ impl LastUsed {
             Ok(mut pending) => std::mem::take(&mut *pending),
             Err(_) => return Ok(()),
         };
-        let written = write_last_used(db, "sessions", &taken.sessions).await;
-        if written.is_err()
-            && let Ok(mut pending) = self.0.lock()
-        {
-            // Newer uses noted meanwhile win.
-            for (id, at) in taken.sessions {
-                pending.sessions.entry(id).or_insert(at);
+        let sessions = write_last_used(db, "sessions", &taken.sessions).await;
+        let api_keys = write_last_used(db, "api_keys", &taken.api_keys).await;
+        if let Ok(mut pending) = self.0.lock() {
+            // Kept for the next flush; newer uses noted meanwhile win.
+            if sessions.is_err() {
+                for (id, at) in taken.sessions {
+                    pending.sessions.entry(id).or_insert(at);
+                }
+            }
+            if api_keys.is_err() {
+                for (id, at) in taken.api_keys {
+                    pending.api_keys.entry(id).or_insert(at);
+                }
             }
         }
-        written
+        sessions.and(api_keys)
     }
 
     /// Flushes every [`LAST_USED_FLUSH`] for as long as the process runs.

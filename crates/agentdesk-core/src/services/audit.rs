@@ -88,6 +88,8 @@ pub struct AuditRecord {
     pub changes: Option<Value>,
     /// Request id, IP and user agent.
     pub meta: RequestMeta,
+    /// The API key the actor used, if any.
+    pub api_key_id: Option<Uuid>,
 }
 
 impl AuditRecord {
@@ -103,7 +105,14 @@ impl AuditRecord {
             client_id: None,
             changes: None,
             meta: meta.clone(),
+            api_key_id: None,
         }
+    }
+
+    /// Sets the API key the actor used.
+    pub fn api_key(mut self, api_key_id: Option<Uuid>) -> Self {
+        self.api_key_id = api_key_id;
+        self
     }
 
     /// Sets the actor.
@@ -240,6 +249,7 @@ fn event_hash_with(e: &AuditEvent, changes: Option<&str>) -> String {
         hash_fields(&mut hasher, &[Some(&seq)]);
         hash_fields(&mut hasher, &body[1..]);
     });
+    hash_api_key(&mut hasher, e);
     hash_fields(&mut hasher, &[Some(&e.prev_hash)]);
     hex::encode(hasher.finalize())
 }
@@ -251,7 +261,17 @@ fn body_digest(e: &AuditEvent, changes: Option<&str>) -> String {
     let mut hasher = Sha256::new();
     hasher.update(b"agentdesk-audit-body-v2");
     with_body_fields(e, changes, |body| hash_fields(&mut hasher, body));
+    hash_api_key(&mut hasher, e);
     hex::encode(hasher.finalize())
+}
+
+/// The API key an event was done with, after its body: labelled, and only when there is one, so
+/// that every event without a key (all those before migration m0016) hashes as it always did.
+fn hash_api_key(hasher: &mut Sha256, e: &AuditEvent) {
+    if let Some(id) = e.api_key_id {
+        let id = id.to_string();
+        hash_fields(hasher, &[Some("api_key_id"), Some(&id)]);
+    }
 }
 
 /// [`body_digest`] of an event as read back, its `changes` put in canonical form first.
@@ -280,7 +300,8 @@ fn expected_hash(e: &AuditEvent, version: i16) -> Option<String> {
     }
 }
 
-/// Calls `f` with the event's body as text, in the order of [`event_body_columns`].
+/// Calls `f` with the event's body as text, in the order of [`event_body_columns`] (but for
+/// `api_key_id`, which [`hash_api_key`] adds only when set).
 fn with_body_fields<R>(
     e: &AuditEvent,
     changes: Option<&str>,
@@ -351,27 +372,27 @@ impl ChainHead {
 macro_rules! event_body_columns {
     () => {
         "id, at, actor_id, actor_email, action, resource_type, resource_id, client_id, outcome, \
-         ip, user_agent, request_id, changes"
+         ip, user_agent, request_id, api_key_id, changes"
     };
 }
 
 /// SQLite: appends a chained event to the tail (migration m0008). Positional parameters, for the
-/// combined call: a statement that follows it and uses `?` binds from the 17th value on.
+/// combined call: a statement that follows it and uses `?` binds from the 18th value on.
 const INSERT_EVENT: &str = concat!(
     "INSERT INTO audit_tail (",
     event_body_columns!(),
-    ", seq, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ", seq, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 );
-const EVENT_VALUES: usize = 16;
+const EVENT_VALUES: usize = 17;
 
 /// PostgreSQL: queues an event for the sequencer with its body's digest (migrations m0007 and
 /// m0010); `changes` is the canonical text that was hashed, which a JSON column keeps as is.
 const QUEUE_EVENT: &str = concat!(
     "INSERT INTO audit_queue (",
     event_body_columns!(),
-    ", digest) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::json, $14)"
+    ", digest) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::json, $15)"
 );
-const QUEUE_VALUES: usize = 14;
+const QUEUE_VALUES: usize = 15;
 
 /// Events the sequencer moves per transaction.
 const CHAIN_BATCH: usize = 500;
@@ -480,6 +501,7 @@ fn new_event(record: AuditRecord) -> AuditEvent {
         ip: record.meta.ip,
         user_agent: record.meta.user_agent.map(|ua| truncate_chars(ua, 512)),
         request_id: Some(record.meta.request_id).filter(|r| !r.is_empty()),
+        api_key_id: record.api_key_id,
         changes: record.changes,
         prev_hash: String::new(),
         hash: String::new(),
@@ -522,6 +544,7 @@ fn body_values(event: &AuditEvent, changes: sea_orm::Value) -> Vec<sea_orm::Valu
         event.ip.clone().into(),
         event.user_agent.clone().into(),
         event.request_id.clone().into(),
+        event.api_key_id.into(),
         changes,
     ]
 }
@@ -1431,7 +1454,7 @@ mod tests {
         let plain = with_queued_event("UPDATE t SET a = $1 WHERE id = $2");
         assert!(plain.starts_with("WITH audit_queued AS (INSERT INTO audit_queue "));
         assert!(
-            plain.ends_with(") UPDATE t SET a = $15 WHERE id = $16"),
+            plain.ends_with(") UPDATE t SET a = $16 WHERE id = $17"),
             "{plain}"
         );
         let listed = with_queued_event("with x AS (SELECT $1) DELETE FROM t USING x");
@@ -1440,7 +1463,7 @@ mod tests {
             "{listed}"
         );
         assert!(
-            listed.ends_with("), x AS (SELECT $15) DELETE FROM t USING x"),
+            listed.ends_with("), x AS (SELECT $16) DELETE FROM t USING x"),
             "{listed}"
         );
         let recursive = with_queued_event("WITH RECURSIVE r AS (SELECT 1) DELETE FROM t");
@@ -1467,7 +1490,7 @@ mod tests {
             "the second call is served from the cache"
         );
         let other = statements.get("DELETE FROM t WHERE id = $1");
-        assert!(other.ends_with(") DELETE FROM t WHERE id = $15"), "{other}");
+        assert!(other.ends_with(") DELETE FROM t WHERE id = $16"), "{other}");
         assert_eq!(BUILDS.load(Ordering::SeqCst), 2);
         // Changes whose text varies (a list of values) fill it; it never holds more than its
         // capacity, and what it returns is still right.
@@ -1505,7 +1528,7 @@ mod tests {
             "served as before"
         );
         let other = statements.get("DELETE FROM t WHERE id = $1");
-        assert!(other.ends_with(") DELETE FROM t WHERE id = $15"), "{other}");
+        assert!(other.ends_with(") DELETE FROM t WHERE id = $16"), "{other}");
         assert_eq!(statements.lock().len(), 2, "and still kept");
     }
 
@@ -1597,6 +1620,7 @@ mod tests {
             ip: None,
             user_agent: None,
             request_id: None,
+            api_key_id: None,
             changes: Some(serde_json::json!({"b": 1, "a": [1, {"y": 1, "x": 2}]})),
             prev_hash: GENESIS_HASH.into(),
             hash: String::new(),
@@ -1635,7 +1659,7 @@ mod tests {
         }}));
         let values = queue_values(&e);
         let (Some(sea_orm::Value::String(Some(text))), Some(sea_orm::Value::String(Some(digest)))) =
-            (values.get(12), values.get(13))
+            (values.get(13), values.get(14))
         else {
             panic!("changes and digest are the last two values: {values:?}");
         };
@@ -1669,6 +1693,7 @@ mod tests {
             ip: Some("127.0.0.1".into()),
             user_agent: Some(String::new()),
             request_id: None,
+            api_key_id: None,
             changes: Some(serde_json::json!({"b": 1, "a": [1, {"y": 1, "x": 2}]})),
             prev_hash: GENESIS_HASH.into(),
             hash: String::new(),
@@ -1697,7 +1722,8 @@ mod tests {
             None,
             "an unknown version matches nothing"
         );
-        let changed: [fn(&mut AuditEvent); 7] = [
+        let changed: [fn(&mut AuditEvent); 8] = [
+            |e| e.api_key_id = Some(Uuid::nil()),
             |e| e.seq += 1,
             |e| e.prev_hash = "1".repeat(64),
             |e| e.outcome = "denied".into(),

@@ -368,7 +368,11 @@ impl Core {
 
     /// Verifies an access token and its session: the session must be live and the user active.
     /// Cached per instance for a few seconds; revocations evict the cache on every instance.
+    /// An API key (`adk_...`) is checked as such.
     pub async fn authenticate(&self, access_token: &str) -> Result<AuthContext> {
+        if super::api_keys::is_api_key(access_token) {
+            return self.authenticate_api_key(access_token).await;
+        }
         let claims = self.signer.verify(access_token)?;
         if let Some(ctx) = self.caches.session(claims.sid).await {
             return if ctx.user.id == claims.sub {
@@ -398,6 +402,7 @@ impl Core {
         let ctx = AuthContext {
             user,
             session_id: session.id,
+            api_key: None,
         };
         self.caches.put_session(ctx.clone()).await;
         self.last_used.session(ctx.session_id, Utc::now());

@@ -651,6 +651,7 @@ impl Core {
         }
         let record = AuditRecord::new("job.cancel", Outcome::Success, &actor.meta)
             .actor(&actor.user)
+            .api_key(actor.api_key.as_ref().map(|k| k.id))
             .resource("job", id)
             .client(current.client_id);
         self.append(&txn, record).await?;
@@ -695,6 +696,7 @@ impl Core {
             .await?;
         let record = AuditRecord::new("job.retry", Outcome::Success, &actor.meta)
             .actor(&actor.user)
+            .api_key(actor.api_key.as_ref().map(|k| k.id))
             .resource("job", id)
             .client(current.client_id);
         self.append(&txn, record).await?;

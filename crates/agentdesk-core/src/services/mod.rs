@@ -2,6 +2,7 @@
 //! of HTTP.
 
 pub mod account;
+pub mod api_keys;
 pub mod audit;
 pub mod auth;
 pub mod clients;

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::audit::{AuditRecord, Outcome};
 use super::{Core, RequestMeta};
-use crate::cache::{AuthContext, Invalidation};
+use crate::cache::{ApiKeyScope, AuthContext, Invalidation};
 use crate::error::{Error, FieldError, Result};
 use crate::models::grant::{self, Grant};
 use crate::models::user::{self, User};
@@ -272,25 +272,7 @@ impl UserGrants {
         {
             return found;
         }
-        let matching: Vec<&Grant> = self
-            .grants
-            .iter()
-            .filter(|g| {
-                g.is_live(now) && g.resource == resource && g.actions.iter().any(|a| a == action)
-            })
-            .collect();
-        let valid_until = matching.iter().filter_map(|g| g.expires_at).min();
-        let scope = if matching.is_empty() {
-            None
-        } else if matching.iter().any(|g| g.client_ids.is_none()) {
-            Some(ClientScope::All)
-        } else {
-            Some(ClientScope::Only(Arc::new(ScopedClients::new(
-                matching
-                    .iter()
-                    .map(|g| (g.id, g.client_ids.as_deref().unwrap_or_default())),
-            ))))
-        };
+        let (scope, valid_until) = scope_of(self.grants.iter(), resource, action, now);
         if let Ok(mut scopes) = self.scopes.lock() {
             scopes.retain(|m| !(m.resource == resource && m.action == action));
             scopes.push(MemoScope {
@@ -304,13 +286,43 @@ impl UserGrants {
     }
 }
 
+/// The clients for which `grants` allow `action` on `resource` at `now` (`None` when none),
+/// and the earliest expiry among the grants that gave them.
+fn scope_of<'a>(
+    grants: impl Iterator<Item = &'a Grant>,
+    resource: &str,
+    action: &str,
+    now: DateTime<Utc>,
+) -> (Option<ClientScope>, Option<DateTime<Utc>>) {
+    let matching: Vec<&Grant> = grants
+        .filter(|g| {
+            g.is_live(now) && g.resource == resource && g.actions.iter().any(|a| a == action)
+        })
+        .collect();
+    let valid_until = matching.iter().filter_map(|g| g.expires_at).min();
+    let scope = if matching.is_empty() {
+        None
+    } else if matching.iter().any(|g| g.client_ids.is_none()) {
+        Some(ClientScope::All)
+    } else {
+        Some(ClientScope::Only(Arc::new(ScopedClients::new(
+            matching
+                .iter()
+                .map(|g| (g.id, g.client_ids.as_deref().unwrap_or_default())),
+        ))))
+    };
+    (scope, valid_until)
+}
+
 /// Who is acting and from where.
 #[derive(Debug, Clone)]
 pub struct Actor {
     /// The user.
     pub user: User,
-    /// Their session, for requests.
+    /// Their session, for requests (an API key's id when they used one).
     pub session_id: Option<Uuid>,
+    /// The API key of the request, when it used one: it may narrow what the user may do.
+    pub api_key: Option<Arc<ApiKeyScope>>,
     /// Request id, IP, user agent.
     pub meta: RequestMeta,
 }
@@ -321,6 +333,17 @@ impl Actor {
         Self {
             user: ctx.user.clone(),
             session_id: Some(ctx.session_id),
+            api_key: ctx.api_key.clone(),
+            meta,
+        }
+    }
+
+    /// The actor of work that no request started (a job, the command line).
+    pub fn system(user: User, meta: RequestMeta) -> Self {
+        Self {
+            user,
+            session_id: None,
+            api_key: None,
             meta,
         }
     }
@@ -354,7 +377,9 @@ impl Permit {
 
     /// An audit record for this actor.
     pub fn audit(&self, action: &str, outcome: Outcome) -> AuditRecord {
-        AuditRecord::new(action, outcome, &self.actor.meta).actor(&self.actor.user)
+        AuditRecord::new(action, outcome, &self.actor.meta)
+            .actor(&self.actor.user)
+            .api_key(self.actor.api_key.as_ref().map(|k| k.id))
     }
 
     /// Fails unless this permit is for `resource` and `action` (guards against passing the
@@ -554,6 +579,29 @@ impl Core {
             .scope(resource, action, Utc::now()))
     }
 
+    /// The clients for which `actor` may do `action` on `resource`: the user's scope, or, for
+    /// an API key narrowed to some grants, what those of the user's current grants allow (the
+    /// admin role's blanket right does not pass through a narrowed key).
+    async fn actor_scope(
+        &self,
+        actor: &Actor,
+        resource: &str,
+        action: &str,
+    ) -> Result<Option<ClientScope>> {
+        let Some(only) = actor.api_key.as_ref().and_then(|k| k.grant_ids.as_deref()) else {
+            return self.client_scope(&actor.user, resource, action).await;
+        };
+        if !actor.user.is_active {
+            return Ok(None);
+        }
+        let grants = self.all_grants(&actor.user).await?;
+        let listed = grants
+            .grants()
+            .iter()
+            .filter(|g| only.binary_search(&g.id).is_ok());
+        Ok(scope_of(listed, resource, action, Utc::now()).0)
+    }
+
     /// The gate in front of every protected route: a permit, or 403 and a `denied` audit event.
     pub async fn authorize(
         &self,
@@ -562,7 +610,7 @@ impl Core {
         action: &str,
         need: Need,
     ) -> Result<Permit> {
-        let scope = self.client_scope(&actor.user, resource, action).await?;
+        let scope = self.actor_scope(&actor, resource, action).await?;
         let scope = match (scope, need) {
             (Some(ClientScope::All), _) => ClientScope::All,
             (Some(only @ ClientScope::Only(_)), Need::SomeClients) => only,
@@ -573,10 +621,13 @@ impl Core {
                 return Err(self.deny(&actor, resource, action, None, reason).await);
             }
             (None, _) => {
-                let reason = self
-                    .check(&actor.user, resource, action, None)
-                    .await?
-                    .reason;
+                let owner = self.check(&actor.user, resource, action, None).await?;
+                let reason = if owner.allowed {
+                    // The owner may, so the key's narrowing is what refuses.
+                    format!("the API key's grants do not give `{action}` on `{resource}`")
+                } else {
+                    owner.reason
+                };
                 return Err(self.deny(&actor, resource, action, None, reason).await);
             }
         };
@@ -603,6 +654,7 @@ impl Core {
             &actor.meta,
         )
         .actor(&actor.user)
+        .api_key(actor.api_key.as_ref().map(|k| k.id))
         .resource_type(resource)
         .changes(serde_json::json!({"reason": reason}));
         record.resource_id = resource_id;
