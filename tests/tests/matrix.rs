@@ -12,6 +12,18 @@ use serde_json::{Value, json};
 /// Not applicable: the resource is not about clients, so a grant cannot be limited to some.
 const NA: u16 = 0;
 
+/// The current code of an authenticator holding `secret` (base32); a bad secret gives a code
+/// that fails (the route's status then says so).
+fn totp_now(secret: &str) -> String {
+    use totp_rs::{Algorithm, Secret, TOTP};
+    Secret::Encoded(secret.to_owned())
+        .to_bytes()
+        .ok()
+        .and_then(|bytes| TOTP::new(Algorithm::SHA1, 6, 1, 30, bytes, None, "m".into()).ok())
+        .map(|totp| totp.generate(chrono::Utc::now().timestamp() as u64))
+        .unwrap_or_default()
+}
+
 struct Row {
     method: &'static str,
     path: &'static str,
@@ -54,6 +66,10 @@ const TABLE: &[Row] = &[
     row("delete", "/api/v1/auth/sessions/{id}",              None,                                  [204, 204, 204, 204]),
     // Every persona manages keys of its own; another's is a 404 and a key itself is refused
     // (account.rs).
+    // Every persona enrols, confirms and removes a second factor of its own (mfa.rs).
+    row("post",   "/api/v1/auth/mfa/totp",                   None,                                  [200, 200, 200, 200]),
+    row("post",   "/api/v1/auth/mfa/totp/confirm",           None,                                  [200, 200, 200, 200]),
+    row("delete", "/api/v1/auth/mfa/totp",                   None,                                  [204, 204, 204, 204]),
     row("post",   "/api/v1/api-keys",                        None,                                  [201, 201, 201, 201]),
     row("get",    "/api/v1/api-keys",                        None,                                  [200, 200, 200, 200]),
     row("delete", "/api/v1/api-keys/{id}",                   None,                                  [204, 204, 204, 204]),
@@ -63,6 +79,7 @@ const TABLE: &[Row] = &[
     row("patch",  "/api/v1/users/{id}",                      Some(&[("users", &["write"])]),           [200, 403, 200, NA]),
     row("delete", "/api/v1/users/{id}",                      Some(&[("users", &["write"])]),           [204, 403, 204, NA]),
     row("get",    "/api/v1/users/{id}/grants",               Some(&[("users", &["read"])]),            [200, 403, 200, NA]),
+    row("delete", "/api/v1/users/{id}/mfa",                  Some(&[("users", &["write"])]),           [204, 403, 204, NA]),
     row("get",    "/api/v1/clients",                         Some(&[("clients", &["read"])]),          [200, 403, 200, 200]),
     row("post",   "/api/v1/clients",                         Some(&[("clients", &["write"])]),         [201, 403, 201, 403]),
     row("get",    "/api/v1/clients/{id}",                    Some(&[("clients", &["read"])]),          [200, 403, 200, 404]),
@@ -276,6 +293,16 @@ impl Ctx<'_> {
                 let id = list.json["items"].as_array().unwrap().iter().find(|s| s["current"] == true).unwrap()["id"].as_str().unwrap().to_owned();
                 app.delete(&format!("/api/v1/auth/sessions/{id}"), t).await
             }
+            ("post", "/api/v1/auth/mfa/totp") => app.request(Method::POST, "/api/v1/auth/mfa/totp", Some(t), None).await,
+            ("post", "/api/v1/auth/mfa/totp/confirm") => {
+                let started = app.request(Method::POST, "/api/v1/auth/mfa/totp", Some(t), None).await;
+                let secret = started.json["secret"].as_str().unwrap_or("missing").to_owned();
+                app.post("/api/v1/auth/mfa/totp/confirm", t, json!({"code": totp_now(&secret)})).await
+            }
+            ("delete", "/api/v1/auth/mfa/totp") => {
+                app.request(Method::DELETE, "/api/v1/auth/mfa/totp", Some(t), Some(json!({"password": p.password}))).await
+            }
+            ("delete", "/api/v1/users/{id}/mfa") => app.delete(&format!("/api/v1/users/{}/mfa", self.target().await), t).await,
             ("post", "/api/v1/api-keys") => app.post("/api/v1/api-keys", t, json!({"name": "matrix"})).await,
             ("get", "/api/v1/api-keys") => app.get("/api/v1/api-keys", t).await,
             ("delete", "/api/v1/api-keys/{id}") => {

@@ -92,6 +92,7 @@ fn benches(c: &mut Criterion) {
             .login(
                 "member@bench.local",
                 "bench-member-password",
+                None,
                 &RequestMeta::default(),
             )
             .await

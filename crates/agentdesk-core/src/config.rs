@@ -69,8 +69,12 @@ pub struct Settings {
     pub redis_prefix: String,
     /// `file://...` or `s3://bucket/prefix`.
     pub storage_url: Option<String>,
-    /// Signing key for access tokens; generated once into the data directory when unset.
+    /// Signing key for access tokens; generated once into the data directory when unset. The
+    /// key that encrypts second-factor secrets at rest is derived from it.
     pub jwt_secret: Option<Secret>,
+    /// The `jwt_secret` before a rotation: at start, second-factor secrets still encrypted
+    /// under it are encrypted again under the current one (then it may be removed).
+    pub previous_jwt_secret: Option<Secret>,
     /// Create this admin at start if no user has that email.
     pub admin_email: Option<String>,
     /// The password of `admin_email`.
@@ -173,6 +177,7 @@ impl Default for Settings {
             redis_prefix: "agentdesk".into(),
             storage_url: None,
             jwt_secret: None,
+            previous_jwt_secret: None,
             admin_email: None,
             admin_password: None,
             agents: "all".into(),
@@ -244,6 +249,7 @@ const NON_SETTING_VARIABLES: &[&str] = &[
     "database_url_file",
     "redis_url_file",
     "jwt_secret_file",
+    "previous_jwt_secret_file",
     "admin_password_file",
     "smtp_url_file",
 ];
@@ -254,6 +260,7 @@ pub const SECRET_FILE_KEYS: &[&str] = &[
     "database_url",
     "redis_url",
     "jwt_secret",
+    "previous_jwt_secret",
     "admin_password",
     "smtp_url",
 ];

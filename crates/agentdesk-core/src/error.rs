@@ -37,6 +37,14 @@ pub enum Error {
     /// A correct password for a deactivated account.
     #[error("this account is disabled")]
     AccountDisabled,
+    /// The password was right, but the account has a second factor and no code came with it.
+    #[error(
+        "this account has a second factor: send `code` (a TOTP or a recovery code) with the password"
+    )]
+    MfaRequired,
+    /// The second factor's code was wrong, already used, or out of its time window.
+    #[error("the second-factor code is not valid (wrong, already used, or expired)")]
+    InvalidMfaCode,
     /// A missing, malformed, expired or revoked token.
     #[error("{0}")]
     InvalidToken(&'static str),
@@ -91,6 +99,8 @@ impl Error {
             Error::BadRequest(_) => "bad_request",
             Error::InvalidCredentials => "invalid_credentials",
             Error::AccountDisabled => "account_disabled",
+            Error::MfaRequired => "mfa_required",
+            Error::InvalidMfaCode => "invalid_mfa_code",
             Error::InvalidToken(_) => "invalid_token",
             Error::Forbidden(_) => "forbidden",
             Error::SessionRequired => "session_required",

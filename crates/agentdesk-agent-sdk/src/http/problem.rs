@@ -68,7 +68,10 @@ pub fn status_of(e: &Error) -> StatusCode {
     match e {
         Error::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
         Error::BadRequest(_) => StatusCode::BAD_REQUEST,
-        Error::InvalidCredentials | Error::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+        Error::InvalidCredentials
+        | Error::InvalidToken(_)
+        | Error::MfaRequired
+        | Error::InvalidMfaCode => StatusCode::UNAUTHORIZED,
         Error::AccountDisabled | Error::Forbidden(_) | Error::SessionRequired => {
             StatusCode::FORBIDDEN
         }

@@ -4,6 +4,7 @@ use agentdesk_core::models::grant::Grant;
 use agentdesk_core::models::user::User;
 use agentdesk_core::services::account::SessionInfo;
 use agentdesk_core::services::auth::TokenPair;
+use agentdesk_core::services::mfa::{RecoveryCodes, TotpEnrolment};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(change_password))
         .routes(routes!(list_sessions))
         .routes(routes!(end_session))
+        .routes(routes!(begin_totp, remove_totp))
+        .routes(routes!(confirm_totp))
 }
 
 /// Login credentials.
@@ -35,13 +38,15 @@ pub struct LoginRequest {
     pub email: String,
     /// The account's password.
     pub password: String,
+    /// A TOTP code or a recovery code, for an account with a second factor.
+    pub code: Option<String>,
 }
 
 /// Log in with email and password.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
     responses(
         (status = 200, description = "Logged in", body = TokenPair),
-        (status = 401, description = "Wrong email or password", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Wrong email or password (`invalid_credentials`); the account has a second factor and no `code` came (`mfa_required`, no tokens); the code is wrong or used (`invalid_mfa_code`)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Account disabled (after a correct password)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is missing", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many failed attempts", body = Problem, content_type = "application/problem+json"),
@@ -53,7 +58,10 @@ async fn login(
     AppJson(body): AppJson<LoginRequest>,
 ) -> ApiResult<AppJson<TokenPair>> {
     Ok(AppJson(
-        state.core.login(&body.email, &body.password, &meta).await?,
+        state
+            .core
+            .login(&body.email, &body.password, body.code.as_deref(), &meta)
+            .await?,
     ))
 }
 
@@ -66,6 +74,8 @@ pub struct TokenForm {
     pub password: String,
     /// `password`, if given.
     pub grant_type: Option<String>,
+    /// A TOTP code or a recovery code, for an account with a second factor.
+    pub code: Option<String>,
 }
 
 /// The OAuth2 token answer.
@@ -84,7 +94,7 @@ pub struct AccessToken {
     request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 200, description = "Logged in", body = AccessToken),
-        (status = 401, description = "Wrong email or password", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Wrong email or password, or a second-factor code missing (`mfa_required`) or wrong (`invalid_mfa_code`)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many failed attempts", body = Problem, content_type = "application/problem+json"),
     ))]
 #[tracing::instrument(skip_all)]
@@ -98,7 +108,7 @@ async fn token(
     }
     let pair = state
         .core
-        .login(&form.username, &form.password, &meta)
+        .login(&form.username, &form.password, form.code.as_deref(), &meta)
         .await?;
     Ok(AppJson(AccessToken {
         access_token: pair.access_token,
@@ -252,5 +262,77 @@ async fn end_session(
 ) -> ApiResult<StatusCode> {
     let id = crate::v1::users::parse_id(&id, "session")?;
     state.core.end_session(&caller, id, &meta).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Start a TOTP enrolment for the caller: a new secret, not required at login until confirmed.
+#[utoipa::path(post, path = "/api/v1/auth/mfa/totp", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The secret, its otpauth:// link and that link as an SVG QR code", body = TotpEnrolment),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An API key was used: this route needs a user's session (`session_required`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A second factor is already active", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn begin_totp(
+    State(state): State<AppState>,
+    SessionUser(caller): SessionUser,
+    Meta(meta): Meta,
+) -> ApiResult<AppJson<TotpEnrolment>> {
+    Ok(AppJson(state.core.begin_totp(&caller, &meta).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TotpConfirmation {
+    /// The authenticator's current 6-digit code.
+    pub code: String,
+}
+
+/// Confirm the enrolment with a current code: login needs a code from now on.
+#[utoipa::path(post, path = "/api/v1/auth/mfa/totp/confirm", tag = "auth", request_body = TotpConfirmation, security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Active; ten one-time recovery codes, shown this once", body = RecoveryCodes),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An API key was used: this route needs a user's session (`session_required`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "No enrolment to confirm, or the factor is already active", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The code is not the authenticator's current one", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn confirm_totp(
+    State(state): State<AppState>,
+    SessionUser(caller): SessionUser,
+    Meta(meta): Meta,
+    AppJson(body): AppJson<TotpConfirmation>,
+) -> ApiResult<AppJson<RecoveryCodes>> {
+    Ok(AppJson(
+        state.core.confirm_totp(&caller, &body.code, &meta).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TotpRemoval {
+    /// The caller's password.
+    pub password: String,
+}
+
+/// Remove the caller's second factor (and its recovery codes), given their password.
+#[utoipa::path(delete, path = "/api/v1/auth/mfa/totp", tag = "auth", request_body = TotpRemoval, security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Removed (or there was none)"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An API key was used: this route needs a user's session (`session_required`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong password", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn remove_totp(
+    State(state): State<AppState>,
+    SessionUser(caller): SessionUser,
+    Meta(meta): Meta,
+    AppJson(body): AppJson<TotpRemoval>,
+) -> ApiResult<StatusCode> {
+    state
+        .core
+        .remove_totp(&caller, &body.password, &meta)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

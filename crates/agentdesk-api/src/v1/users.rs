@@ -23,6 +23,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list, create))
         .routes(routes!(get, update, delete))
         .routes(routes!(grants))
+        .routes(routes!(remove_mfa))
 }
 
 /// Filters and paging of the user list.
@@ -231,4 +232,22 @@ async fn grants(
             .user_grants(&permit, parse_id(&id, "user")?)
             .await?,
     ))
+}
+
+/// Remove a user's second factor (a lost authenticator and lost recovery codes). Idempotent.
+#[utoipa::path(delete, path = "/api/v1/users/{id}/mfa", tag = "users", params(("id" = String, Path, description = "User id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "The user has no second factor now"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn remove_mfa(
+    State(state): State<AppState>,
+    Authorized(permit, _): Authorized<UsersWrite>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = parse_id(&id, "user")?;
+    state.core.remove_user_totp(&permit, id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

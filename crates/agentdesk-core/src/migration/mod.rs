@@ -19,6 +19,7 @@ mod m0013_report_schedules;
 mod m0014_grant_clients;
 mod m0015_jobs_queued_index;
 mod m0016_api_keys;
+mod m0017_totp;
 
 /// Makes one migration (migrations are trait objects, made afresh for each run).
 pub type MakeMigration = fn() -> Box<dyn MigrationTrait>;
@@ -65,6 +66,7 @@ impl Migrator {
             Box::new(m0014_grant_clients::Migration),
             Box::new(m0015_jobs_queued_index::Migration),
             Box::new(m0016_api_keys::Migration),
+            Box::new(m0017_totp::Migration),
         ]
     }
 }

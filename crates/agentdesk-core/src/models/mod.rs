@@ -5,5 +5,6 @@ pub mod audit;
 pub mod client;
 pub mod grant;
 pub mod job;
+pub mod mfa;
 pub mod session;
 pub mod user;

@@ -46,13 +46,16 @@ impl Core {
         Duration::from_secs(self.settings.login_window_secs)
     }
 
-    /// Logs in with email and password. Wrong password and unknown email are the same error
-    /// and cost the same time; a disabled account is revealed only after a correct password.
+    /// Logs in with email and password, and `code` (a TOTP or recovery code) when the account
+    /// has a second factor. Wrong password and unknown email are the same error and cost the
+    /// same time; a disabled account and a missing code are revealed only after a correct
+    /// password. Wrong codes count toward the same rate limit as wrong passwords.
     #[tracing::instrument(skip_all, err(level = "info"))]
     pub async fn login(
         &self,
         email: &str,
         password: &str,
+        code: Option<&str>,
         meta: &RequestMeta,
     ) -> Result<TokenPair> {
         let window = self.login_window();
@@ -111,6 +114,25 @@ impl Core {
                 .await?;
             return Err(Error::AccountDisabled);
         }
+        let factor = match self.check_second_factor(&user, code).await {
+            Ok(factor) => factor,
+            Err(Error::MfaRequired) => {
+                // The password was right: not a failure to count, but no tokens either.
+                self.audit_alone(failed("mfa_required", Some(&user)))
+                    .await?;
+                return Err(Error::MfaRequired);
+            }
+            Err(Error::InvalidMfaCode) => {
+                self.limiter.hit(&email_key, window).await?;
+                if let Some(ip_key) = &ip_key {
+                    self.limiter.hit(ip_key, window).await?;
+                }
+                self.audit_alone(failed("invalid_mfa_code", Some(&user)))
+                    .await?;
+                return Err(Error::InvalidMfaCode);
+            }
+            Err(e) => return Err(e),
+        };
         self.limiter.reset(&email_key).await?;
 
         let now = Utc::now();
@@ -123,13 +145,13 @@ impl Core {
             .await?;
         let mut user = User::from(user);
         user.last_login_at = Some(now);
-        self.append(
-            &txn,
-            AuditRecord::new("auth.login", Outcome::Success, meta)
-                .actor(&user)
-                .resource("session", session_id),
-        )
-        .await?;
+        let mut record = AuditRecord::new("auth.login", Outcome::Success, meta)
+            .actor(&user)
+            .resource("session", session_id);
+        if let Some(factor) = factor.as_audit() {
+            record = record.changes(serde_json::json!({"second_factor": factor}));
+        }
+        self.append(&txn, record).await?;
         txn.commit().await?;
         self.token_pair(user, session_id, refresh, now)
     }

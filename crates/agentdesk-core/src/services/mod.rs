@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod clients;
 pub mod jobs;
+pub mod mfa;
 pub mod permissions;
 pub mod users;
 
@@ -67,8 +68,10 @@ pub struct Core {
     pub job_signal: jobs::JobSignal,
     /// File storage.
     pub storage: crate::storage::Storage,
-    /// When sessions were last used, written in batches.
+    /// When sessions and API keys were last used, written in batches.
     pub last_used: account::LastUsed,
+    /// Encrypts second-factor secrets at rest.
+    pub mfa_box: mfa::SecretBox,
 }
 
 impl Core {
@@ -98,10 +101,14 @@ impl Core {
         audit::spawn_sequencer(db.clone(), &audit_head);
         let last_used = account::LastUsed::default();
         last_used.spawn_flusher(db.clone());
+        let mfa_box = mfa::SecretBox::new(
+            &secret,
+            settings.previous_jwt_secret.as_ref().map(|s| s.expose()),
+        );
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
-        Ok(Self {
+        let core = Self {
             signer: TokenSigner::new(secret.as_bytes(), settings.access_token_ttl_secs),
             hasher: PasswordHasherPool::new(cpus),
             redis: redis.map(|(manager, _)| manager),
@@ -114,7 +121,16 @@ impl Core {
             job_signal: jobs::JobSignal::default(),
             storage,
             last_used,
-        })
+            mfa_box,
+        };
+        let resealed = core.reseal_mfa_secrets().await?;
+        if resealed > 0 {
+            tracing::info!(
+                resealed,
+                "second-factor secrets encrypted under the new jwt_secret; previous_jwt_secret may now be removed"
+            );
+        }
+        Ok(core)
     }
 
     /// Replaces the permission catalog (the API adds the agents' resources at start).
