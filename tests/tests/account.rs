@@ -438,3 +438,86 @@ async fn api_keys_are_revoked_expire_and_record_their_last_use() {
     app.assert_audited(&admin, &["api_key.create", "api_key.revoke"])
         .await;
 }
+
+/// A job started with an API key acts within the key as it is when the job runs: revoked
+/// meanwhile, the job fails instead of acting with the owner's full rights; the same job
+/// started with a session runs.
+#[tokio::test]
+async fn a_job_started_with_a_revoked_key_does_not_run() {
+    let env = agentdesk_tests::TestEnv::new().await;
+    // This instance takes requests but runs no jobs, so the key can be revoked in between.
+    let api = env.spawn(&[("agents", json!("none"))]).await;
+    let admin = api.admin_token().await;
+    let member = api
+        .persona(
+            &admin,
+            "member",
+            &[
+                json!({"resource": "agent:client_management", "actions": ["run"]}),
+                json!({"resource": "clients", "actions": ["read", "write"]}),
+            ],
+        )
+        .await;
+    let made = api
+        .post(
+            "/api/v1/api-keys",
+            &member.token,
+            json!({"name": "importer"}),
+        )
+        .await;
+    made.expect(201, None);
+    let key = made.json["key"].as_str().unwrap().to_owned();
+    let import = |token: String, name: &'static str| {
+        let api = &api;
+        async move {
+            let reply = TestApp::read(
+                api.client
+                    .post(format!("{}/api/v1/clients/import", api.base))
+                    .bearer_auth(token)
+                    .header("content-type", "text/csv")
+                    .body(format!("name,email\n{name},{}\n", unique_email(name)))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            reply.expect(202, None);
+            reply.json["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let by_key = import(key.clone(), "by-key").await;
+    let by_session = import(member.token.clone(), "by-session").await;
+    api.delete(
+        &format!("/api/v1/api-keys/{}", made.json["id"].as_str().unwrap()),
+        &member.token,
+    )
+    .await
+    .expect(204, None);
+
+    let worker = env.spawn(&[]).await;
+    let finished = |id: String| {
+        let worker = &worker;
+        let admin = admin.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let job = worker.get(&format!("/api/v1/jobs/{id}"), &admin).await;
+                if ["succeeded", "failed", "cancelled"]
+                    .contains(&job.json["status"].as_str().unwrap_or(""))
+                {
+                    return job.json;
+                }
+                assert!(std::time::Instant::now() < deadline, "{}", job.json);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let job = finished(by_key).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(
+        job["error"].as_str().unwrap_or("").contains("API key"),
+        "{job}"
+    );
+    let job = finished(by_session).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+}

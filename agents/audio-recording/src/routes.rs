@@ -76,7 +76,7 @@ pub(crate) async fn create_recording(
         })
         .map_err(agentdesk_agent_sdk::core::Error::internal)?,
     );
-    job.created_by = Some(permit.user().id);
+    job.act_for(permit.actor());
     job.client_id = Some(new.client_id);
     job.max_attempts = 3;
     let result = async {

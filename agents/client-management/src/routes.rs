@@ -141,7 +141,7 @@ async fn import(
         IMPORT,
         serde_json::to_value(&args).map_err(agentdesk_agent_sdk::core::Error::internal)?,
     );
-    new.created_by = Some(permit.user().id);
+    new.act_for(permit.actor());
     new.max_attempts = 3;
     let txn = core.db.begin().await.map_err(ApiError::from)?;
     let job = core.enqueue(&txn, new).await?;

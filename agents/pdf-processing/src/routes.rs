@@ -110,7 +110,7 @@ async fn upload(
         serde_json::to_value(ProcessArgs { document_id: id })
             .map_err(agentdesk_agent_sdk::core::Error::internal)?,
     );
-    new.created_by = Some(permit.user().id);
+    new.act_for(permit.actor());
     new.client_id = Some(client_id);
     new.max_attempts = 3;
     let result = async {

@@ -186,7 +186,7 @@ pub(crate) async fn create(
         GENERATE,
         serde_json::to_value(GenerateArgs { report_id: id }).map_err(Error::internal)?,
     );
-    job.created_by = Some(permit.user().id);
+    job.act_for(permit.actor());
     job.client_id = params.client_id;
     job.max_attempts = 3;
     let txn = core.db.begin().await?;

@@ -263,7 +263,21 @@ impl JobContext {
             )));
         }
         let user = self.user().await?;
-        let actor = Actor::system(user, RequestMeta::system(&format!("job:{}", self.job.id)));
+        let mut actor = Actor::system(user, RequestMeta::system(&format!("job:{}", self.job.id)));
+        if let Some(key) = self.job.api_key_id {
+            // Started with an API key: no more than the key allows, as of now.
+            actor.api_key = Some(
+                self.core
+                    .api_key_scope(key)
+                    .await
+                    .map_err(JobError::from)?
+                    .ok_or_else(|| {
+                        JobError::Fatal(
+                            "the API key that started this job was revoked or has expired".into(),
+                        )
+                    })?,
+            );
+        }
         self.core
             .authorize(actor, resource, action, need)
             .await
@@ -284,6 +298,7 @@ impl JobContext {
     /// Enqueues a follow-up job that acts for the same user.
     pub async fn enqueue(&self, mut new: NewJob) -> Result<job::Model, JobError> {
         new.created_by = self.job.created_by;
+        new.api_key_id = self.job.api_key_id;
         let txn = self.core.db.begin().await.map_err(JobError::from)?;
         let job = self.core.enqueue(&txn, new).await.map_err(JobError::from)?;
         txn.commit()

@@ -20,9 +20,13 @@ CREATE TABLE api_keys (
     last_used_at {ts} NULL,
     revoked_at {ts} NULL
 );
-CREATE INDEX ix_api_keys_user ON api_keys (user_id, created_at)
+CREATE INDEX ix_api_keys_user ON api_keys (user_id, created_at);
+ALTER TABLE jobs ADD COLUMN api_key_id {uuid} NULL
 "#;
 
+// A job started with a key keeps its id (`jobs.api_key_id`): the agent then acts within the
+// key's narrowing, not with everything its owner may do.
+//
 // What a key does is audited as its owner's, with the key's id beside (`api_key_id`, hashed
 // into the event's chain when set: services::audit). Events arrive through the queue on
 // PostgreSQL and the tail on SQLite, so those carry it too.
@@ -58,6 +62,7 @@ impl MigrationTrait for Migration {
             &[
                 format!("ALTER TABLE {events} DROP COLUMN api_key_id"),
                 format!("ALTER TABLE {staging} DROP COLUMN api_key_id"),
+                "ALTER TABLE jobs DROP COLUMN api_key_id".to_owned(),
             ],
         )
         .await?;

@@ -26,6 +26,8 @@ pub struct Model {
     pub unique_key: Option<String>,
     pub client_id: Option<Uuid>,
     pub created_by: Option<Uuid>,
+    /// The API key the job was started with, if any: the agent acts within its narrowing.
+    pub api_key_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,

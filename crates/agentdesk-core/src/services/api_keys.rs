@@ -93,6 +93,15 @@ fn grant_ids_of(row: &api_key::Model) -> Option<Vec<Uuid>> {
         .and_then(|v| serde_json::from_value(v.clone()).ok())
 }
 
+/// What a stored key allows.
+fn scope_of(row: &api_key::Model) -> Arc<ApiKeyScope> {
+    Arc::new(ApiKeyScope {
+        id: row.id,
+        grant_ids: grant_ids_of(row),
+        expires_at: row.expires_at,
+    })
+}
+
 impl ApiKey {
     fn from_row(row: api_key::Model, pending_use: Option<DateTime<Utc>>) -> Self {
         Self {
@@ -294,6 +303,17 @@ impl Core {
         Ok(())
     }
 
+    /// The scope of a live key (not revoked, not expired) by its id, for work it started that
+    /// runs later (a job); `None` when it no longer works.
+    pub async fn api_key_scope(&self, id: Uuid) -> Result<Option<Arc<ApiKeyScope>>> {
+        let now = Utc::now();
+        Ok(api_key::Entity::find_by_id(id)
+            .one(self.db.reader())
+            .await?
+            .filter(|r| r.revoked_at.is_none() && r.expires_at.is_none_or(|at| at > now))
+            .map(|row| scope_of(&row)))
+    }
+
     /// Verifies an API key: not revoked, not expired, its owner active. Cached per instance like
     /// a session (revocations evict it everywhere); the key's hash is the cache's key.
     pub(crate) async fn authenticate_api_key(&self, key: &str) -> Result<AuthContext> {
@@ -331,11 +351,7 @@ impl Core {
         let ctx = AuthContext {
             user,
             session_id: row.id,
-            api_key: Some(Arc::new(ApiKeyScope {
-                id: row.id,
-                grant_ids: grant_ids_of(&row),
-                expires_at: row.expires_at,
-            })),
+            api_key: Some(scope_of(&row)),
         };
         self.caches.put_api_key(hash, ctx.clone()).await;
         self.last_used.api_key(row.id, now);

@@ -37,7 +37,7 @@ use crate::models::job::{self, Job, status};
 
 const PG_CHANNEL: &str = "agentdesk_jobs";
 
-/// Jobs inserted by one statement of [`Core::enqueue_many`] (24 columns each).
+/// Jobs inserted by one statement of [`Core::enqueue_many`] (25 columns each).
 const JOBS_PER_INSERT: usize = 500;
 
 /// Jobs marked done by one statement of [`Core::complete_jobs`] (two parameters each).
@@ -64,6 +64,8 @@ pub struct NewJob {
     pub client_id: Option<Uuid>,
     /// The user it acts for.
     pub created_by: Option<Uuid>,
+    /// The API key the user started it with: the agent acts within the key's narrowing.
+    pub api_key_id: Option<Uuid>,
     /// First retry delay; doubles with every attempt (default 1 s).
     pub backoff_base_ms: i64,
 }
@@ -81,8 +83,15 @@ impl NewJob {
             unique_key: None,
             client_id: None,
             created_by: None,
+            api_key_id: None,
             backoff_base_ms: 1000,
         }
+    }
+
+    /// Makes the job act for `actor`: their user, and the API key they used, if any.
+    pub fn act_for(&mut self, actor: &crate::services::permissions::Actor) {
+        self.created_by = Some(actor.user.id);
+        self.api_key_id = actor.api_key.as_ref().map(|k| k.id);
     }
 }
 
@@ -174,6 +183,7 @@ fn queued_model(new: NewJob) -> job::Model {
         unique_key: new.unique_key,
         client_id: new.client_id,
         created_by: new.created_by,
+        api_key_id: new.api_key_id,
         created_at: now,
         started_at: None,
         finished_at: None,
