@@ -327,3 +327,110 @@ async fn graceful_shutdown_stops_accepting() {
         "the server no longer accepts connections after shutdown"
     );
 }
+
+/// Every operation of the OpenAPI document answers only statuses it lists: without a token
+/// (401 with the `Bearer` challenge on every secured route), with a malformed body, with a
+/// body of the wrong media type, and as an admin on ids that name nothing. None answers a 5xx.
+#[tokio::test]
+async fn every_operation_answers_only_what_the_document_lists() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let doc = app.request(Method::GET, "/openapi.json", None, None).await;
+    doc.expect(200, None);
+    let public = [
+        "/api/v1/auth/login",
+        "/api/v1/auth/token",
+        "/api/v1/auth/refresh",
+    ];
+    let mut checks = 0;
+    for (path, item) in doc.json["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            if !["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                continue;
+            }
+            let documented: Vec<u16> = op["responses"]
+                .as_object()
+                .expect("responses")
+                .keys()
+                .filter_map(|k| k.parse().ok())
+                .collect();
+            let what = format!("{} {path}", method.to_uppercase());
+            let concrete = path
+                .split('/')
+                .map(|part| {
+                    if part.starts_with('{') {
+                        uuid::Uuid::now_v7().to_string()
+                    } else {
+                        part.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            let verb = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+            let websocket = documented.contains(&101);
+            let mut answered = |status: u16, how: &str| {
+                assert!(
+                    documented.contains(&status),
+                    "{what} {how} answered {status}, which its document does not list: {documented:?}"
+                );
+                assert!(status < 500, "{what} {how} answered {status}");
+                checks += 1;
+            };
+            if path.starts_with("/api/v1") && !public.contains(&path.as_str()) {
+                assert!(secured, "{what} declares no security");
+            }
+            if secured && !websocket {
+                let r = app.request(verb.clone(), &concrete, None, None).await;
+                assert_eq!(r.status, 401, "{what} without a token: {}", r.text);
+                assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{what}");
+                answered(401, "without a token");
+            }
+            let token = (!public.contains(&path.as_str())).then_some(admin.as_str());
+            let send = |content_type: &'static str, body: &'static str| {
+                let mut req = app
+                    .client
+                    .request(verb.clone(), format!("{}{concrete}", app.base))
+                    .header("content-type", content_type)
+                    .body(body);
+                if let Some(token) = token {
+                    req = req.bearer_auth(token);
+                }
+                async move { TestApp::read(req.send().await.expect("sent")).await }
+            };
+            let content = op["requestBody"]["content"].as_object();
+            if let Some(content) = content {
+                if let Some(json_type) = content.keys().find(|t| t.contains("json")) {
+                    let json_type: &'static str = if json_type.contains("merge-patch") {
+                        "application/merge-patch+json"
+                    } else {
+                        "application/json"
+                    };
+                    let r = send(json_type, "{").await;
+                    answered(r.status.as_u16(), "with malformed JSON");
+                    assert!(
+                        [400, 404].contains(&r.status.as_u16()),
+                        "{what} with malformed JSON: {}",
+                        r.text
+                    );
+                }
+                let r = send("text/plain", "plain words").await;
+                answered(r.status.as_u16(), "with text/plain");
+                assert!(
+                    [404, 415].contains(&r.status.as_u16()),
+                    "{what} with text/plain: {}",
+                    r.text
+                );
+            }
+            // As the admin, on ids that name nothing: only reads and deletes (nothing to change).
+            if (verb == Method::GET || verb == Method::DELETE)
+                && token.is_some()
+                && content.is_none()
+            {
+                let r = app.request(verb.clone(), &concrete, token, None).await;
+                answered(r.status.as_u16(), "as the admin");
+            }
+        }
+    }
+    assert!(checks > 100, "only {checks} checks");
+}

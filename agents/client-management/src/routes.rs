@@ -8,11 +8,11 @@ use agentdesk_agent_sdk::core::services::audit::Outcome;
 use agentdesk_agent_sdk::core::services::clients::{ClientFilter, ClientSort};
 use agentdesk_agent_sdk::core::services::jobs::NewJob;
 use agentdesk_agent_sdk::core::services::permissions::{Need, Permit};
-use agentdesk_agent_sdk::http::extractors::{AppJson, AppQuery, Authorized};
+use agentdesk_agent_sdk::http::extractors::{AppJson, AppMultipart, AppQuery, Authorized};
 use agentdesk_agent_sdk::http::problem::{ApiError, ApiResult, Problem};
 use agentdesk_agent_sdk::http::{ExportFormat, csv_cell, store_upload, unsupported_media_type};
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, Multipart, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -96,9 +96,7 @@ async fn import(
         .unwrap_or("")
         .to_ascii_lowercase();
     let stored = if content_type.starts_with("multipart/form-data") {
-        let mut multipart = Multipart::from_request(request, &core)
-            .await
-            .map_err(|e| ApiError::http(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+        let AppMultipart(mut multipart) = AppMultipart::from_request(request, &core).await?;
         let mut stored = None;
         while let Some(field) = multipart
             .next_field()

@@ -5,13 +5,13 @@ use agentdesk_agent_sdk::core::Core;
 use agentdesk_agent_sdk::core::pagination::{Page, PageRequest};
 use agentdesk_agent_sdk::core::services::audit::Outcome;
 use agentdesk_agent_sdk::core::services::jobs::NewJob;
-use agentdesk_agent_sdk::http::extractors::{AppJson, AppQuery, Authorized};
+use agentdesk_agent_sdk::http::extractors::{AppJson, AppMultipart, AppQuery, Authorized};
 use agentdesk_agent_sdk::http::problem::{ApiError, ApiResult, Problem};
 use agentdesk_agent_sdk::http::{
     attachment_response, bad_multipart, clean_filename, read_head, store_upload,
     unsupported_media_type, with_head,
 };
-use axum::extract::{DefaultBodyLimit, FromRef, Multipart, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
@@ -74,7 +74,7 @@ async fn upload(
     State(core): State<Core>,
     Authorized(permit, _): Authorized<PdfUpload>,
     Path(client_id): Path<Uuid>,
-    mut multipart: Multipart,
+    AppMultipart(mut multipart): AppMultipart,
 ) -> ApiResult<Response> {
     core.scoped_client(&permit, client_id).await?;
     let limit = core.settings.max_upload_mb * 1024 * 1024;

@@ -169,7 +169,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// names an operation after its handler (`list`, `get`), which repeats across modules and breaks
 /// client generators; the id becomes `{tag}_{handler}` (`clients_list`, `users_get`).
 fn finish_document(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
-    for item in doc.paths.paths.values_mut() {
+    for (path, item) in doc.paths.paths.iter_mut() {
         let operations = [
             &mut item.get,
             &mut item.put,
@@ -191,9 +191,127 @@ fn finish_document(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenAp
             {
                 *id = format!("{tag}_{id}");
             }
+            if path.starts_with("/api/") {
+                add_common_answers(path, operation);
+            }
         }
     }
     doc
+}
+
+/// Documents the answers every route of a kind can give, from the extractors and layers they
+/// share rather than from each handler: the token check (401 with its challenge), a refused
+/// grant or an API key on an account route (403), a body the extractor refuses (400, 413, 415,
+/// 422), a query string it refuses (400), a path id that names nothing (404) and an
+/// unavailable dependency or a timeout (503). What a handler documents itself is kept.
+fn add_common_answers(path: &str, operation: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+
+    let problem = |description: &str| {
+        ResponseBuilder::new().description(description).content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+    };
+    let mut answers: Vec<(&str, utoipa::openapi::Response)> = Vec::new();
+    let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+    // A WebSocket upgrade answers its errors on the socket (API.md), not as HTTP statuses.
+    let websocket = operation.responses.responses.contains_key("101");
+    if secured && !websocket {
+        answers.push((
+            "401",
+            problem(
+                "No valid credential: no token, or a malformed, expired or revoked access token \
+                 or API key (`unauthenticated`, `invalid_token`)",
+            )
+            .header(
+                "WWW-Authenticate",
+                HeaderBuilder::new()
+                    .schema(Some(
+                        utoipa::openapi::ObjectBuilder::new()
+                            .schema_type(utoipa::openapi::schema::Type::String),
+                    ))
+                    .description(Some("`Bearer`"))
+                    .build(),
+            )
+            .build(),
+        ));
+        answers.push((
+            "403",
+            problem(
+                "Not permitted: no live grant allows it, or an API key's narrowing does not \
+                 (`forbidden`); an API key on an account route (`session_required`)",
+            )
+            .build(),
+        ));
+    }
+    let body_types: Vec<String> = match &operation.request_body {
+        Some(RefOr::T(body)) => body.content.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    if !body_types.is_empty() {
+        answers.push((
+            "400",
+            problem("The body is malformed (`malformed_json`, `bad_request`)").build(),
+        ));
+        answers.push((
+            "413",
+            problem("The body is over the size limit (`payload_too_large`)").build(),
+        ));
+        answers.push((
+            "415",
+            problem("The body is not of the media type documented (`unsupported_media_type`)")
+                .build(),
+        ));
+        if body_types
+            .iter()
+            .any(|t| t.contains("json") || t.contains("form"))
+        {
+            answers.push((
+                "422",
+                problem("A field is missing, of the wrong type or invalid (`validation_failed`)")
+                    .build(),
+            ));
+        }
+    }
+    let parameters = operation.parameters.as_deref().unwrap_or_default();
+    let in_query = parameters
+        .iter()
+        .any(|p| matches!(p, RefOr::T(p) if p.parameter_in == ParameterIn::Query));
+    if in_query {
+        answers.push((
+            "400",
+            problem("A query parameter is malformed (`invalid_parameter`)").build(),
+        ));
+    }
+    if path.contains('{') {
+        answers.push((
+            "404",
+            problem(
+                "Nothing with that id (a malformed id included) the caller may see (`not_found`)",
+            )
+            .build(),
+        ));
+    }
+    answers.push((
+        "503",
+        problem(
+            "A dependency (the database, Redis, storage) is unavailable, or the request timed \
+             out (`service_unavailable`); try again shortly",
+        )
+        .build(),
+    ));
+    for (status, response) in answers {
+        operation
+            .responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert(RefOr::T(response));
+    }
 }
 
 fn api_router() -> OpenApiRouter<AppState> {

@@ -152,6 +152,35 @@ fn body_rejection(status: StatusCode, text: String) -> ApiError {
     }
 }
 
+/// `Multipart` whose rejections are problem+json: 415 for a body that is not
+/// `multipart/form-data` (or has no boundary), 400 for another malformed one.
+#[derive(Debug)]
+pub struct AppMultipart(pub axum::extract::Multipart);
+
+impl<S> FromRequest<S> for AppMultipart
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::multipart::MultipartRejection;
+        match axum::extract::Multipart::from_request(req, state).await {
+            Ok(multipart) => Ok(Self(multipart)),
+            Err(MultipartRejection::InvalidBoundary(_)) => Err(ApiError::http(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be multipart/form-data (with a boundary) holding a `file` field",
+            )),
+            Err(other) => Err(ApiError::http(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                other.body_text(),
+            )),
+        }
+    }
+}
+
 /// `Query<T>` whose rejection is a 400 problem naming the parameter.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AppQuery<T>(pub T);
