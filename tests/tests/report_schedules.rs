@@ -527,6 +527,38 @@ async fn a_schedule_whose_owner_lost_the_grant_stops_and_says_why() {
         .await;
     r.expect(201, None);
     let schedule = r.json["id"].as_str().unwrap().to_owned();
+    // A schedule made with an API key stops once the key is revoked, though its owner still
+    // may generate reports: its ticks act within the key.
+    let keyholder = app
+        .persona(
+            &admin,
+            "member",
+            &[json!({"resource": "agent:reports_analysis", "actions": ["read", "generate"]})],
+        )
+        .await;
+    let made = app
+        .post(
+            "/api/v1/api-keys",
+            &keyholder.token,
+            json!({"name": "cron"}),
+        )
+        .await;
+    made.expect(201, None);
+    let r = app
+        .post(
+            "/api/v1/reports/schedules",
+            made.json["key"].as_str().unwrap(),
+            json!({"kind": "client_summary", "format": "json", "cron": "* * * * *"}),
+        )
+        .await;
+    r.expect(201, None);
+    let keyed = r.json["id"].as_str().unwrap().to_owned();
+    app.delete(
+        &format!("/api/v1/api-keys/{}", made.json["id"].as_str().unwrap()),
+        &keyholder.token,
+    )
+    .await
+    .expect(204, None);
     app.delete(
         &format!(
             "/api/v1/permissions/grants/{}",
@@ -537,15 +569,31 @@ async fn a_schedule_whose_owner_lost_the_grant_stops_and_says_why() {
     .await
     .expect(204, None);
     let deadline = std::time::Instant::now() + Duration::from_secs(150);
-    let (seen, stopped) = loop {
+    let ((seen, stopped), (seen_keyed, stopped_keyed)) = loop {
         let r = app
             .get(&format!("/api/v1/reports/schedules/{schedule}"), &admin)
             .await;
-        if r.json["status"] == "disabled" || std::time::Instant::now() > deadline {
-            break (r.json.clone(), r.json["status"] == "disabled");
+        let k = app
+            .get(&format!("/api/v1/reports/schedules/{keyed}"), &admin)
+            .await;
+        let done = r.json["status"] == "disabled" && k.json["status"] == "disabled";
+        if done || std::time::Instant::now() > deadline {
+            break (
+                (r.json.clone(), r.json["status"] == "disabled"),
+                (k.json.clone(), k.json["status"] == "disabled"),
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
+    assert!(stopped_keyed, "{seen_keyed}");
+    assert!(
+        seen_keyed["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("API key"),
+        "{seen_keyed}"
+    );
+    assert!(reports_of(&app, &admin, &keyed).await.is_empty());
     assert!(stopped, "{seen}");
     assert!(
         seen["disabled_reason"]

@@ -48,6 +48,8 @@ pub struct Model {
     pub last_report_id: Option<Uuid>,
     pub created_by: Uuid,
     pub created_at: DateTime<Utc>,
+    /// The API key the schedule was made with, if any: its reports are made within the key.
+    pub api_key_id: Option<Uuid>,
 }
 
 /// Relations the ORM does not need.
@@ -318,6 +320,7 @@ pub async fn create(core: &Core, permit: &Permit, body: NewSchedule) -> Result<S
         last_report_id: Set(None),
         created_by: Set(permit.user().id),
         created_at: Set(Utc::now()),
+        api_key_id: Set(permit.actor().api_key.as_ref().map(|k| k.id)),
     }
     .insert(&txn)
     .await?;
@@ -395,22 +398,24 @@ pub struct TickArgs {
 }
 
 /// The active schedules as cron specs for the runner; each tick enqueues a [`run_tick`] job
-/// acting for the schedule's owner.
+/// acting for the schedule's owner (within the API key they made it with, if any).
 pub async fn cron_specs(core: &Core) -> Result<Vec<CronSpec>, Error> {
-    let rows: Vec<(Uuid, String, String, Uuid, DateTime<Utc>)> = Entity::find()
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(Uuid, String, String, Uuid, DateTime<Utc>, Option<Uuid>)> = Entity::find()
         .select_only()
         .column(Column::Id)
         .column(Column::Cron)
         .column(Column::Timezone)
         .column(Column::CreatedBy)
         .column(Column::CreatedAt)
+        .column(Column::ApiKeyId)
         .filter(Column::Status.eq(status::ACTIVE))
         .into_tuple()
         .all(core.db.reader())
         .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(id, cron, timezone, owner, created_at)| {
+        .filter_map(|(id, cron, timezone, owner, created_at, api_key)| {
             let tz = Tz::from_str(&timezone).ok()?;
             let spec = CronSpec::new(tick_name(id), cron, move |tick| {
                 let args = serde_json::to_value(TickArgs {
@@ -420,6 +425,7 @@ pub async fn cron_specs(core: &Core) -> Result<Vec<CronSpec>, Error> {
                 .unwrap_or(Value::Null);
                 let mut job = NewJob::new(NAME, SCHEDULED, args);
                 job.created_by = Some(owner);
+                job.api_key_id = api_key;
                 job.max_attempts = 5;
                 job
             });

@@ -20,6 +20,7 @@ mod m0014_grant_clients;
 mod m0015_jobs_queued_index;
 mod m0016_api_keys;
 mod m0017_totp;
+mod m0018_schedule_api_key;
 
 /// Makes one migration (migrations are trait objects, made afresh for each run).
 pub type MakeMigration = fn() -> Box<dyn MigrationTrait>;
@@ -67,6 +68,7 @@ impl Migrator {
             Box::new(m0015_jobs_queued_index::Migration),
             Box::new(m0016_api_keys::Migration),
             Box::new(m0017_totp::Migration),
+            Box::new(m0018_schedule_api_key::Migration),
         ]
     }
 }
