@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod proxy;
+
 use agentdesk_api::Application;
 use agentdesk_core::Core;
 use agentdesk_core::config::Settings;

@@ -79,16 +79,23 @@ async fn imports_read_their_upload_back_from_s3() {
     };
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["result"]["created"], 1);
-    let after = reqwest::Client::new()
-        .get(format!("{endpoint}/{bucket}?list-type=2"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The upload goes once the job's success is recorded (a moment after it reads succeeded).
+    let listing = || async {
+        reqwest::Client::new()
+            .get(format!("{endpoint}/{bucket}?list-type=2"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
     assert!(
-        !after.contains("files/imports/"),
-        "the processed upload was removed: {after}"
+        agentdesk_tests::eventually(Duration::from_secs(10), || async {
+            !listing().await.contains("files/imports/")
+        })
+        .await,
+        "the processed upload was removed: {}",
+        listing().await
     );
 }

@@ -178,7 +178,8 @@ pub async fn run(ctx: &JobContext) -> Result<Value, JobError> {
     }
     write_batch(ctx, &permit, &mut batch, &mut result, args.dry_run).await?;
     if !args.dry_run {
-        let _ = core.storage.delete(&args.file_key).await;
+        // Not now: a crash before the success is recorded runs the import again, from this file.
+        ctx.remove_after_success(args.file_key.clone());
         // A bulk load leaves the planner's statistics behind; refresh them so that lists and
         // filters keep their plans (PostgreSQL; SQLite plans without them).
         if result.created + result.updated > 1000 {

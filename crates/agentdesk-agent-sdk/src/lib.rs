@@ -223,9 +223,26 @@ pub struct JobContext {
     worker_id: String,
     manifest: Manifest,
     cancel: CancellationToken,
+    remove_after_success: std::sync::Mutex<Vec<String>>,
 }
 
 impl JobContext {
+    /// Removes a stored file once this attempt's success is recorded, never before: a crash
+    /// between the two runs the job again, and that attempt still needs its input (an import's
+    /// upload, say). At worst a crash right after the record leaves the file behind.
+    pub fn remove_after_success(&self, storage_key: impl Into<String>) {
+        if let Ok(mut keys) = self.remove_after_success.lock() {
+            keys.push(storage_key.into());
+        }
+    }
+
+    fn take_removals(&self) -> Vec<String> {
+        self.remove_after_success
+            .lock()
+            .map(|mut keys| std::mem::take(&mut *keys))
+            .unwrap_or_default()
+    }
+
     /// The job being run.
     pub fn job(&self) -> &job::Model {
         &self.job

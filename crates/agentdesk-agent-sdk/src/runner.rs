@@ -193,6 +193,7 @@ impl Runner {
                         worker_id: self.worker_id.clone(),
                         manifest: agent.manifest(),
                         cancel: token.clone(),
+                        remove_after_success: Default::default(),
                     };
                     let (agent, running) = (agent.clone(), running.clone());
                     let completions = completions.clone();
@@ -278,6 +279,7 @@ async fn run_job(
                 id,
                 agent: name,
                 result,
+                remove: ctx.take_removals(),
             };
             if let Err(mpsc::error::SendError(done)) = completions.send(done).await {
                 // The completer is gone (it panicked): record it here.
@@ -318,6 +320,8 @@ struct Done {
     id: Uuid,
     agent: &'static str,
     result: serde_json::Value,
+    /// Stored files to remove once the success is recorded.
+    remove: Vec<String>,
 }
 
 /// Finished jobs that may wait for the completer: past this, a finishing job waits (and holds
@@ -355,6 +359,11 @@ async fn record_done(core: &Core, worker_id: &str, running: &Running, done: Vec<
     };
     for d in &done {
         let label = if recorded.contains(&d.id) {
+            for key in &d.remove {
+                if let Err(e) = core.storage.delete(key).await {
+                    tracing::warn!(error = %e, job_id = %d.id, key, "could not remove a finished job's file");
+                }
+            }
             "succeeded"
         } else {
             tracing::warn!(job_id = %d.id, "finished a job this worker no longer held (its lease had expired)");

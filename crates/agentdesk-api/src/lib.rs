@@ -300,8 +300,9 @@ fn add_common_answers(path: &str, operation: &mut utoipa::openapi::path::Operati
     answers.push((
         "503",
         problem(
-            "A dependency (the database, Redis, storage) is unavailable, or the request timed \
-             out (`service_unavailable`); try again shortly",
+            "The database is out of reach (`database_unavailable`, with `Retry-After`), another \
+             dependency (Redis, storage) is unavailable, or the request timed out \
+             (`service_unavailable`); try again shortly",
         )
         .build(),
     ));
@@ -335,6 +336,10 @@ pub fn router(state: AppState) -> Router {
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             settings.request_timeout(),
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::database_breaker,
         ))
         .layer(tower::util::option_layer(cors))
         .layer(CatchPanicLayer::custom(middleware::panic_response))

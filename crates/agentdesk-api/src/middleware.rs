@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -100,6 +100,36 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     }
     if is_api && !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// The database's circuit breaker for `/api` requests: while the database is known to be out of
+/// reach they get 503 `database_unavailable` at once (with `Retry-After: 1`) instead of each
+/// waiting out the pool's timeout; a response that found it out of reach trips the breaker, and
+/// the database's probe closes it again when a ping succeeds (no restart needed).
+pub async fn database_breaker(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !req.uri().path().starts_with("/api/") {
+        return next.run(req).await;
+    }
+    let db = &state.core.db;
+    if db.is_down() {
+        return crate::problem::ApiError::Core(agentdesk_core::Error::DatabaseUnavailable(
+            "the breaker is open".into(),
+        ))
+        .into_response();
+    }
+    let response = next.run(req).await;
+    if response
+        .extensions()
+        .get::<crate::problem::DatabaseUnreachable>()
+        .is_some()
+    {
+        db.report_unreachable();
     }
     response
 }

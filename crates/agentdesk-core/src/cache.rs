@@ -184,7 +184,7 @@ impl Caches {
                 manager, channel, ..
             } => {
                 let mut conn = manager.clone();
-                conn.publish::<_, _, i64>(channel.as_str(), payload)
+                within_redis_timeout(conn.publish::<_, _, i64>(channel.as_str(), payload))
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string())
@@ -310,74 +310,155 @@ impl Caches {
 }
 
 /// Counts events in fixed windows (for login rate limits), in process or in Redis so that all
-/// instances share one quota.
+/// instances share one quota. While Redis does not answer, the counts fall back to this
+/// process's own (each instance then enforces the quota on its own: the limit per client is at
+/// most the quota times the number of instances) and go back to Redis when it answers again.
 #[derive(Clone)]
 pub struct RateLimiter {
     backend: LimiterBackend,
 }
 
+type LocalCounters = Cache<String, Arc<std::sync::Mutex<(u32, Instant)>>>;
+
 #[derive(Clone)]
 enum LimiterBackend {
-    Local(Cache<String, Arc<std::sync::Mutex<(u32, Instant)>>>),
-    Redis(redis::aio::ConnectionManager, String),
+    Local(LocalCounters),
+    Redis {
+        manager: redis::aio::ConnectionManager,
+        prefix: String,
+        fallback: LocalCounters,
+    },
 }
 
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.backend {
             LimiterBackend::Local(_) => "RateLimiter(local)",
-            LimiterBackend::Redis(..) => "RateLimiter(redis)",
+            LimiterBackend::Redis { .. } => "RateLimiter(redis)",
         })
     }
+}
+
+fn local_counters(window: Duration) -> LocalCounters {
+    Cache::builder()
+        .max_capacity(1_000_000)
+        .time_to_live(window)
+        .build()
+}
+
+/// How long a request waits for Redis before going on without it. The connection manager
+/// reconnects in the background, and a command sent meanwhile may wait for that reconnection.
+const REDIS_WAIT: Duration = Duration::from_millis(500);
+
+async fn within_redis_timeout<T>(
+    command: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(REDIS_WAIT, command)
+        .await
+        .unwrap_or_else(|_| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "no answer from redis within 500 ms",
+            )))
+        })
+}
+
+/// Says once per failure streak that the limiter fell back, not once per request.
+static FELL_BACK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn fall_back(e: redis::RedisError) {
+    if !FELL_BACK.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::error!(error = %e, "redis does not answer: rate limits are counted per instance until it does");
+    }
+}
+
+fn redis_answered() {
+    if FELL_BACK.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!("redis answers again: rate limits are shared again");
+    }
+}
+
+async fn local_current(cache: &LocalCounters, key: &str, window: Duration) -> Result<(u32, u64)> {
+    Ok(match cache.get(key).await {
+        Some(entry) => {
+            let (count, started) = *entry
+                .lock()
+                .map_err(|_| Error::internal("poisoned limiter"))?;
+            let left = window.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                (0, 0)
+            } else {
+                (count, left.as_secs().max(1))
+            }
+        }
+        None => (0, 0),
+    })
+}
+
+async fn local_hit(cache: &LocalCounters, key: &str, window: Duration) -> Result<u32> {
+    let entry = cache
+        .get_with(key.to_owned(), async {
+            Arc::new(std::sync::Mutex::new((0, Instant::now())))
+        })
+        .await;
+    let mut guard = entry
+        .lock()
+        .map_err(|_| Error::internal("poisoned limiter"))?;
+    if guard.1.elapsed() >= window {
+        *guard = (0, Instant::now());
+    }
+    guard.0 += 1;
+    Ok(guard.0)
 }
 
 impl RateLimiter {
     /// A limiter in this process.
     pub fn local(window: Duration) -> Self {
         Self {
-            backend: LimiterBackend::Local(
-                Cache::builder()
-                    .max_capacity(1_000_000)
-                    .time_to_live(window)
-                    .build(),
-            ),
+            backend: LimiterBackend::Local(local_counters(window)),
         }
     }
 
-    /// A limiter whose counters live in Redis, under `<prefix>:rl:`.
-    pub fn redis(manager: redis::aio::ConnectionManager, prefix: &str) -> Self {
+    /// A limiter whose counters live in Redis, under `<prefix>:rl:`, with counters of windows of
+    /// `window` in this process for while Redis does not answer.
+    pub fn redis(manager: redis::aio::ConnectionManager, prefix: &str, window: Duration) -> Self {
         Self {
-            backend: LimiterBackend::Redis(manager, format!("{prefix}:rl:")),
+            backend: LimiterBackend::Redis {
+                manager,
+                prefix: format!("{prefix}:rl:"),
+                fallback: local_counters(window),
+            },
         }
     }
 
     /// The current count of `key` and the seconds until its window ends.
     pub async fn current(&self, key: &str, window: Duration) -> Result<(u32, u64)> {
         match &self.backend {
-            LimiterBackend::Local(cache) => Ok(match cache.get(key).await {
-                Some(entry) => {
-                    let (count, started) = *entry
-                        .lock()
-                        .map_err(|_| Error::internal("poisoned limiter"))?;
-                    let left = window.saturating_sub(started.elapsed());
-                    if left.is_zero() {
-                        (0, 0)
-                    } else {
-                        (count, left.as_secs().max(1))
+            LimiterBackend::Local(cache) => local_current(cache, key, window).await,
+            LimiterBackend::Redis {
+                manager,
+                prefix,
+                fallback,
+            } => {
+                let mut conn = manager.clone();
+                let key_in_redis = format!("{prefix}{key}");
+                let answer: redis::RedisResult<(Option<u32>, i64)> = within_redis_timeout(
+                    redis::pipe()
+                        .get(&key_in_redis)
+                        .ttl(&key_in_redis)
+                        .query_async(&mut conn),
+                )
+                .await;
+                match answer {
+                    Ok((count, ttl)) => {
+                        redis_answered();
+                        Ok((count.unwrap_or(0), ttl.max(1) as u64))
+                    }
+                    Err(e) => {
+                        fall_back(e);
+                        local_current(fallback, key, window).await
                     }
                 }
-                None => (0, 0),
-            }),
-            LimiterBackend::Redis(manager, prefix) => {
-                let mut conn = manager.clone();
-                let key = format!("{prefix}{key}");
-                let (count, ttl): (Option<u32>, i64) = redis::pipe()
-                    .get(&key)
-                    .ttl(&key)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(redis_error)?;
-                Ok((count.unwrap_or(0), ttl.max(1) as u64))
             }
         }
     }
@@ -385,35 +466,35 @@ impl RateLimiter {
     /// Adds one to `key` (starting a window if none is open) and returns the new count.
     pub async fn hit(&self, key: &str, window: Duration) -> Result<u32> {
         match &self.backend {
-            LimiterBackend::Local(cache) => {
-                let entry = cache
-                    .get_with(key.to_owned(), async {
-                        Arc::new(std::sync::Mutex::new((0, Instant::now())))
-                    })
-                    .await;
-                let mut guard = entry
-                    .lock()
-                    .map_err(|_| Error::internal("poisoned limiter"))?;
-                if guard.1.elapsed() >= window {
-                    *guard = (0, Instant::now());
-                }
-                guard.0 += 1;
-                Ok(guard.0)
-            }
-            LimiterBackend::Redis(manager, prefix) => {
+            LimiterBackend::Local(cache) => local_hit(cache, key, window).await,
+            LimiterBackend::Redis {
+                manager,
+                prefix,
+                fallback,
+            } => {
                 let mut conn = manager.clone();
-                let key = format!("{prefix}{key}");
-                let (count,): (u32,) = redis::pipe()
-                    .incr(&key, 1u32)
-                    .cmd("EXPIRE")
-                    .arg(&key)
-                    .arg(window.as_secs().max(1))
-                    .arg("NX")
-                    .ignore()
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(redis_error)?;
-                Ok(count)
+                let key_in_redis = format!("{prefix}{key}");
+                let answer: redis::RedisResult<(u32,)> = within_redis_timeout(
+                    redis::pipe()
+                        .incr(&key_in_redis, 1u32)
+                        .cmd("EXPIRE")
+                        .arg(&key_in_redis)
+                        .arg(window.as_secs().max(1))
+                        .arg("NX")
+                        .ignore()
+                        .query_async(&mut conn),
+                )
+                .await;
+                match answer {
+                    Ok((count,)) => {
+                        redis_answered();
+                        Ok(count)
+                    }
+                    Err(e) => {
+                        fall_back(e);
+                        local_hit(fallback, key, window).await
+                    }
+                }
             }
         }
     }
@@ -421,17 +502,22 @@ impl RateLimiter {
     /// Clears `key` (after a successful login).
     pub async fn reset(&self, key: &str) -> Result<()> {
         match &self.backend {
-            LimiterBackend::Local(cache) => {
-                cache.invalidate(key).await;
-                Ok(())
-            }
-            LimiterBackend::Redis(manager, prefix) => {
+            LimiterBackend::Local(cache) => cache.invalidate(key).await,
+            LimiterBackend::Redis {
+                manager,
+                prefix,
+                fallback,
+            } => {
+                fallback.invalidate(key).await;
                 let mut conn = manager.clone();
-                conn.del::<_, ()>(format!("{prefix}{key}"))
-                    .await
-                    .map_err(redis_error)
+                if let Err(e) =
+                    within_redis_timeout(conn.del::<_, ()>(format!("{prefix}{key}"))).await
+                {
+                    fall_back(e);
+                }
             }
         }
+        Ok(())
     }
 }
 

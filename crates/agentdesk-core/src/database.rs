@@ -4,6 +4,8 @@
 //! busy timeout and foreign keys on; write transactions begin `IMMEDIATE`, so two writers queue
 //! instead of failing with `database is locked`. On PostgreSQL both handles are the same pool.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
@@ -23,7 +25,21 @@ pub struct Database {
     kind: DatabaseKind,
     writer: DatabaseConnection,
     reader: DatabaseConnection,
+    health: Arc<Health>,
 }
+
+/// Whether the database is known to be out of reach: set when a request found it so, cleared by
+/// a probe that pings it until it answers. While it is set the API answers 503 at once instead
+/// of letting every request wait out the pool's timeout.
+#[derive(Debug, Default)]
+struct Health {
+    down: AtomicBool,
+    probing: AtomicBool,
+}
+
+/// How often the probe pings a database that is down, and how long each ping may take.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Database {
     /// Connects according to the settings; creates the SQLite file and its folder if missing.
@@ -53,6 +69,7 @@ impl Database {
                     kind: DatabaseKind::Sqlite,
                     writer,
                     reader,
+                    health: Arc::default(),
                 })
             }
             DatabaseKind::Postgres => {
@@ -70,6 +87,7 @@ impl Database {
                     kind: DatabaseKind::Postgres,
                     writer: pool.clone(),
                     reader: pool,
+                    health: Arc::default(),
                 })
             }
         }
@@ -178,6 +196,35 @@ impl Database {
             self.writer.ping().await?;
         }
         Ok(())
+    }
+
+    /// Whether the database is known to be out of reach (see [`Database::report_unreachable`]).
+    pub fn is_down(&self) -> bool {
+        self.health.down.load(Ordering::Acquire)
+    }
+
+    /// Notes that a request found the database out of reach: from now on [`Database::is_down`]
+    /// holds until a ping succeeds, tried every 250 ms by one background task.
+    pub fn report_unreachable(&self) {
+        if !self.health.down.swap(true, Ordering::AcqRel) {
+            tracing::error!("the database is out of reach; answering 503 until it is back");
+        }
+        if self.health.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let db = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                if let Ok(Ok(())) = tokio::time::timeout(PROBE_TIMEOUT, db.ping()).await {
+                    break;
+                }
+            }
+            // In this order, a report that comes in between always finds a probe or starts one.
+            db.health.probing.store(false, Ordering::Release);
+            db.health.down.store(false, Ordering::Release);
+            tracing::warn!("the database answers again");
+        });
     }
 
     /// Pool use for the metrics gauges: (connections open, connections idle) of the main pool.

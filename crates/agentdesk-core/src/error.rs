@@ -80,9 +80,13 @@ pub enum Error {
         /// What is wrong with its value.
         message: String,
     },
+    /// The database could not be reached (refused, reset, shutting down, or no connection
+    /// within the pool's timeout): the request may succeed once it is back.
+    #[error("database unavailable: {0}")]
+    DatabaseUnavailable(String),
     /// A database error that is not the client's fault.
     #[error("database error: {0}")]
-    Database(#[from] sea_orm::DbErr),
+    Database(sea_orm::DbErr),
     /// Anything else that is our fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -109,6 +113,7 @@ impl Error {
             Error::PreconditionFailed => "precondition_failed",
             Error::RateLimited { .. } => "rate_limited",
             Error::Unavailable(_) => "service_unavailable",
+            Error::DatabaseUnavailable(_) => "database_unavailable",
             Error::Config { .. } => "invalid_configuration",
             Error::Database(_) | Error::Internal(_) => "internal_error",
             Error::Backup(_) => "backup_failed",
@@ -119,7 +124,10 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::RateLimited { .. } | Error::Unavailable(_) | Error::Database(_)
+            Error::RateLimited { .. }
+                | Error::Unavailable(_)
+                | Error::DatabaseUnavailable(_)
+                | Error::Database(_)
         )
     }
 
@@ -147,5 +155,49 @@ pub fn map_unique(err: sea_orm::DbErr, names: &[&str], message: &str) -> Error {
     {
         return Error::Conflict(message.to_owned());
     }
-    Error::Database(err)
+    Error::from(err)
+}
+
+impl From<sea_orm::DbErr> for Error {
+    /// Errors that mean the database is out of reach become [`Error::DatabaseUnavailable`]
+    /// (503, retryable); every other database error stays internal.
+    fn from(err: sea_orm::DbErr) -> Self {
+        if is_unreachable(&err) {
+            Error::DatabaseUnavailable(err.to_string())
+        } else {
+            Error::Database(err)
+        }
+    }
+}
+
+/// Whether `err` says the database could not be reached, rather than that a statement failed.
+pub fn is_unreachable(err: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    match err {
+        // No connection within the pool's timeout: the server refuses connections (sqlx retries
+        // a refused connect until this timeout), or every connection is busy.
+        DbErr::ConnectionAcquire(_) => true,
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => sqlx_unreachable(e),
+        DbErr::Conn(_) => true,
+        _ => false,
+    }
+}
+
+fn sqlx_unreachable(err: &sea_orm::sqlx::Error) -> bool {
+    use sea_orm::sqlx::Error as SqlxError;
+    match err {
+        SqlxError::Io(_)
+        | SqlxError::Tls(_)
+        | SqlxError::PoolTimedOut
+        | SqlxError::PoolClosed
+        | SqlxError::WorkerCrashed => true,
+        // PostgreSQL's connection exceptions (class 08) and its shutdown and start-up answers
+        // (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now).
+        SqlxError::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
 }

@@ -158,7 +158,11 @@ impl Storage {
             }
             hasher.update(&chunk);
             writer.write(&chunk);
-            writer.wait_for_capacity(4).await.map_err(store_error)?;
+            if let Err(e) = writer.wait_for_capacity(4).await {
+                // Storage failed mid-upload: leave no part of the file behind.
+                let _ = writer.abort().await;
+                return Err(store_error(e).into());
+            }
         }
         writer.finish().await.map_err(store_error)?;
         Ok(StoredFile {

@@ -79,7 +79,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::Conflict(_) => StatusCode::CONFLICT,
         Error::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
         Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Unavailable(_) | Error::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Config { .. } | Error::Database(_) | Error::Internal(_) | Error::Backup(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -140,14 +140,19 @@ impl IntoResponse for ApiError {
                                 "a dependency of the service is unavailable; try again shortly"
                                     .to_owned()
                             }
+                            Error::DatabaseUnavailable(_) => {
+                                "the database is unavailable; try again shortly".to_owned()
+                            }
                             Error::Validation(_) => "one or more fields are invalid".to_owned(),
                             other => other.to_string(),
                         }
                     };
                 let retry_after = match &e {
                     Error::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+                    Error::DatabaseUnavailable(_) => Some(1),
                     _ => None,
                 };
+                let database_unreachable = matches!(e, Error::DatabaseUnavailable(_));
                 let code = e.code();
                 let errors = match e {
                     Error::Validation(errors) => Some(errors),
@@ -159,11 +164,19 @@ impl IntoResponse for ApiError {
                 {
                     response.headers_mut().insert(header::RETRY_AFTER, value);
                 }
+                if database_unreachable {
+                    // For the layer that stops sending requests to a database that is down.
+                    response.extensions_mut().insert(DatabaseUnreachable);
+                }
                 response
             }
         }
     }
 }
+
+/// Marks a response whose request found the database out of reach.
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseUnreachable;
 
 /// The result type of handlers.
 pub type ApiResult<T> = std::result::Result<T, ApiError>;

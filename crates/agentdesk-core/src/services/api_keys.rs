@@ -94,7 +94,7 @@ fn grant_ids_of(row: &api_key::Model) -> Option<Vec<Uuid>> {
 }
 
 /// What a stored key allows.
-fn scope_of(row: &api_key::Model) -> Arc<ApiKeyScope> {
+fn key_scope(row: &api_key::Model) -> Arc<ApiKeyScope> {
     Arc::new(ApiKeyScope {
         id: row.id,
         grant_ids: grant_ids_of(row),
@@ -311,7 +311,7 @@ impl Core {
             .one(self.db.reader())
             .await?
             .filter(|r| r.revoked_at.is_none() && r.expires_at.is_none_or(|at| at > now))
-            .map(|row| scope_of(&row)))
+            .map(|row| key_scope(&row)))
     }
 
     /// Verifies an API key: not revoked, not expired, its owner active. Cached per instance like
@@ -351,7 +351,7 @@ impl Core {
         let ctx = AuthContext {
             user,
             session_id: row.id,
-            api_key: Some(scope_of(&row)),
+            api_key: Some(key_scope(&row)),
         };
         self.caches.put_api_key(hash, ctx.clone()).await;
         self.last_used.api_key(row.id, now);

@@ -268,14 +268,11 @@ async fn delete_factor(conn: &impl ConnectionTrait, user_id: Uuid) -> Result<boo
         .filter(recovery_code::Column::UserId.eq(user_id))
         .exec(conn)
         .await?;
-    let removed = mfa::Entity::delete_many()
-        .filter(mfa::Column::UserId.eq(user_id))
-        .filter(mfa::Column::ConfirmedAt.is_not_null())
-        .exec(conn)
+    // An enrolment never confirmed goes too, but only a confirmed one counts as removed.
+    let removed = mfa::Entity::delete_by_id(user_id)
+        .exec_with_returning(conn)
         .await?;
-    // An enrolment never confirmed goes too, silently.
-    mfa::Entity::delete_by_id(user_id).exec(conn).await?;
-    Ok(removed.rows_affected > 0)
+    Ok(removed.is_some_and(|row| row.confirmed_at.is_some()))
 }
 
 impl Core {

@@ -87,7 +87,9 @@ impl Core {
         let storage = crate::storage::Storage::open(&settings.storage_url())?;
         let window = Duration::from_secs(settings.login_window_secs);
         let limiter = match &redis {
-            Some((manager, _)) => RateLimiter::redis(manager.clone(), &settings.redis_prefix),
+            Some((manager, _)) => {
+                RateLimiter::redis(manager.clone(), &settings.redis_prefix, window)
+            }
             None => RateLimiter::local(window),
         };
         let caches = Caches::new(
@@ -141,10 +143,20 @@ impl Core {
 
     /// Checks the database and Redis; the error names the failed check.
     pub async fn ready(&self) -> std::result::Result<(), (&'static str, String)> {
-        self.db
-            .ping()
-            .await
-            .map_err(|e| ("database", e.to_string()))?;
+        if self.db.is_down() {
+            return Err(("database", "out of reach; a probe retries it".into()));
+        }
+        match tokio::time::timeout(Duration::from_secs(2), self.db.ping()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                if matches!(e, Error::DatabaseUnavailable(_)) {
+                    self.db.report_unreachable();
+                }
+                return Err(("database", e.to_string()));
+            }
+            // Slow is not down (a long write may hold SQLite's writer): not ready, no breaker.
+            Err(_) => return Err(("database", "no answer within 2 s".into())),
+        }
         if let Some(redis) = &self.redis {
             crate::cache::ping_redis(redis)
                 .await
