@@ -201,3 +201,46 @@ fn sqlx_unreachable(err: &sea_orm::sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::{ConnAcquireErr, DbErr, RuntimeErr};
+    use std::sync::Arc;
+
+    fn sqlx(e: sea_orm::sqlx::Error) -> RuntimeErr {
+        RuntimeErr::SqlxError(Arc::new(e))
+    }
+
+    #[test]
+    fn a_database_out_of_reach_is_a_503_and_a_failed_statement_is_not() {
+        let gone = [
+            DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
+            DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
+            DbErr::Query(sqlx(sea_orm::sqlx::Error::Io(std::io::Error::from(
+                std::io::ErrorKind::ConnectionReset,
+            )))),
+            DbErr::Exec(sqlx(sea_orm::sqlx::Error::PoolTimedOut)),
+            DbErr::Conn(sqlx(sea_orm::sqlx::Error::PoolClosed)),
+        ];
+        for err in gone {
+            let what = err.to_string();
+            let e = Error::from(err);
+            assert!(matches!(e, Error::DatabaseUnavailable(_)), "{what}");
+            assert_eq!(e.code(), "database_unavailable");
+            assert!(e.is_retryable());
+        }
+        let failed = [
+            DbErr::RecordNotFound("x".into()),
+            DbErr::Query(RuntimeErr::Internal("syntax".into())),
+            DbErr::Query(sqlx(sea_orm::sqlx::Error::RowNotFound)),
+            DbErr::Custom("bad".into()),
+        ];
+        for err in failed {
+            let what = err.to_string();
+            let e = Error::from(err);
+            assert!(matches!(e, Error::Database(_)), "{what}");
+            assert_eq!(e.code(), "internal_error");
+        }
+    }
+}
