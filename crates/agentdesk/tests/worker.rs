@@ -291,3 +291,135 @@ async fn the_audio_agent_runs_as_a_worker_of_its_own() {
     assert_eq!(audio["healthy"], true, "{audio}");
     assert_eq!(audio["mode"], "worker", "{audio}");
 }
+
+/// The id of the only job of `agent`, once there is one.
+async fn only_job(app: &agentdesk_tests::TestApp, agent: &str) -> uuid::Uuid {
+    use sea_orm::{ConnectionTrait, Statement};
+    let db = app.core.db.reader();
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            match db.get_database_backend() {
+                sea_orm::DatabaseBackend::Postgres => "SELECT id FROM jobs WHERE agent = $1",
+                _ => "SELECT id FROM jobs WHERE agent = ?",
+            },
+            [agent.into()],
+        ))
+        .await
+        .unwrap()
+        .expect("the job was queued");
+    row.try_get_by_index::<uuid::Uuid>(0).unwrap()
+}
+
+/// The PDF agent's worker killed while it extracts a long document: another worker extracts it
+/// again, and the document ends `ready` with every page once.
+#[tokio::test]
+async fn a_killed_pdf_workers_document_is_finished_by_another_worker() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let env = TestEnv::new().await;
+    let files = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", files.path().display());
+    let app = env
+        .spawn(&[
+            ("agents", json!("none")),
+            ("storage_url", json!(storage.clone())),
+        ])
+        .await;
+    let admin = app.admin_token().await;
+    let client = app
+        .post("/api/v1/clients", &admin, json!({"name": "Paper"}))
+        .await;
+    let client = client.json["id"].as_str().unwrap().to_owned();
+    let pages: Vec<String> = (1..=PDF_PAGES)
+        .map(|n| format!("page {n} of the long file"))
+        .collect();
+    let pages: Vec<&str> = pages.iter().map(String::as_str).collect();
+    let r = app
+        .upload_document(
+            &admin,
+            &client,
+            "long.pdf",
+            agentdesk_tests::tiny_pdf(&pages),
+        )
+        .await;
+    r.expect(202, None);
+    let document = r.json["id"].as_str().unwrap().to_owned();
+    let job_id = only_job(&app, "pdf_processing").await;
+
+    let data = tempfile::tempdir().unwrap();
+    let spawn = |port: u16| {
+        Command::new(env!("CARGO_BIN_EXE_agentdesk"))
+            .env_clear()
+            .env("AGENTDESK_DATA_DIR", data.path())
+            .env("AGENTDESK_DATABASE_URL", env.database_url())
+            .env("AGENTDESK_STORAGE_URL", &storage)
+            .env("AGENTDESK_WORKER_BIND", format!("127.0.0.1:{port}"))
+            .env("AGENTDESK_JOB_LEASE_SECS", "4")
+            .env("AGENTDESK_JOB_POLL_MS", "100")
+            .env(
+                "AGENTDESK_JWT_SECRET",
+                "test-secret-test-secret-test-secret-0123",
+            )
+            .env("AGENTDESK_LOG", "warn")
+            .args(["worker", "--agents", "pdf_processing"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the worker starts")
+    };
+    let mut first = spawn(free_port());
+    let started = Instant::now();
+    loop {
+        let job = app.core.find_job(job_id).await.unwrap().unwrap();
+        if job.status == "running" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the worker took the job: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Well into the extraction (it takes seconds), not at its very start.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let killed = app.core.find_job(job_id).await.unwrap().unwrap();
+    assert_eq!(
+        killed.status, "running",
+        "the extraction ended before it could be interrupted; make the file longer"
+    );
+
+    let mut second = spawn(free_port());
+    let restarted = Instant::now();
+    let processed = app
+        .processed_document(&admin, &document, Duration::from_secs(300))
+        .await;
+    eprintln!(
+        "{PDF_PAGES} pages: extracted {:?} after the second worker started (lease: 4 s)",
+        restarted.elapsed()
+    );
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert_eq!(processed["status"], "ready", "{processed}");
+    assert_eq!(processed["page_count"], PDF_PAGES, "{processed}");
+    let job = app.core.find_job(job_id).await.unwrap().unwrap();
+    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert_eq!(
+        job.attempts, 2,
+        "the killed attempt and the one that finished"
+    );
+    // One text row per page: the killed attempt left no half-written extraction.
+    let text = app
+        .get(&format!("/api/v1/documents/{document}/text?page=1"), &admin)
+        .await;
+    text.expect(200, None);
+    assert_eq!(
+        text.json["pages"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        text.json
+    );
+}
+
+const PDF_PAGES: u64 = 10_000;
