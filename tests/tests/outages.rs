@@ -81,6 +81,11 @@ async fn postgres_going_away_answers_503_at_once_and_the_instance_recovers_by_it
             "the outage is noticed"
         );
     }
+    eprintln!(
+        "PostgreSQL away: 3 creates refused {:?} after the cut ({} acknowledged)",
+        started.elapsed(),
+        acknowledged.len()
+    );
     for path in [
         format!("/api/v1/clients/{id}"),
         "/api/v1/clients?limit=5".to_owned(),
@@ -117,6 +122,7 @@ async fn postgres_going_away_answers_503_at_once_and_the_instance_recovers_by_it
         .expect(200, None);
 
     proxy.restore();
+    let back = Instant::now();
     assert!(
         eventually(Duration::from_secs(20), || async {
             app.request(Method::GET, "/readyz", None, None)
@@ -127,6 +133,7 @@ async fn postgres_going_away_answers_503_at_once_and_the_instance_recovers_by_it
         .await,
         "/readyz recovers"
     );
+    eprintln!("PostgreSQL back: ready again after {:?}", back.elapsed());
     let r = app.get(&format!("/api/v1/clients/{id}"), &admin).await;
     r.expect(200, None);
     assert!(r.json["notes"].is_null(), "the refused patch left nothing");
@@ -248,6 +255,7 @@ async fn redis_going_away_keeps_logins_working_and_revocation_reaches_every_inst
         "B rejects the revoked session once Redis is back"
     );
     let took = back.elapsed();
+    eprintln!("Redis back: B rejects the revoked session after {took:?}");
     assert!(
         took < Duration::from_millis(1_500),
         "revocation reached B {took:?} after Redis came back"

@@ -423,3 +423,132 @@ async fn a_killed_pdf_workers_document_is_finished_by_another_worker() {
 }
 
 const PDF_PAGES: u64 = 10_000;
+
+/// The reports agent's worker killed while it writes a report over many clients: another worker
+/// makes the report again, and the file holds every client once.
+#[tokio::test]
+async fn a_killed_reports_workers_report_is_made_by_another_worker() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let env = TestEnv::new().await;
+    let files = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", files.path().display());
+    // Imports run here; reports only in the worker processes.
+    let app = env
+        .spawn(&[
+            ("agents", json!("client_management")),
+            ("storage_url", json!(storage.clone())),
+        ])
+        .await;
+    let admin = app.admin_token().await;
+    let mut csv = String::from("name,email\n");
+    for i in 0..REPORT_CLIENTS {
+        csv.push_str(&format!("Client {i},report{i}@example.com\n"));
+    }
+    let r = TestApp::read(
+        app.client
+            .post(format!("{}/api/v1/clients/import", app.base))
+            .bearer_auth(&admin)
+            .header("content-type", "text/csv")
+            .body(csv)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.expect(202, None);
+    let import: uuid::Uuid = r.json["id"].as_str().unwrap().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while app.core.find_job(import).await.unwrap().unwrap().status != "succeeded" {
+        assert!(Instant::now() < deadline, "the import ends");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = app
+        .post(
+            "/api/v1/reports",
+            &admin,
+            json!({"kind": "client_summary", "format": "csv"}),
+        )
+        .await;
+    r.expect(202, None);
+    let report = r.json["id"].as_str().unwrap().to_owned();
+    let job_id = only_job(&app, "reports_analysis").await;
+
+    let data = tempfile::tempdir().unwrap();
+    let spawn = |port: u16| {
+        Command::new(env!("CARGO_BIN_EXE_agentdesk"))
+            .env_clear()
+            .env("AGENTDESK_DATA_DIR", data.path())
+            .env("AGENTDESK_DATABASE_URL", env.database_url())
+            .env("AGENTDESK_STORAGE_URL", &storage)
+            .env("AGENTDESK_WORKER_BIND", format!("127.0.0.1:{port}"))
+            .env("AGENTDESK_JOB_LEASE_SECS", "4")
+            .env("AGENTDESK_JOB_POLL_MS", "100")
+            .env(
+                "AGENTDESK_JWT_SECRET",
+                "test-secret-test-secret-test-secret-0123",
+            )
+            .env("AGENTDESK_LOG", "warn")
+            .args(["worker", "--agents", "reports_analysis"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the worker starts")
+    };
+    let mut first = spawn(free_port());
+    let started = Instant::now();
+    loop {
+        let job = app.core.find_job(job_id).await.unwrap().unwrap();
+        if job.status == "running" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the worker took the job: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let killed = app.core.find_job(job_id).await.unwrap().unwrap();
+    assert_eq!(
+        killed.status, "running",
+        "the report was made before it could be interrupted; use more clients"
+    );
+
+    let mut second = spawn(free_port());
+    let restarted = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let done = loop {
+        let r = app.get(&format!("/api/v1/reports/{report}"), &admin).await;
+        if r.json["status"] == "ready" || r.json["status"] == "failed" {
+            break r.json;
+        }
+        assert!(Instant::now() < deadline, "the report is made: {}", r.json);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "a report over {REPORT_CLIENTS} clients: made {:?} after the second worker started (lease: 4 s)",
+        restarted.elapsed()
+    );
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert_eq!(done["status"], "ready", "{done}");
+    let job = app.core.find_job(job_id).await.unwrap().unwrap();
+    assert_eq!(
+        job.attempts, 2,
+        "the killed attempt and the one that finished"
+    );
+    let file = app
+        .get(&format!("/api/v1/reports/{report}/download"), &admin)
+        .await;
+    file.expect(200, None);
+    let rows = file
+        .text
+        .lines()
+        .filter(|l| l.contains("@example.com"))
+        .count();
+    assert_eq!(rows, REPORT_CLIENTS, "every client once");
+}
+
+const REPORT_CLIENTS: usize = 30_000;
