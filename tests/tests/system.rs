@@ -434,3 +434,59 @@ async fn every_operation_answers_only_what_the_document_lists() {
     }
     assert!(checks > 100, "only {checks} checks");
 }
+
+/// The constraints shared code enforces are in the document, on every route: `limit` is 1..=200
+/// (and 0 or 201 is refused), free-text strings exclude U+0000 (and one is refused with 422),
+/// and a route with a path id lists 400 for a malformed one.
+#[tokio::test]
+async fn the_document_states_the_shared_limits_and_the_server_keeps_them() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let doc = app
+        .request(Method::GET, "/openapi.json", None, None)
+        .await
+        .json;
+    let mut limits = 0;
+    let mut strings = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for param in op["parameters"].as_array().into_iter().flatten() {
+                let schema = &param["schema"];
+                if param["name"] == "limit" {
+                    limits += 1;
+                    assert_eq!(schema["minimum"], 1, "{method} {path}");
+                    assert_eq!(schema["maximum"], 200, "{method} {path}");
+                }
+                if schema["type"] == "string"
+                    && schema.get("format").is_none()
+                    && schema.get("enum").is_none()
+                {
+                    strings += 1;
+                    assert_eq!(schema["pattern"], "^[^\\x00]*$", "{method} {path} {param}");
+                }
+            }
+            if path.starts_with("/api/") && path.contains('{') && method != "parameters" {
+                let responses = &op["responses"];
+                assert!(
+                    responses.get("400").is_some() || responses.get("101").is_some(),
+                    "{method} {path} lists no 400 for a malformed id"
+                );
+            }
+        }
+    }
+    assert!(
+        limits >= 10 && strings >= 10,
+        "{limits} limits, {strings} strings"
+    );
+    for limit in [0, 201] {
+        app.get(&format!("/api/v1/clients?limit={limit}"), &admin)
+            .await
+            .expect(400, None);
+    }
+    app.get("/api/v1/clients?limit=200", &admin)
+        .await
+        .expect(200, None);
+    app.get("/api/v1/clients?q=a%00b", &admin)
+        .await
+        .expect(422, Some("validation_failed"));
+}

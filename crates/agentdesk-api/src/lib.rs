@@ -196,7 +196,66 @@ fn finish_document(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenAp
             }
         }
     }
-    doc
+    write_shared_constraints(doc)
+}
+
+/// The pattern every free-text string gets: the one rule that the JSON and query-string
+/// extractors apply to every string (`nul_free`), so that generated clients and fuzzers know it.
+const NO_NUL_PATTERN: &str = "^[^\\x00]*$";
+
+/// Writes into the document the constraints that shared code enforces for every route, rather
+/// than each route's own schema: no string may hold U+0000 (the extractors refuse it with 422),
+/// and every `limit` is 1..=[`agentdesk_core::pagination::MAX_LIMIT`] (the pagination code).
+fn write_shared_constraints(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use serde_json::Value;
+    fn is_type(schema: &serde_json::Map<String, Value>, name: &str) -> bool {
+        match schema.get("type") {
+            Some(Value::String(t)) => t == name,
+            Some(Value::Array(types)) => types.iter().any(|t| t == name),
+            _ => false,
+        }
+    }
+    fn walk(value: &mut Value, in_parameter: Option<&str>) {
+        match value {
+            Value::Object(map) => {
+                // A parameter: its name decides its schema's constraints.
+                let name = map
+                    .get("in")
+                    .and(map.get("name"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                if is_type(map, "string")
+                    && !map.contains_key("format")
+                    && !map.contains_key("enum")
+                    && !map.contains_key("pattern")
+                {
+                    map.insert("pattern".into(), Value::String(NO_NUL_PATTERN.into()));
+                }
+                if in_parameter == Some("limit") && is_type(map, "integer") {
+                    map.insert("minimum".into(), 1.into());
+                    map.insert(
+                        "maximum".into(),
+                        agentdesk_core::pagination::MAX_LIMIT.into(),
+                    );
+                }
+                for (key, child) in map.iter_mut() {
+                    let scope = if key == "schema" {
+                        name.as_deref()
+                    } else {
+                        None
+                    };
+                    walk(child, scope);
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|item| walk(item, None)),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&doc) else {
+        return doc;
+    };
+    walk(&mut value, None);
+    serde_json::from_value(value).unwrap_or(doc)
 }
 
 /// Documents the answers every route of a kind can give, from the extractors and layers they
@@ -287,8 +346,19 @@ fn add_common_answers(path: &str, operation: &mut utoipa::openapi::path::Operati
             "400",
             problem("A query parameter is malformed (`invalid_parameter`)").build(),
         ));
+        answers.push((
+            "422",
+            problem(
+                "A query parameter is invalid, e.g. holds the NUL character (`validation_failed`)",
+            )
+            .build(),
+        ));
     }
     if path.contains('{') {
+        answers.push((
+            "400",
+            problem("A path parameter is malformed (`bad_request`)").build(),
+        ));
         answers.push((
             "404",
             problem(
