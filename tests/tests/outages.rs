@@ -256,8 +256,10 @@ async fn redis_going_away_keeps_logins_working_and_revocation_reaches_every_inst
     );
     let took = back.elapsed();
     eprintln!("Redis back: B rejects the revoked session after {took:?}");
+    // About 0.4 s here (the listener retries every 500 ms); the bound leaves room for a loaded
+    // machine while still telling the bus apart from the 60-second cache expiry.
     assert!(
-        took < Duration::from_millis(1_500),
+        took < Duration::from_secs(3),
         "revocation reached B {took:?} after Redis came back"
     );
     assert!(
