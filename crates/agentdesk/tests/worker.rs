@@ -552,3 +552,126 @@ async fn a_killed_reports_workers_report_is_made_by_another_worker() {
 }
 
 const REPORT_CLIENTS: usize = 30_000;
+
+/// The audio agent's worker killed while it transcribes: another worker transcribes the
+/// recording again, and it ends `ready` with its transcript.
+#[tokio::test]
+async fn a_killed_audio_workers_recording_is_transcribed_by_another_worker() {
+    if !agentdesk_tests::speech_model_available() {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let models = agentdesk_tests::speech_models_dir().expect("checked above");
+    let env = TestEnv::new().await;
+    let files = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", files.path().display());
+    let app = env
+        .spawn(&[
+            ("agents", json!("none")),
+            ("storage_url", json!(storage.clone())),
+        ])
+        .await;
+    let admin = app.admin_token().await;
+    let client = app
+        .post("/api/v1/clients", &admin, json!({"name": "Speaker"}))
+        .await;
+    let client = client.json["id"].as_str().unwrap().to_owned();
+    // About 27 s of read speech: seconds of work for the model.
+    let wav = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/corpus/audio/librivox_ss01_concat.wav"),
+    )
+    .unwrap();
+    let part = reqwest::multipart::Part::bytes(wav).file_name("reading.wav");
+    let r = TestApp::read(
+        app.client
+            .post(format!("{}/api/v1/clients/{client}/recordings", app.base))
+            .bearer_auth(&admin)
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.expect(202, None);
+    let recording = r.json["id"].as_str().unwrap().to_owned();
+    let job_id = only_job(&app, "audio_recording").await;
+
+    let data = tempfile::tempdir().unwrap();
+    let spawn = |port: u16| {
+        Command::new(env!("CARGO_BIN_EXE_agentdesk"))
+            .env_clear()
+            .env("AGENTDESK_DATA_DIR", data.path())
+            .env("AGENTDESK_DATABASE_URL", env.database_url())
+            .env("AGENTDESK_STORAGE_URL", &storage)
+            .env("AGENTDESK_MODELS_DIR", &models)
+            .env("AGENTDESK_WORKER_BIND", format!("127.0.0.1:{port}"))
+            .env("AGENTDESK_JOB_LEASE_SECS", "4")
+            .env("AGENTDESK_JOB_POLL_MS", "100")
+            .env(
+                "AGENTDESK_JWT_SECRET",
+                "test-secret-test-secret-test-secret-0123",
+            )
+            .env("AGENTDESK_LOG", "warn")
+            .args(["worker", "--agents", "audio_recording"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the worker starts")
+    };
+    let mut first = spawn(free_port());
+    let started = Instant::now();
+    loop {
+        let job = app.core.find_job(job_id).await.unwrap().unwrap();
+        if job.status == "running" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the worker took the job: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let killed = app.core.find_job(job_id).await.unwrap().unwrap();
+    assert_eq!(
+        killed.status, "running",
+        "the transcription ended before it could be interrupted; use a longer recording"
+    );
+
+    let mut second = spawn(free_port());
+    let restarted = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let done = loop {
+        let r = app
+            .get(&format!("/api/v1/recordings/{recording}"), &admin)
+            .await;
+        if r.json["status"] == "ready" || r.json["status"] == "failed" {
+            break r.json;
+        }
+        assert!(Instant::now() < deadline, "transcribed: {}", r.json);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "27 s of speech: transcribed {:?} after the second worker started (lease: 4 s)",
+        restarted.elapsed()
+    );
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert_eq!(done["status"], "ready", "{done}");
+    let job = app.core.find_job(job_id).await.unwrap().unwrap();
+    assert_eq!(
+        job.attempts, 2,
+        "the killed attempt and the one that finished"
+    );
+    let text = app
+        .get(
+            &format!("/api/v1/recordings/{recording}/transcript?format=txt"),
+            &admin,
+        )
+        .await;
+    text.expect(200, None);
+    assert!(text.text.split_whitespace().count() > 20, "{}", text.text);
+}
