@@ -5,8 +5,8 @@
 //! end (succeeded, or failed with a reason), never stay stuck or crash the server.
 //!
 //! CI runs a fixed number of cases per parser (`AGENTDESK_FUZZ_CASES`, default 60) from a fixed
-//! seed. A long run (random seed):
-//! `AGENTDESK_FUZZ_CASES=5000 AGENTDESK_FUZZ_RANDOM=1 cargo test -p agentdesk-tests --test fuzz_inputs -- --nocapture`
+//! seed. A long run (random seed, 10 minutes per parser):
+//! `AGENTDESK_FUZZ_CASES=10000000 AGENTDESK_FUZZ_SECS=600 AGENTDESK_FUZZ_RANDOM=1 cargo test -p agentdesk-tests --test fuzz_inputs -- --nocapture`
 
 use std::time::{Duration, Instant};
 
@@ -46,12 +46,27 @@ fn runner() -> TestRunner {
     }
 }
 
-/// `cases()` values drawn from `strategy` (no shrinking: a failure prints its input whole).
-fn draw<S: Strategy>(strategy: S) -> Vec<S::Value> {
+/// A server whose access tokens outlive a long run (a day, the most allowed): with the default
+/// 15 minutes, every request after that would only test the token check.
+async fn fuzz_app() -> TestApp {
+    TestApp::spawn_with(&[("access_token_ttl_secs", serde_json::json!(86_400))]).await
+}
+
+/// `cases()` values drawn from `strategy` one at a time (no shrinking: a failure prints its
+/// input whole), for at most `AGENTDESK_FUZZ_SECS` seconds when that is set (a long run).
+fn draw<S: Strategy>(strategy: S) -> impl Iterator<Item = S::Value> {
     let mut runner = runner();
-    (0..cases())
-        .map(|_| strategy.new_tree(&mut runner).expect("a value").current())
-        .collect()
+    let budget = std::env::var("AGENTDESK_FUZZ_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_secs);
+    let started = std::time::Instant::now();
+    (0..cases()).map_while(move |_| {
+        if budget.is_some_and(|b| started.elapsed() > b) {
+            return None;
+        }
+        Some(strategy.new_tree(&mut runner).expect("a value").current())
+    })
 }
 
 /// A success, or a 4xx problem with a stable code; never a 5xx. Counts the status.
@@ -61,6 +76,8 @@ fn assert_handled(reply: &Reply, input: &str) {
         *seen.entry(status).or_default() += 1;
     }
     assert!(status < 500, "{status} for {input:?}: {}", reply.text);
+    // The token is valid all run long: a 401 means the run stopped testing the parsers.
+    assert_ne!(status, 401, "for {input:?}: {}", reply.text);
     if status >= 400 {
         assert!(
             reply.json["code"].as_str().is_some_and(|c| !c.is_empty()),
@@ -99,7 +116,7 @@ fn encode(text: &str) -> String {
 
 #[tokio::test]
 async fn query_strings_and_cursors_are_refused_clearly_or_answered() {
-    let app = TestApp::spawn().await;
+    let app = fuzz_app().await;
     let admin = app.admin_token().await;
     // Every list route with the parameters it documents, and some it does not.
     let routes: &[(&str, &[&str])] = &[
@@ -214,7 +231,11 @@ async fn query_strings_and_cursors_are_refused_clearly_or_answered() {
             checked += 1;
         }
     }
-    assert!(checked >= cases(), "only {checked} requests");
+    assert!(
+        checked >= cases() || std::env::var_os("AGENTDESK_FUZZ_SECS").is_some(),
+        "only {checked} requests"
+    );
+    eprintln!("query strings and cursors: {checked} requests");
     report("query strings and cursors");
 }
 
@@ -255,7 +276,7 @@ fn json_value() -> impl Strategy<Value = Value> {
 
 #[tokio::test]
 async fn merge_patches_are_applied_or_refused_clearly() {
-    let app = TestApp::spawn().await;
+    let app = fuzz_app().await;
     let admin = app.admin_token().await;
     let made = app
         .post(
@@ -330,7 +351,7 @@ fn csv_body() -> impl Strategy<Value = Vec<u8>> {
 
 #[tokio::test]
 async fn csv_imports_end_or_are_refused_clearly() {
-    let app = TestApp::spawn().await;
+    let app = fuzz_app().await;
     let admin = app.admin_token().await;
     let mut jobs = Vec::new();
     for body in draw(csv_body()) {
