@@ -69,8 +69,9 @@ echo "capacity of the mix (req/s, unpaced, $conns connections each):"
 for k in $kinds; do
   read -r _ _ reqs dur _ _ _ _ < <(grep "^$k " "$work/capacity.txt")
   rps=$(awk -v r="$reqs" -v d="$dur" 'BEGIN { printf "%.1f", r / (d / 1e6) }')
-  # At c connections a request takes c/rps on average; waiting as long again halves the rate.
-  declare "delay_$k=$(awk -v c="$conns" -v r="$rps" 'BEGIN { d = c * 1000 / r; printf "%d", (d < 1 ? 1 : d) }')"
+  # Each connection sends one request per 2c/rps: at most half the rate, a little less by the
+  # time each request takes (less than at full load).
+  declare "delay_$k=$(awk -v c="$conns" -v r="$rps" 'BEGIN { d = 2 * c * 1000 / r; printf "%d", (d < 1 ? 1 : d) }')"
   delay_var="delay_$k"
   printf '  %-7s %9s req/s  -> paced with %s ms between requests per connection\n' "$k" "$rps" "${!delay_var}"
 done
