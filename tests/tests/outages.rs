@@ -334,3 +334,36 @@ fn urls_are_rewritten_through_the_proxy() {
         "127.0.0.1:5432"
     );
 }
+
+/// The breaker itself, on every database: once a request has found the database out of reach,
+/// `/api` answers 503 at once while `/healthz` does not depend on it, and the probe closes the
+/// breaker as soon as a ping succeeds.
+#[tokio::test]
+async fn the_breaker_answers_503_until_the_probe_finds_the_database() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    // What the API layer does when a response says the database was out of reach; here the
+    // database answers, so the first probe (250 ms) closes the breaker again.
+    // (Up to three tries, in case a loaded machine lets the probe run before the request.)
+    let mut refused = false;
+    for _ in 0..3 {
+        app.core.db.report_unreachable();
+        assert!(app.core.db.is_down());
+        let r = app.get("/api/v1/clients?limit=1", &admin).await;
+        if !outage_answer(&r, "a read while the breaker is open") {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the open breaker refuses /api requests");
+    app.request(Method::GET, "/healthz", None, None)
+        .await
+        .expect(200, None);
+    assert!(
+        eventually(Duration::from_secs(5), || async { !app.core.db.is_down() }).await,
+        "the probe closes the breaker"
+    );
+    app.get("/api/v1/clients?limit=1", &admin)
+        .await
+        .expect(200, None);
+}

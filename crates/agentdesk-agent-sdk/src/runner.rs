@@ -359,10 +359,16 @@ async fn record_done(core: &Core, worker_id: &str, running: &Running, done: Vec<
     };
     for d in &done {
         let label = if recorded.contains(&d.id) {
-            for key in &d.remove {
-                if let Err(e) = core.storage.delete(key).await {
-                    tracing::warn!(error = %e, job_id = %d.id, key, "could not remove a finished job's file");
-                }
+            if !d.remove.is_empty() {
+                // Off the completer: a slow store must not hold back the next batch's record.
+                let (storage, id, keys) = (core.storage.clone(), d.id, d.remove.clone());
+                tokio::spawn(async move {
+                    for key in &keys {
+                        if let Err(e) = storage.delete(key).await {
+                            tracing::warn!(error = %e, job_id = %id, key, "could not remove a finished job's file");
+                        }
+                    }
+                });
             }
             "succeeded"
         } else {

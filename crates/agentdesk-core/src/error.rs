@@ -171,7 +171,7 @@ impl From<sea_orm::DbErr> for Error {
 }
 
 /// Whether `err` says the database could not be reached, rather than that a statement failed.
-pub fn is_unreachable(err: &sea_orm::DbErr) -> bool {
+fn is_unreachable(err: &sea_orm::DbErr) -> bool {
     use sea_orm::{DbErr, RuntimeErr};
     match err {
         // No connection within the pool's timeout: the server refuses connections (sqlx retries

@@ -213,7 +213,10 @@ impl Storage {
             match chunk {
                 Ok(chunk) => {
                     writer.write(&chunk);
-                    writer.wait_for_capacity(4).await.map_err(store_error)?;
+                    if let Err(e) = writer.wait_for_capacity(4).await {
+                        let _ = writer.abort().await;
+                        return Err(store_error(e));
+                    }
                 }
                 Err(e) => {
                     let _ = writer.abort().await;

@@ -20,9 +20,21 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn_worker(env: &TestEnv, storage: &str, data: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_agentdesk"))
-        .env_clear()
+/// `agentdesk worker --agents <agent>` on the test's database and storage, with a 4 s lease.
+fn spawn_agent_worker(
+    env: &TestEnv,
+    storage: &str,
+    data: &std::path::Path,
+    port: u16,
+    agent: &str,
+    models: Option<&std::path::Path>,
+) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_agentdesk"));
+    command.env_clear();
+    if let Some(models) = models {
+        command.env("AGENTDESK_MODELS_DIR", models);
+    }
+    command
         .env("AGENTDESK_DATA_DIR", data)
         .env("AGENTDESK_DATABASE_URL", env.database_url())
         .env("AGENTDESK_STORAGE_URL", storage)
@@ -34,11 +46,15 @@ fn spawn_worker(env: &TestEnv, storage: &str, data: &std::path::Path, port: u16)
             "test-secret-test-secret-test-secret-0123",
         )
         .env("AGENTDESK_LOG", "warn")
-        .args(["worker", "--agents", "client_management"])
+        .args(["worker", "--agents", agent])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("the worker starts")
+}
+
+fn spawn_worker(env: &TestEnv, storage: &str, data: &std::path::Path, port: u16) -> Child {
+    spawn_agent_worker(env, storage, data, port, "client_management", None)
 }
 
 #[tokio::test]
@@ -292,6 +308,35 @@ async fn the_audio_agent_runs_as_a_worker_of_its_own() {
     assert_eq!(audio["mode"], "worker", "{audio}");
 }
 
+/// Waits until `worker` runs the job, lets it work `ms` more, SIGKILLs it, and checks that the
+/// job was still running (`longer` says how to make the work last if not).
+async fn kill_while_running(
+    app: &agentdesk_tests::TestApp,
+    job_id: uuid::Uuid,
+    mut worker: Child,
+    ms: u64,
+    longer: &str,
+) {
+    let started = Instant::now();
+    loop {
+        let job = app.core.find_job(job_id).await.unwrap().unwrap();
+        if job.status == "running" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the worker took the job: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Well into the work, not at its very start.
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let killed = app.core.find_job(job_id).await.unwrap().unwrap();
+    assert_eq!(killed.status, "running", "{longer}");
+}
+
 /// The id of the only job of `agent`, once there is one.
 async fn only_job(app: &agentdesk_tests::TestApp, agent: &str) -> uuid::Uuid {
     use sea_orm::{ConnectionTrait, Statement};
@@ -347,48 +392,16 @@ async fn a_killed_pdf_workers_document_is_finished_by_another_worker() {
     let job_id = only_job(&app, "pdf_processing").await;
 
     let data = tempfile::tempdir().unwrap();
-    let spawn = |port: u16| {
-        Command::new(env!("CARGO_BIN_EXE_agentdesk"))
-            .env_clear()
-            .env("AGENTDESK_DATA_DIR", data.path())
-            .env("AGENTDESK_DATABASE_URL", env.database_url())
-            .env("AGENTDESK_STORAGE_URL", &storage)
-            .env("AGENTDESK_WORKER_BIND", format!("127.0.0.1:{port}"))
-            .env("AGENTDESK_JOB_LEASE_SECS", "4")
-            .env("AGENTDESK_JOB_POLL_MS", "100")
-            .env(
-                "AGENTDESK_JWT_SECRET",
-                "test-secret-test-secret-test-secret-0123",
-            )
-            .env("AGENTDESK_LOG", "warn")
-            .args(["worker", "--agents", "pdf_processing"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the worker starts")
-    };
-    let mut first = spawn(free_port());
-    let started = Instant::now();
-    loop {
-        let job = app.core.find_job(job_id).await.unwrap().unwrap();
-        if job.status == "running" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the worker took the job: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Well into the extraction (it takes seconds), not at its very start.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    first.kill().unwrap();
-    first.wait().unwrap();
-    let killed = app.core.find_job(job_id).await.unwrap().unwrap();
-    assert_eq!(
-        killed.status, "running",
-        "the extraction ended before it could be interrupted; make the file longer"
-    );
+    let spawn =
+        |port: u16| spawn_agent_worker(&env, &storage, data.path(), port, "pdf_processing", None);
+    kill_while_running(
+        &app,
+        job_id,
+        spawn(free_port()),
+        300,
+        "the extraction ended before it could be interrupted; make the file longer",
+    )
+    .await;
 
     let mut second = spawn(free_port());
     let restarted = Instant::now();
@@ -474,47 +487,16 @@ async fn a_killed_reports_workers_report_is_made_by_another_worker() {
     let job_id = only_job(&app, "reports_analysis").await;
 
     let data = tempfile::tempdir().unwrap();
-    let spawn = |port: u16| {
-        Command::new(env!("CARGO_BIN_EXE_agentdesk"))
-            .env_clear()
-            .env("AGENTDESK_DATA_DIR", data.path())
-            .env("AGENTDESK_DATABASE_URL", env.database_url())
-            .env("AGENTDESK_STORAGE_URL", &storage)
-            .env("AGENTDESK_WORKER_BIND", format!("127.0.0.1:{port}"))
-            .env("AGENTDESK_JOB_LEASE_SECS", "4")
-            .env("AGENTDESK_JOB_POLL_MS", "100")
-            .env(
-                "AGENTDESK_JWT_SECRET",
-                "test-secret-test-secret-test-secret-0123",
-            )
-            .env("AGENTDESK_LOG", "warn")
-            .args(["worker", "--agents", "reports_analysis"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the worker starts")
-    };
-    let mut first = spawn(free_port());
-    let started = Instant::now();
-    loop {
-        let job = app.core.find_job(job_id).await.unwrap().unwrap();
-        if job.status == "running" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the worker took the job: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    first.kill().unwrap();
-    first.wait().unwrap();
-    let killed = app.core.find_job(job_id).await.unwrap().unwrap();
-    assert_eq!(
-        killed.status, "running",
-        "the report was made before it could be interrupted; use more clients"
-    );
+    let spawn =
+        |port: u16| spawn_agent_worker(&env, &storage, data.path(), port, "reports_analysis", None);
+    kill_while_running(
+        &app,
+        job_id,
+        spawn(free_port()),
+        200,
+        "the report was made before it could be interrupted; use more clients",
+    )
+    .await;
 
     let mut second = spawn(free_port());
     let restarted = Instant::now();
@@ -599,47 +581,23 @@ async fn a_killed_audio_workers_recording_is_transcribed_by_another_worker() {
 
     let data = tempfile::tempdir().unwrap();
     let spawn = |port: u16| {
-        Command::new(env!("CARGO_BIN_EXE_agentdesk"))
-            .env_clear()
-            .env("AGENTDESK_DATA_DIR", data.path())
-            .env("AGENTDESK_DATABASE_URL", env.database_url())
-            .env("AGENTDESK_STORAGE_URL", &storage)
-            .env("AGENTDESK_MODELS_DIR", &models)
-            .env("AGENTDESK_WORKER_BIND", format!("127.0.0.1:{port}"))
-            .env("AGENTDESK_JOB_LEASE_SECS", "4")
-            .env("AGENTDESK_JOB_POLL_MS", "100")
-            .env(
-                "AGENTDESK_JWT_SECRET",
-                "test-secret-test-secret-test-secret-0123",
-            )
-            .env("AGENTDESK_LOG", "warn")
-            .args(["worker", "--agents", "audio_recording"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the worker starts")
+        spawn_agent_worker(
+            &env,
+            &storage,
+            data.path(),
+            port,
+            "audio_recording",
+            Some(&models),
+        )
     };
-    let mut first = spawn(free_port());
-    let started = Instant::now();
-    loop {
-        let job = app.core.find_job(job_id).await.unwrap().unwrap();
-        if job.status == "running" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the worker took the job: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    first.kill().unwrap();
-    first.wait().unwrap();
-    let killed = app.core.find_job(job_id).await.unwrap().unwrap();
-    assert_eq!(
-        killed.status, "running",
-        "the transcription ended before it could be interrupted; use a longer recording"
-    );
+    kill_while_running(
+        &app,
+        job_id,
+        spawn(free_port()),
+        300,
+        "the transcription ended before it could be interrupted; use a longer recording",
+    )
+    .await;
 
     let mut second = spawn(free_port());
     let restarted = Instant::now();
