@@ -448,6 +448,7 @@ async fn the_document_states_the_shared_limits_and_the_server_keeps_them() {
         .json;
     let mut limits = 0;
     let mut strings = 0;
+    let mut cursors = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             for param in op["parameters"].as_array().into_iter().flatten() {
@@ -457,7 +458,11 @@ async fn the_document_states_the_shared_limits_and_the_server_keeps_them() {
                     assert_eq!(schema["minimum"], 1, "{method} {path}");
                     assert_eq!(schema["maximum"], 200, "{method} {path}");
                 }
-                if schema["type"] == "string"
+                if param["name"] == "cursor" {
+                    cursors += 1;
+                    let pattern = schema["pattern"].as_str().unwrap_or_default();
+                    assert!(pattern.contains("[A-Za-z0-9_-]"), "{method} {path} {param}");
+                } else if schema["type"] == "string"
                     && schema.get("format").is_none()
                     && schema.get("enum").is_none()
                 {
@@ -475,8 +480,8 @@ async fn the_document_states_the_shared_limits_and_the_server_keeps_them() {
         }
     }
     assert!(
-        limits >= 10 && strings >= 10,
-        "{limits} limits, {strings} strings"
+        limits >= 10 && strings >= 10 && cursors >= 10,
+        "{limits} limits, {strings} strings, {cursors} cursors"
     );
     for limit in [0, 201] {
         app.get(&format!("/api/v1/clients?limit={limit}"), &admin)
@@ -489,4 +494,60 @@ async fn the_document_states_the_shared_limits_and_the_server_keeps_them() {
     app.get("/api/v1/clients?q=a%00b", &admin)
         .await
         .expect(422, Some("validation_failed"));
+}
+
+/// What the fuzzing of the document found, each now answered as the document says: an empty
+/// cursor is the first page, any text of a cursor's pattern is a position (a search past its
+/// deepest page is its end), enumerated parameters refuse what they do not list, and a JSON
+/// body (or a struct inside one) must be an object, not an array of its fields.
+#[tokio::test]
+async fn cursors_choices_and_bodies_are_what_the_document_says() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    for path in [
+        "/api/v1/clients?cursor=",
+        "/api/v1/users?cursor=",
+        "/api/v1/audit/events?cursor=",
+        // A keyed cursor of any bytes, under every order.
+        "/api/v1/clients?cursor=AAAAAAAAAAAAAAAAAAAAAA_-x_&sort=updated_at",
+        "/api/v1/clients?cursor=AAAAAAAAAAAAAAAAAAAAAA_-x_-&sort=-name",
+        // An id cursor whose last character has bits to spare.
+        "/api/v1/jobs?cursor=AAAAAAAAAAAAAAAAAAAAA_",
+        "/api/v1/audit/events?cursor=__________8",
+    ] {
+        app.get(path, &admin).await.expect(200, None);
+    }
+    let past_the_end = app
+        .get(
+            "/api/v1/documents/search?q=contract&cursor=__________8",
+            &admin,
+        )
+        .await;
+    past_the_end.expect(200, None);
+    assert_eq!(past_the_end.json["items"], json!([]));
+    assert_eq!(past_the_end.json["next_cursor"], json!(null));
+    for path in [
+        "/api/v1/clients?cursor=zzz",
+        "/api/v1/clients?sort=size",
+        "/api/v1/jobs?status=done",
+        "/api/v1/audit/events?format=xml",
+        "/api/v1/audit/export?cursor=%C2%84",
+    ] {
+        let r = app.get(path, &admin).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.json);
+    }
+    app.post(
+        "/api/v1/users",
+        &admin,
+        json!(["a@example.com", "a long enough password", "A", null]),
+    )
+    .await
+    .expect(422, Some("validation_failed"));
+    app.post(
+        "/api/v1/reports",
+        &admin,
+        json!({"kind": "activity", "params": [null, null]}),
+    )
+    .await
+    .expect(422, Some("validation_failed"));
 }

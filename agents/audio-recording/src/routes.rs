@@ -115,7 +115,7 @@ pub(crate) async fn create_recording(
 /// transcribed by a job.
 #[utoipa::path(post, path = "/api/v1/clients/{client_id}/recordings", tag = "audio_recording",
     params(("client_id" = Uuid, Path, description = "The client")),
-    request_body(content = String, content_type = "multipart/form-data", description = "field `file`: the audio"),
+    request_body(content = agentdesk_agent_sdk::http::FileUpload, content_type = "multipart/form-data", description = "field `file`: the audio"),
     security(("bearer" = [])),
     responses(
         (status = 202, description = "The recording, queued for transcription", body = Recording),
@@ -185,6 +185,7 @@ pub struct ListQuery {
     /// Rows per page, 1..=200 (default 50).
     pub limit: Option<i64>,
     /// From the previous page's `next_cursor`.
+    #[param(schema_with = agentdesk_agent_sdk::core::pagination::id_cursor_schema)]
     pub cursor: Option<String>,
 }
 
@@ -228,10 +229,18 @@ async fn get_recording(
 }
 
 /// Which form of the transcript.
+/// The transcript's formats.
+const TRANSCRIPT_FORMATS: [&str; 4] = ["json", "txt", "srt", "vtt"];
+
+fn transcript_format_schema() -> utoipa::openapi::Object {
+    agentdesk_agent_sdk::http::choice_schema(&TRANSCRIPT_FORMATS)
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TranscriptQuery {
     /// `json` (default), `txt`, `srt` or `vtt`.
+    #[param(schema_with = transcript_format_schema)]
     pub format: Option<String>,
 }
 
@@ -253,7 +262,7 @@ async fn transcript(
     AppQuery(query): AppQuery<TranscriptQuery>,
 ) -> ApiResult<Response> {
     let format = query.format.unwrap_or_else(|| "json".into());
-    if !["json", "txt", "srt", "vtt"].contains(&format.as_str()) {
+    if !TRANSCRIPT_FORMATS.contains(&format.as_str()) {
         return Err(agentdesk_agent_sdk::core::Error::invalid(
             "format",
             "must be one of json, txt, srt, vtt",
@@ -318,12 +327,14 @@ async fn audio(
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     /// Words to find (all of them).
+    #[param(required = true, min_length = 1)]
     pub q: Option<String>,
     /// Only this client's recordings.
     pub client_id: Option<Uuid>,
     /// Hits per page, 1..=200 (default 50).
     pub limit: Option<i64>,
     /// From the previous page's `next_cursor`.
+    #[param(schema_with = agentdesk_agent_sdk::core::pagination::number_cursor_schema)]
     pub cursor: Option<String>,
 }
 

@@ -73,7 +73,9 @@ fn looks_like_text(first: &[u8]) -> bool {
 /// Import clients from CSV (`name,email,phone,company,status,tags,notes`; tags separated by `;`),
 /// as a multipart `file` or a `text/csv` body. Upserts by email. Returns the job.
 #[utoipa::path(post, path = "/api/v1/clients/import", tag = "client_management", params(ImportQuery),
-    request_body(content = String, content_type = "text/csv"), security(("bearer" = [])),
+    request_body(description = "The CSV: the body itself, or the part `file` of a form",
+        content((String = "text/csv"), (agentdesk_agent_sdk::http::FileUpload = "multipart/form-data"))),
+    security(("bearer" = [])),
     responses(
         (status = 202, description = "The import job; its result is {created, updated, skipped, errors}", body = agentdesk_agent_sdk::core::models::job::Job),
         (status = 403, description = "Not permitted", body = Problem, content_type = "application/problem+json"),
@@ -183,6 +185,7 @@ where
 #[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// `csv` (default) or `jsonl`.
+    #[param(schema_with = ExportFormat::schema)]
     pub format: Option<String>,
 }
 
@@ -213,7 +216,8 @@ fn csv_row(c: &Client) -> String {
 /// The clients in the caller's scope as CSV (importable again) or JSON Lines, streamed.
 #[utoipa::path(get, path = "/api/v1/clients/export", tag = "client_management", params(ExportQuery), security(("bearer" = [])),
     responses(
-        (status = 200, description = "The clients", body = String, content_type = "text/csv"),
+        (status = 200, description = "The clients: CSV (the default), or JSON Lines for format=jsonl",
+            content((String = "text/csv"), (String = "application/x-ndjson"))),
         (status = 400, description = "Bad format", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not permitted", body = Problem, content_type = "application/problem+json"),
     ))]

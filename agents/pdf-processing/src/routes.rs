@@ -60,7 +60,7 @@ const SNIFF_BYTES: usize = 1029;
 /// like a PDF. The document and its processing job are created in one transaction.
 #[utoipa::path(post, path = "/api/v1/clients/{client_id}/documents", tag = "pdf_processing",
     params(("client_id" = Uuid, Path, description = "The client")),
-    request_body(content = String, content_type = "multipart/form-data", description = "field `file`: the PDF"),
+    request_body(content = agentdesk_agent_sdk::http::FileUpload, content_type = "multipart/form-data", description = "field `file`: the PDF"),
     security(("bearer" = [])),
     responses(
         (status = 202, description = "The document, processing", body = Document),
@@ -152,6 +152,7 @@ pub struct ListQuery {
     /// Rows per page, 1..=200 (default 50).
     pub limit: Option<i64>,
     /// From the previous page's `next_cursor`.
+    #[param(schema_with = agentdesk_agent_sdk::core::pagination::id_cursor_schema)]
     pub cursor: Option<String>,
 }
 
@@ -264,12 +265,14 @@ async fn file(
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     /// Words to find (all of them); a run of CJK characters is found as a phrase.
+    #[param(required = true, min_length = 1)]
     pub q: Option<String>,
     /// Only this client's documents.
     pub client_id: Option<Uuid>,
     /// Hits per page, 1..=200 (default 50).
     pub limit: Option<i64>,
     /// From the previous page's `next_cursor`.
+    #[param(schema_with = agentdesk_agent_sdk::core::pagination::number_cursor_schema)]
     pub cursor: Option<String>,
 }
 
@@ -279,6 +282,7 @@ pub struct SearchQuery {
     responses(
         (status = 200, description = "A page of hits, best first", body = Page<SearchHit>),
         (status = 403, description = "Not permitted", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such client in scope", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "No query", body = Problem, content_type = "application/problem+json"),
     ))]
 #[tracing::instrument(skip_all)]

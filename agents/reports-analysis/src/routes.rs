@@ -98,15 +98,25 @@ async fn overview(
 #[serde(deny_unknown_fields)]
 pub struct NewReport {
     /// `client_summary`, `activity`, `documents` or `recordings`.
+    #[schema(schema_with = kind_schema)]
     pub kind: String,
     /// The period and, optionally, one client.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "agentdesk_agent_sdk::http::object_only")]
     pub params: ReportParams,
     /// `json` (default), `csv` or `pdf`.
+    #[schema(schema_with = format_schema)]
     pub format: Option<String>,
 }
 
 /// A 422 naming `field` unless `value` is one of `allowed`.
+pub(crate) fn kind_schema() -> utoipa::openapi::Object {
+    agentdesk_agent_sdk::http::choice_schema(&kind::ALL)
+}
+
+pub(crate) fn format_schema() -> utoipa::openapi::Object {
+    agentdesk_agent_sdk::http::nullable_choice_schema(&format::ALL)
+}
+
 pub(crate) fn check_choice(field: &str, value: &str, allowed: &[&str]) -> Result<(), Error> {
     if allowed.contains(&value) {
         Ok(())
@@ -232,12 +242,14 @@ pub(crate) async fn create(
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only this kind.
+    #[param(schema_with = kind_schema)]
     pub kind: Option<String>,
     /// Only reports made by this schedule.
     pub schedule_id: Option<Uuid>,
     /// Rows per page, 1..=200 (default 50).
     pub limit: Option<i64>,
     /// From the previous page's `next_cursor`.
+    #[param(schema_with = agentdesk_agent_sdk::core::pagination::id_cursor_schema)]
     pub cursor: Option<String>,
 }
 
@@ -415,6 +427,7 @@ pub struct SchedulePageQuery {
     /// Rows per page, 1..=200 (default 50).
     pub limit: Option<i64>,
     /// From the previous page's `next_cursor`.
+    #[param(schema_with = agentdesk_agent_sdk::core::pagination::id_cursor_schema)]
     pub cursor: Option<String>,
 }
 

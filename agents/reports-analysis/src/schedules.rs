@@ -89,18 +89,23 @@ pub struct Deliver {
 #[serde(deny_unknown_fields)]
 pub struct NewSchedule {
     /// `client_summary`, `activity`, `documents` or `recordings`.
+    #[schema(schema_with = crate::routes::kind_schema)]
     pub kind: String,
     /// The period (relative to each tick: `-7d`, `-1m`, `now`) and, optionally, one client.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "agentdesk_agent_sdk::http::object_only")]
     pub params: ReportParams,
     /// `pdf` (default), `csv` or `json`.
+    #[schema(schema_with = crate::routes::format_schema)]
     pub format: Option<String>,
     /// Five fields: minute hour day-of-month month day-of-week (`0 8 * * MON`).
     pub cron: String,
     /// IANA time zone the cron is read in (`Europe/Madrid`); default `UTC`.
     pub timezone: Option<String>,
     /// Where each report goes; without it reports are only listed.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "agentdesk_agent_sdk::http::optional_object"
+    )]
     pub deliver: Option<Deliver>,
 }
 

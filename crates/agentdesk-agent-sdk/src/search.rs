@@ -242,15 +242,9 @@ pub struct Hit {
 }
 
 fn decode_offset(cursor: Option<&str>) -> Result<u64, Error> {
-    use base64::Engine;
     match cursor.filter(|c| !c.is_empty()) {
         None => Ok(0),
-        Some(c) => base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(c)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.strip_prefix("o:").and_then(|n| n.parse().ok()))
-            .ok_or_else(|| Error::BadRequest("cursor is not valid".into())),
+        Some(c) => agentdesk_core::pagination::decode_number_cursor(c),
     }
 }
 
@@ -269,7 +263,6 @@ pub async fn search(
     limit: u64,
     cursor: Option<&str>,
 ) -> Result<Page<Hit>, Error> {
-    use base64::Engine;
     use sea_orm::{ConnectionTrait, DatabaseBackend, Statement, Value as SqlValue};
     let terms = Terms::parse(query);
     if terms.is_empty() {
@@ -280,7 +273,11 @@ pub async fn search(
     }
     let offset = decode_offset(cursor)?;
     if offset > MAX_SEARCH_OFFSET {
-        return Err(Error::BadRequest("cursor is not valid".into()));
+        // Past the deepest page a search serves: the end of the hits.
+        return Ok(Page {
+            items: Vec::new(),
+            next_cursor: None,
+        });
     }
     let backend = core.db.backend();
     let table = index.table;
@@ -349,9 +346,8 @@ pub async fn search(
         });
     }
     let (items, more) = split_page(hits, limit, |_| ());
-    let next_cursor = more.map(|()| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("o:{}", offset + limit))
-    });
+    let next_cursor =
+        more.map(|()| agentdesk_core::pagination::encode_number_cursor(offset + limit));
     Ok(Page { items, next_cursor })
 }
 

@@ -159,8 +159,8 @@ pub fn catalog() -> Catalog {
     )
 }
 
-/// The OpenAPI document with every route.
-pub fn openapi() -> utoipa::openapi::OpenApi {
+/// The OpenAPI document with every route, as JSON (as `/openapi.json` serves it).
+pub fn openapi() -> serde_json::Value {
     let (_, doc) = api_router().split_for_parts();
     finish_document(doc)
 }
@@ -168,7 +168,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// What the annotations leave to the whole document: operation ids unique across it. utoipa
 /// names an operation after its handler (`list`, `get`), which repeats across modules and breaks
 /// client generators; the id becomes `{tag}_{handler}` (`clients_list`, `users_get`).
-fn finish_document(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+fn finish_document(mut doc: utoipa::openapi::OpenApi) -> serde_json::Value {
     for (path, item) in doc.paths.paths.iter_mut() {
         let operations = [
             &mut item.get,
@@ -196,7 +196,63 @@ fn finish_document(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenAp
             }
         }
     }
-    write_shared_constraints(doc)
+    let mut value = write_shared_constraints(doc);
+    add_links(&mut value);
+    value
+}
+
+/// OpenAPI links from each create to the operations on what it made, so that a client generator
+/// or a stateful fuzzer can chain create → get → patch → delete: a `POST` on a collection links
+/// its 201/202 answer's `id` to the `{id}` operations of that collection (`/clients` →
+/// `/clients/{id}`), or of the top-level collection of its last segment
+/// (`/clients/{client_id}/documents` → `/documents/{id}`).
+fn add_links(doc: &mut serde_json::Value) {
+    use serde_json::{Value, json};
+    let Some(paths) = doc.get("paths").and_then(Value::as_object) else {
+        return;
+    };
+    let mut links: Vec<(String, String, Value)> = Vec::new();
+    for (path, item) in paths {
+        if item.get("post").is_none() || path.ends_with('}') {
+            continue;
+        }
+        let last = path.rsplit('/').next().unwrap_or_default();
+        let Some(target) = [format!("{path}/{{id}}"), format!("/api/v1/{last}/{{id}}")]
+            .into_iter()
+            .find(|p| paths.contains_key(p))
+        else {
+            continue;
+        };
+        let mut to = serde_json::Map::new();
+        for (method, op) in paths[&target].as_object().into_iter().flatten() {
+            if let Some(id) = op.get("operationId").and_then(Value::as_str) {
+                to.insert(
+                    id.to_owned(),
+                    json!({
+                        "operationId": id,
+                        "parameters": { "id": "$response.body#/id" },
+                        "description": format!("{} what this made", method.to_uppercase()),
+                    }),
+                );
+            }
+        }
+        for status in ["201", "202"] {
+            if item["post"]["responses"].get(status).is_some() {
+                links.push((path.clone(), status.to_owned(), Value::Object(to.clone())));
+            }
+        }
+    }
+    for (path, status, to) in links {
+        if let Some(response) = doc
+            .pointer_mut(&format!(
+                "/paths/{}/post/responses/{status}",
+                path.replace('~', "~0").replace('/', "~1")
+            ))
+            .and_then(Value::as_object_mut)
+        {
+            response.insert("links".into(), to);
+        }
+    }
 }
 
 /// The pattern every free-text string gets: the one rule that the JSON and query-string
@@ -204,9 +260,13 @@ fn finish_document(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenAp
 const NO_NUL_PATTERN: &str = "^[^\\x00]*$";
 
 /// Writes into the document the constraints that shared code enforces for every route, rather
-/// than each route's own schema: no string may hold U+0000 (the extractors refuse it with 422),
-/// and every `limit` is 1..=[`agentdesk_core::pagination::MAX_LIMIT`] (the pagination code).
-fn write_shared_constraints(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+/// than each route's own schema: no string (nor object key) may hold U+0000 (the extractors
+/// refuse it with 422), and every `limit` is 1..=[`agentdesk_core::pagination::MAX_LIMIT`] (the
+/// pagination code).
+///
+/// The document is finished as JSON, not read back into utoipa's types, which have no place for
+/// some of these keywords (`propertyNames`).
+fn write_shared_constraints(doc: utoipa::openapi::OpenApi) -> serde_json::Value {
     use serde_json::Value;
     fn is_type(schema: &serde_json::Map<String, Value>, name: &str) -> bool {
         match schema.get("type") {
@@ -231,6 +291,35 @@ fn write_shared_constraints(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::O
                 {
                     map.insert("pattern".into(), Value::String(NO_NUL_PATTERN.into()));
                 }
+                // Keys too, and whatever an object holds beyond its named fields: the extractors
+                // refuse a NUL anywhere in a body.
+                if is_type(map, "object") {
+                    if !map.contains_key("propertyNames") {
+                        map.insert(
+                            "propertyNames".into(),
+                            serde_json::json!({ "pattern": NO_NUL_PATTERN }),
+                        );
+                    }
+                    if !map.contains_key("additionalProperties") {
+                        map.insert(
+                            "additionalProperties".into(),
+                            serde_json::json!({ "$ref": "#/components/schemas/NulFreeValue" }),
+                        );
+                    }
+                }
+                // An optional time as `oneOf` a time or null rather than a type list with a
+                // format, which some generators read as "any string or null".
+                if is_type(map, "null")
+                    && is_type(map, "string")
+                    && map.get("format").and_then(Value::as_str) == Some("date-time")
+                {
+                    map.remove("type");
+                    map.remove("format");
+                    map.insert(
+                        "oneOf".into(),
+                        serde_json::json!([{ "type": "string", "format": "date-time" }, { "type": "null" }]),
+                    );
+                }
                 if in_parameter == Some("limit") && is_type(map, "integer") {
                     map.insert("minimum".into(), 1.into());
                     map.insert(
@@ -251,11 +340,27 @@ fn write_shared_constraints(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::O
             _ => {}
         }
     }
-    let Ok(mut value) = serde_json::to_value(&doc) else {
-        return doc;
-    };
+    let mut value = serde_json::to_value(&doc).unwrap_or_default();
     walk(&mut value, None);
-    serde_json::from_value(value).unwrap_or(doc)
+    if let Some(schemas) = value
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        schemas.insert(
+            "NulFreeValue".into(),
+            serde_json::json!({
+                "description": "Any JSON value without the NUL character in its strings and keys",
+                "anyOf": [
+                    { "type": ["null", "boolean", "number"] },
+                    { "type": "string", "pattern": NO_NUL_PATTERN },
+                    { "type": "array", "items": { "$ref": "#/components/schemas/NulFreeValue" } },
+                    { "type": "object", "propertyNames": { "pattern": NO_NUL_PATTERN },
+                      "additionalProperties": { "$ref": "#/components/schemas/NulFreeValue" } },
+                ],
+            }),
+        );
+    }
+    value
 }
 
 /// Documents the answers every route of a kind can give, from the extractors and layers they
@@ -398,7 +503,7 @@ pub fn router(state: AppState) -> Router {
     let doc = finish_document(doc);
     let cors = cors_layer(&settings.cors_origins());
     routes
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+        .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", doc))
         .route_layer(axum::middleware::from_fn(middleware::note_route))
         .layer(DefaultBodyLimit::max(
             (settings.max_json_kb * 1024) as usize,
@@ -721,5 +826,37 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
             _ = ctrl_c => {},
             _ = terminate => {},
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The shared constraints are in the document as served.
+    #[test]
+    fn the_document_has_the_shared_constraints() {
+        let doc = super::openapi();
+        let users = &doc["paths"]["/api/v1/users"]["get"]["parameters"];
+        assert!(
+            users.to_string().contains("\"maximum\":200"),
+            "no limit range: {users}"
+        );
+        assert_eq!(
+            doc["components"]["schemas"]["RefreshRequest"]["propertyNames"]["pattern"],
+            super::NO_NUL_PATTERN
+        );
+        let links = &doc["paths"]["/api/v1/clients"]["post"]["responses"]["201"]["links"];
+        assert_eq!(
+            links["clients_update"]["parameters"]["id"],
+            "$response.body#/id"
+        );
+        assert!(links.get("clients_get").is_some() && links.get("clients_delete").is_some());
+        let documents =
+            &doc["paths"]["/api/v1/clients/{client_id}/documents"]["post"]["responses"]["202"];
+        assert!(
+            documents["links"]
+                .get("pdf_processing_get_document")
+                .is_some(),
+            "{documents}"
+        );
     }
 }

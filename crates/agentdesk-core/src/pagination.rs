@@ -3,7 +3,8 @@
 //! never skips or repeats a row while rows are inserted.
 
 use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::alphabet::URL_SAFE;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -93,17 +94,97 @@ impl<T> Page<T> {
     }
 }
 
+/// The encoding of every cursor: base64url without padding, lenient about the unused low bits of
+/// the last character, so that every string of a cursor's documented pattern decodes to a
+/// position (a fuzzer or a generated client that follows the document is never refused).
+const CURSOR_ENGINE: GeneralPurpose = GeneralPurpose::new(
+    &URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone),
+);
+
+/// The pattern of an id cursor ([`encode_cursor`]): 16 bytes.
+/// An empty cursor is the first page, as no cursor is.
+pub const ID_CURSOR_PATTERN: &str = "^(?:[A-Za-z0-9_-]{22})?$";
+/// The pattern of a number cursor ([`encode_number_cursor`]): 8 bytes.
+pub const NUMBER_CURSOR_PATTERN: &str = "^(?:[A-Za-z0-9_-]{11})?$";
+/// The pattern of a keyed cursor ([`encode_keyed_cursor`]): 16 bytes of id, then the key's bytes.
+/// (A base64 text whose length leaves 1 over a multiple of 4 is no encoding of any bytes.)
+pub const KEYED_CURSOR_PATTERN: &str =
+    "^(?:[A-Za-z0-9_-]{22}(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{1,2})?)?$";
+
+fn cursor_schema(pattern: &str) -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(pattern))
+        .description(Some("The `next_cursor` of the previous page"))
+        .build()
+}
+
+/// The OpenAPI schema of an id cursor parameter (`#[param(schema_with = ...)]`).
+pub fn id_cursor_schema() -> utoipa::openapi::Object {
+    cursor_schema(ID_CURSOR_PATTERN)
+}
+
+/// The OpenAPI schema of a number cursor parameter.
+pub fn number_cursor_schema() -> utoipa::openapi::Object {
+    cursor_schema(NUMBER_CURSOR_PATTERN)
+}
+
+/// The OpenAPI schema of a keyed cursor parameter.
+pub fn keyed_cursor_schema() -> utoipa::openapi::Object {
+    cursor_schema(KEYED_CURSOR_PATTERN)
+}
+
+fn cursor_bytes(cursor: &str) -> Result<Vec<u8>> {
+    CURSOR_ENGINE
+        .decode(cursor)
+        .map_err(|_| Error::BadRequest("cursor is not valid".into()))
+}
+
 /// Encodes a row id as an opaque cursor.
 pub fn encode_cursor(id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(id.as_bytes())
+    CURSOR_ENGINE.encode(id.as_bytes())
 }
 
 fn decode_cursor(cursor: &str) -> Result<Uuid> {
-    URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| Uuid::from_slice(&bytes).ok())
-        .ok_or_else(|| Error::BadRequest("cursor is not valid".into()))
+    Uuid::from_slice(&cursor_bytes(cursor)?)
+        .map_err(|_| Error::BadRequest("cursor is not valid".into()))
+}
+
+/// Encodes a position that is a number (a sequence number, an offset) as an opaque cursor.
+pub fn encode_number_cursor(n: u64) -> String {
+    CURSOR_ENGINE.encode(n.to_be_bytes())
+}
+
+/// Decodes an [`encode_number_cursor`] cursor.
+pub fn decode_number_cursor(cursor: &str) -> Result<u64> {
+    let bytes: [u8; 8] = cursor_bytes(cursor)?
+        .try_into()
+        .map_err(|_| Error::BadRequest("cursor is not valid".into()))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// Encodes a keyset position, a row id and the bytes of its sort key, as an opaque cursor.
+pub fn encode_keyed_cursor(id: Uuid, key: &[u8]) -> String {
+    let mut bytes = id.as_bytes().to_vec();
+    bytes.extend_from_slice(key);
+    CURSOR_ENGINE.encode(bytes)
+}
+
+/// Decodes an [`encode_keyed_cursor`] cursor into the id and the key's bytes.
+pub fn decode_keyed_cursor(cursor: &str) -> Result<(Uuid, Vec<u8>)> {
+    let mut bytes = cursor_bytes(cursor)?;
+    if bytes.len() < 16 {
+        return Err(Error::BadRequest("cursor is not valid".into()));
+    }
+    let key = bytes.split_off(16);
+    let id =
+        Uuid::from_slice(&bytes).map_err(|_| Error::BadRequest("cursor is not valid".into()))?;
+    Ok((id, key))
 }
 
 #[cfg(test)]
@@ -133,5 +214,57 @@ mod tests {
         );
         assert_eq!(page.items, vec![1, 2]);
         assert!(page.next_cursor.is_some());
+    }
+
+    /// Every text of a documented cursor pattern decodes (so the document promises nothing the
+    /// server refuses), and what the server mints decodes to what it encoded.
+    #[test]
+    fn every_text_of_a_cursor_pattern_decodes() {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut text = |len: usize| -> String {
+            (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    ALPHABET[(seed % 64) as usize] as char
+                })
+                .collect()
+        };
+        let id_pattern = regex::Regex::new(ID_CURSOR_PATTERN).unwrap();
+        let number_pattern = regex::Regex::new(NUMBER_CURSOR_PATTERN).unwrap();
+        let keyed_pattern = regex::Regex::new(KEYED_CURSOR_PATTERN).unwrap();
+        for _ in 0..500 {
+            let id = text(22);
+            assert!(id_pattern.is_match(&id));
+            assert!(decode_cursor(&id).is_ok(), "{id}");
+            let number = text(11);
+            assert!(number_pattern.is_match(&number));
+            assert!(decode_number_cursor(&number).is_ok(), "{number}");
+        }
+        for len in 22..80 {
+            let keyed = text(len);
+            assert_eq!(keyed_pattern.is_match(&keyed), len % 4 != 1, "{keyed}");
+            if len % 4 != 1 {
+                let (_, key) = decode_keyed_cursor(&keyed).unwrap();
+                assert_eq!(key.len(), len * 6 / 8 - 16);
+            }
+        }
+        assert!(!id_pattern.is_match("AAAA"));
+        assert!(
+            id_pattern.is_match("") && number_pattern.is_match("") && keyed_pattern.is_match("")
+        );
+        assert!(decode_keyed_cursor("AAAA").is_err());
+        let id = Uuid::now_v7();
+        assert_eq!(decode_cursor(&encode_cursor(id)).unwrap(), id);
+        assert_eq!(
+            decode_number_cursor(&encode_number_cursor(u64::MAX - 3)).unwrap(),
+            u64::MAX - 3
+        );
+        assert_eq!(
+            decode_keyed_cursor(&encode_keyed_cursor(id, "Zoë".as_bytes())).unwrap(),
+            (id, "Zoë".as_bytes().to_vec())
+        );
     }
 }

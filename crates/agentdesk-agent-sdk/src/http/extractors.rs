@@ -46,6 +46,13 @@ where
             .await
             .map_err(|e| body_rejection(e.status(), e.body_text()))?;
         refuse_nul_in_json(&bytes)?;
+        // Every JSON body of the API is an object; serde would also read a struct from an
+        // array of its fields in order, which no client means and the document rules out.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(
+                agentdesk_core::Error::invalid("", "the body must be a JSON object").into(),
+            );
+        }
         match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(json_rejection(rejection)),

@@ -43,6 +43,14 @@ pub enum ExportFormat {
 }
 
 impl ExportFormat {
+    /// The values of `?format=`.
+    pub const NAMES: [&'static str; 2] = ["csv", "jsonl"];
+
+    /// The OpenAPI schema of `?format=` (for `#[param(schema_with = ExportFormat::schema)]`).
+    pub fn schema() -> utoipa::openapi::Object {
+        choice_schema(&Self::NAMES)
+    }
+
     /// Parses `?format=`: `csv` or `jsonl`, `default` when absent; anything else is a 400.
     pub fn parse(raw: Option<&str>, default: Self) -> Result<Self, problem::ApiError> {
         match raw {
@@ -77,6 +85,69 @@ impl ExportFormat {
         }
         response
     }
+}
+
+/// The OpenAPI schema of a string parameter that takes one of `values`: for `#[param(schema_with
+/// = ...)]`, fed from the same list the handler checks, so the document and the check agree.
+pub fn choice_schema(values: &[&str]) -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .build()
+}
+
+/// [`choice_schema`] for an optional body field: one of `values`, or null.
+pub fn nullable_choice_schema(values: &[&str]) -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    let mut choices: Vec<serde_json::Value> = values.iter().map(|v| (*v).into()).collect();
+    choices.push(serde_json::Value::Null);
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .enum_values(Some(choices))
+        .build()
+}
+
+/// `deserialize_with` for a field that is a struct: only a JSON object reads as one (serde would
+/// also take an array of the fields in order, which the document rules out).
+pub fn object_only<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::Deserialize;
+    use serde::de::Error;
+    match serde_json::Value::deserialize(deserializer)? {
+        value @ serde_json::Value::Object(_) => {
+            serde_json::from_value(value).map_err(D::Error::custom)
+        }
+        _ => Err(D::Error::custom("must be a JSON object")),
+    }
+}
+
+/// [`object_only`] for an optional field: null or an object.
+pub fn optional_object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::Deserialize;
+    use serde::de::Error;
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Null => Ok(None),
+        value @ serde_json::Value::Object(_) => serde_json::from_value(value)
+            .map(Some)
+            .map_err(D::Error::custom),
+        _ => Err(D::Error::custom("must be a JSON object or null")),
+    }
+}
+
+/// The multipart body of an upload: one part named `file`.
+#[derive(utoipa::ToSchema)]
+pub struct FileUpload {
+    /// The file's bytes (the part's own `Content-Type` and file name are kept when given).
+    #[schema(value_type = String, format = Binary)]
+    pub file: Vec<u8>,
 }
 
 /// An uploaded file's name, safe to keep and to send back in `Content-Disposition`: its last path

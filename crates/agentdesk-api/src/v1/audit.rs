@@ -7,8 +7,6 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -47,6 +45,7 @@ pub struct EventQuery {
     /// Only this client.
     pub client_id: Option<Uuid>,
     /// `success`, `denied` or `error`.
+    #[param(schema_with = outcome_schema)]
     pub outcome: Option<String>,
     /// From this time (RFC 3339, inclusive).
     pub from: Option<DateTime<Utc>>,
@@ -55,17 +54,46 @@ pub struct EventQuery {
     /// Page size, 1..=200 (default 50).
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
+    #[param(schema_with = agentdesk_core::pagination::number_cursor_schema)]
     pub cursor: Option<String>,
     /// Export only: `csv` or `jsonl`.
+    #[param(schema_with = ExportFormat::schema)]
     pub format: Option<String>,
 }
 
+const OUTCOMES: [Outcome; 3] = [Outcome::Success, Outcome::Denied, Outcome::Error];
+
+fn outcome_schema() -> utoipa::openapi::Object {
+    let names: Vec<&str> = OUTCOMES.iter().map(|o| o.as_str()).collect();
+    agentdesk_agent_sdk::http::choice_schema(&names)
+}
+
 impl EventQuery {
+    /// The page size and the position to list from (`limit` and `cursor`).
+    fn page(&self) -> Result<(u64, Option<i64>), ApiError> {
+        let limit = match self.limit {
+            None => DEFAULT_LIMIT,
+            Some(n) if (1..=MAX_LIMIT as i64).contains(&n) => n as u64,
+            Some(n) => {
+                return Err(ApiError::http(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("limit {n} is out of range 1..={MAX_LIMIT}"),
+                ));
+            }
+        };
+        let before = self
+            .cursor
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .map(decode_seq_cursor)
+            .transpose()?;
+        Ok((limit, before))
+    }
+
     fn filter(&self, scope: Option<Vec<Uuid>>) -> Result<AuditFilter, ApiError> {
         if let Some(outcome) = &self.outcome
-            && ![Outcome::Success, Outcome::Denied, Outcome::Error]
-                .iter()
-                .any(|o| o.as_str() == outcome)
+            && !OUTCOMES.iter().any(|o| o.as_str() == outcome)
         {
             return Err(ApiError::http(
                 StatusCode::BAD_REQUEST,
@@ -96,19 +124,11 @@ pub struct EventPage {
     pub next_cursor: Option<String>,
 }
 
+/// The position of an event cursor: a sequence number (any 8 bytes are one; beyond the
+/// largest, the list simply ends).
 fn decode_seq_cursor(cursor: &str) -> Result<i64, ApiError> {
-    URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| s.strip_prefix("seq:").and_then(|n| n.parse().ok()))
-        .ok_or_else(|| {
-            ApiError::http(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "cursor is not valid",
-            )
-        })
+    let n = agentdesk_core::pagination::decode_number_cursor(cursor)?;
+    Ok(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
 /// List audit events, newest first, within the caller's client scope.
@@ -124,28 +144,15 @@ async fn list(
     Authorized(permit, _): Authorized<AuditRead>,
     AppQuery(query): AppQuery<EventQuery>,
 ) -> ApiResult<AppJson<EventPage>> {
-    let limit = match query.limit {
-        None => DEFAULT_LIMIT,
-        Some(n) if (1..=MAX_LIMIT as i64).contains(&n) => n as u64,
-        Some(n) => {
-            return Err(ApiError::http(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("limit {n} is out of range 1..={MAX_LIMIT}"),
-            ));
-        }
-    };
-    let before = query
-        .cursor
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .map(decode_seq_cursor)
-        .transpose()?;
+    let (limit, before) = query.page()?;
+    // `format` is the export's; the list still checks it, as the shared document says.
+    ExportFormat::parse(query.format.as_deref(), ExportFormat::Jsonl)?;
     let filter = query.filter(permit.scope().as_filter())?;
     let (items, next) = state.core.list_audit(&filter, limit, before).await?;
     Ok(AppJson(EventPage {
         items,
-        next_cursor: next.map(|seq| URL_SAFE_NO_PAD.encode(format!("seq:{seq}"))),
+        next_cursor: next
+            .map(|seq| agentdesk_core::pagination::encode_number_cursor(seq.max(0) as u64)),
     }))
 }
 
@@ -191,7 +198,8 @@ async fn verify(
 /// Export matching events, oldest first, as CSV or JSON Lines, streamed in constant memory.
 #[utoipa::path(get, path = "/api/v1/audit/export", tag = "audit", params(EventQuery), security(("bearer" = [])),
     responses(
-        (status = 200, description = "The events (text/csv for format=csv)", body = String, content_type = "application/x-ndjson"),
+        (status = 200, description = "The events: JSON Lines (the default), or CSV for format=csv",
+            content((String = "application/x-ndjson"), (String = "text/csv"))),
         (status = 400, description = "Bad format or filter", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not permitted", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -202,6 +210,9 @@ async fn export(
     AppQuery(query): AppQuery<EventQuery>,
 ) -> ApiResult<Response> {
     let format = ExportFormat::parse(query.format.as_deref(), ExportFormat::Jsonl)?;
+    // An export is the whole filtered log; the paging parameters it shares with the list must
+    // still be well formed, as the document says, though they select nothing here.
+    query.page()?;
     let csv = format == ExportFormat::Csv;
     let filter = query.filter(permit.scope().as_filter())?;
     let record = permit

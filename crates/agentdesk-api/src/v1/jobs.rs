@@ -106,13 +106,22 @@ pub struct JobQuery {
     /// Only this agent.
     pub agent: Option<String>,
     /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    #[param(schema_with = status_schema)]
     pub status: Option<String>,
     /// Only this client.
     pub client_id: Option<Uuid>,
     /// Page size, 1..=200 (default 50).
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
+    #[param(schema_with = agentdesk_core::pagination::id_cursor_schema)]
     pub cursor: Option<String>,
+}
+
+/// The values of the job list's `status` filter.
+const JOB_STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+
+fn status_schema() -> utoipa::openapi::Object {
+    agentdesk_agent_sdk::http::choice_schema(&JOB_STATUSES)
 }
 
 /// A page of jobs.
@@ -138,7 +147,7 @@ async fn list(
 ) -> ApiResult<AppJson<JobPage>> {
     let page = PageRequest::parse(query.limit, query.cursor.as_deref())?;
     if let Some(s) = &query.status
-        && !["queued", "running", "succeeded", "failed", "cancelled"].contains(&s.as_str())
+        && !JOB_STATUSES.contains(&s.as_str())
     {
         return Err(agentdesk_core::Error::BadRequest(
             "status must be queued, running, succeeded, failed or cancelled".into(),

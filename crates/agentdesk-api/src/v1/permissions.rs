@@ -50,6 +50,7 @@ pub struct GrantQuery {
     /// Page size, 1..=200 (default 50).
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
+    #[param(schema_with = agentdesk_core::pagination::id_cursor_schema)]
     pub cursor: Option<String>,
 }
 
@@ -87,6 +88,17 @@ async fn list_grants(
     }))
 }
 
+/// The resources of the permission catalog, as the document lists them.
+fn resource_schema() -> utoipa::openapi::Object {
+    let names: Vec<String> = crate::catalog()
+        .resources()
+        .iter()
+        .map(|r| r.resource.clone())
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    agentdesk_agent_sdk::http::choice_schema(&names)
+}
+
 /// A new grant: exactly one of `user_id` and `role`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +108,7 @@ pub struct CreateGrant {
     /// Or the role it is for.
     pub role: Option<String>,
     /// A resource of the catalog.
+    #[schema(schema_with = resource_schema)]
     pub resource: String,
     /// Actions of that resource.
     pub actions: Vec<String>,
@@ -161,6 +174,7 @@ pub struct CheckRequest {
     /// Whose permission.
     pub user_id: Uuid,
     /// A resource of the catalog.
+    #[schema(schema_with = resource_schema)]
     pub resource: String,
     /// One of its actions.
     pub action: String,

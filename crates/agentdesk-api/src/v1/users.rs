@@ -39,6 +39,7 @@ pub struct ListQuery {
     /// Page size, 1..=200 (default 50).
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
+    #[param(schema_with = agentdesk_core::pagination::id_cursor_schema)]
     pub cursor: Option<String>,
 }
 
@@ -94,6 +95,7 @@ pub struct CreateUser {
     /// Display name.
     pub full_name: String,
     /// `member` (default), `admin`, or another role name.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     pub role: Option<String>,
 }
 
@@ -159,6 +161,7 @@ pub struct UpdateUser {
     /// New display name.
     pub full_name: Option<String>,
     /// New role.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     pub role: Option<String>,
     /// Activate or deactivate.
     pub is_active: Option<bool>,

@@ -3,15 +3,13 @@
 //! a 404 that leaves a `denied` audit event. Updates are JSON merge patches (RFC 7396) checked
 //! against the version the caller read (`If-Match`).
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, LikeExpr, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, QueryTrait, Set, Statement, TryIntoModel,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -65,17 +63,17 @@ fn opt_text(doc: &Value, field: &str, max: usize, errors: &mut Vec<FieldError>) 
     match doc.get(field) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => {
-            let s = s.trim();
+            // The limit is on the text as sent (what the OpenAPI document's maxLength says).
             if s.chars().count() > max {
                 errors.push(FieldError::new(
                     field,
                     format!("must be at most {max} characters"),
                 ));
                 None
-            } else if s.is_empty() {
+            } else if s.trim().is_empty() {
                 None
             } else {
-                Some(s.to_owned())
+                Some(s.trim().to_owned())
             }
         }
         Some(_) => {
@@ -105,7 +103,7 @@ impl ClientFields {
             }
         }
         let name = match doc.get("name") {
-            Some(Value::String(s)) if !s.trim().is_empty() && s.trim().chars().count() <= 200 => {
+            Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= 200 => {
                 s.trim().to_owned()
             }
             Some(Value::String(s)) if !s.trim().is_empty() => {
@@ -155,13 +153,17 @@ impl ClientFields {
         match doc.get("tags") {
             None | Some(Value::Null) => {}
             Some(Value::Array(items)) => {
+                if items.len() > 50 {
+                    errors.push(FieldError::new("tags", "at most 50 tags"));
+                }
                 for item in items {
-                    match item.as_str().map(str::trim) {
-                        Some(t)
-                            if !t.is_empty()
-                                && t.chars().count() <= 50
-                                && !t.chars().any(char::is_control) =>
+                    match item.as_str() {
+                        Some(raw)
+                            if !raw.trim().is_empty()
+                                && raw.chars().count() <= 50
+                                && !raw.chars().any(char::is_control) =>
                         {
+                            let t = raw.trim();
                             if !tags.iter().any(|x: &String| x == t) {
                                 tags.push(t.to_owned());
                             }
@@ -171,9 +173,6 @@ impl ClientFields {
                             "each tag is a string of 1 to 50 characters",
                         )),
                     }
-                }
-                if tags.len() > 50 {
-                    errors.push(FieldError::new("tags", "at most 50 tags"));
                 }
             }
             Some(_) => errors.push(FieldError::new("tags", "must be a list of strings")),
@@ -412,33 +411,39 @@ pub enum ClientSort {
 }
 
 impl ClientSort {
-    /// Parses `sort`: `created_at`, `-created_at`, `name`, `-name`, `updated_at`, `-updated_at`.
+    /// Every `sort` value with its order; what the OpenAPI document lists and `parse` accepts.
+    pub const CHOICES: [(&'static str, Self); 6] = [
+        ("-created_at", Self::CreatedDesc),
+        ("created_at", Self::CreatedAsc),
+        ("name", Self::NameAsc),
+        ("-name", Self::NameDesc),
+        ("updated_at", Self::UpdatedAsc),
+        ("-updated_at", Self::UpdatedDesc),
+    ];
+
+    /// The names of [`Self::CHOICES`].
+    pub fn names() -> Vec<&'static str> {
+        Self::CHOICES.iter().map(|(name, _)| *name).collect()
+    }
+
+    /// Parses `sort`: one of [`Self::CHOICES`], `-created_at` when absent.
     pub fn parse(raw: Option<&str>) -> Result<Self> {
-        Ok(match raw.unwrap_or("-created_at") {
-            "-created_at" => Self::CreatedDesc,
-            "created_at" => Self::CreatedAsc,
-            "name" => Self::NameAsc,
-            "-name" => Self::NameDesc,
-            "updated_at" => Self::UpdatedAsc,
-            "-updated_at" => Self::UpdatedDesc,
-            other => {
-                return Err(Error::BadRequest(format!(
-                    "sort `{other}` is not one of created_at, -created_at, name, -name, updated_at, -updated_at"
-                )));
-            }
-        })
+        let raw = raw.unwrap_or("-created_at");
+        Self::CHOICES
+            .iter()
+            .find(|(name, _)| *name == raw)
+            .map(|(_, sort)| *sort)
+            .ok_or_else(|| {
+                Error::BadRequest(format!(
+                    "sort `{raw}` is not one of {}",
+                    Self::names().join(", ")
+                ))
+            })
     }
 
     fn descending(self) -> bool {
         matches!(self, Self::CreatedDesc | Self::NameDesc | Self::UpdatedDesc)
     }
-}
-
-/// Keyset position: the sort key and id of the last row of the previous page.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Cursor {
-    k: Option<String>,
-    id: Uuid,
 }
 
 /// One page of clients.
@@ -450,16 +455,29 @@ pub struct ClientPage {
     pub next_cursor: Option<String>,
 }
 
-fn encode_cursor(c: &Cursor) -> String {
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(c).unwrap_or_default())
+/// The sort key of `row` in a cursor: the bytes of its name key, or its `updated_at` as
+/// nanoseconds (8 bytes, big-endian); nothing for the orders by creation, which the id keeps.
+fn cursor_key(sort: ClientSort, row: &client::Model) -> Vec<u8> {
+    match sort {
+        ClientSort::NameAsc | ClientSort::NameDesc => row.name_key.as_bytes().to_vec(),
+        ClientSort::UpdatedAsc | ClientSort::UpdatedDesc => row
+            .updated_at
+            .timestamp_nanos_opt()
+            .unwrap_or_default()
+            .to_be_bytes()
+            .to_vec(),
+        ClientSort::CreatedAsc | ClientSort::CreatedDesc => Vec::new(),
+    }
 }
 
-fn decode_cursor(raw: &str) -> Result<Cursor> {
-    URL_SAFE_NO_PAD
-        .decode(raw)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| Error::BadRequest("cursor is not valid".into()))
+/// The `updated_at` of a cursor's key. Any bytes name a time (at most 8 are read, missing ones
+/// are zeros), so that every cursor of the documented pattern is a position.
+fn cursor_time(key: &[u8]) -> DateTime<Utc> {
+    let mut nanos = [0u8; 8];
+    for (slot, byte) in nanos.iter_mut().zip(key) {
+        *slot = *byte;
+    }
+    DateTime::from_timestamp_nanos(i64::from_be_bytes(nanos))
 }
 
 /// Checks `If-Match` against the current version; `*` matches any.
@@ -629,23 +647,20 @@ impl Core {
             _ => None,
         };
         if let Some(raw) = cursor.filter(|c| !c.is_empty()) {
-            let cursor = decode_cursor(raw)?;
+            let (after, key) = crate::pagination::decode_keyed_cursor(raw)?;
             let desc = sort.descending();
             let after_id = if desc {
-                id_column.clone().lt(cursor.id)
+                id_column.clone().lt(after)
             } else {
-                id_column.clone().gt(cursor.id)
+                id_column.clone().gt(after)
             };
-            condition = condition.add(match (key_column, cursor.k) {
-                (None, _) => Condition::all().add(after_id),
-                (Some(col), Some(k)) => {
+            condition = condition.add(match key_column {
+                None => Condition::all().add(after_id),
+                Some(col) => {
                     let key: sea_orm::Value = if matches!(col, client::Column::UpdatedAt) {
-                        DateTime::parse_from_rfc3339(&k)
-                            .map_err(|_| Error::BadRequest("cursor is not valid".into()))?
-                            .with_timezone(&Utc)
-                            .into()
+                        cursor_time(&key).into()
                     } else {
-                        k.into()
+                        String::from_utf8_lossy(&key).into_owned().into()
                     };
                     let beyond = if desc {
                         Expr::col(col).lt(key.clone())
@@ -656,7 +671,6 @@ impl Core {
                         .add(beyond)
                         .add(Condition::all().add(Expr::col(col).eq(key)).add(after_id))
                 }
-                (Some(_), None) => return Err(Error::BadRequest("cursor is not valid".into())),
             });
         }
         let mut query = client::Entity::find().filter(condition);
@@ -682,15 +696,7 @@ impl Core {
             .all(self.db.reader())
             .await?;
         let (rows, next_cursor) = crate::pagination::split_page(rows, limit, |last| {
-            let k = match sort {
-                ClientSort::NameAsc | ClientSort::NameDesc => Some(last.name_key.clone()),
-                ClientSort::UpdatedAsc | ClientSort::UpdatedDesc => Some(
-                    last.updated_at
-                        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-                ),
-                _ => None,
-            };
-            encode_cursor(&Cursor { k, id: last.id })
+            crate::pagination::encode_keyed_cursor(last.id, &cursor_key(sort, last))
         });
         Ok(ClientPage {
             items: rows.into_iter().map(Client::from).collect(),
