@@ -228,7 +228,6 @@ async fn get_recording(
     ))
 }
 
-/// Which form of the transcript.
 /// The transcript's formats.
 const TRANSCRIPT_FORMATS: [&str; 4] = ["json", "txt", "srt", "vtt"];
 
@@ -236,6 +235,7 @@ fn transcript_format_schema() -> utoipa::openapi::Object {
     agentdesk_agent_sdk::http::choice_schema(&TRANSCRIPT_FORMATS)
 }
 
+/// Which form of the transcript.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TranscriptQuery {
@@ -265,7 +265,7 @@ async fn transcript(
     if !TRANSCRIPT_FORMATS.contains(&format.as_str()) {
         return Err(agentdesk_agent_sdk::core::Error::invalid(
             "format",
-            "must be one of json, txt, srt, vtt",
+            format!("must be one of {}", TRANSCRIPT_FORMATS.join(", ")),
         )
         .into());
     }

@@ -108,15 +108,17 @@ pub struct NewReport {
     pub format: Option<String>,
 }
 
-/// A 422 naming `field` unless `value` is one of `allowed`.
+/// The document's list of report kinds (`check_choice` holds a request to the same list).
 pub(crate) fn kind_schema() -> utoipa::openapi::Object {
     agentdesk_agent_sdk::http::choice_schema(&kind::ALL)
 }
 
+/// The document's list of report formats, or null.
 pub(crate) fn format_schema() -> utoipa::openapi::Object {
     agentdesk_agent_sdk::http::nullable_choice_schema(&format::ALL)
 }
 
+/// A 422 naming `field` unless `value` is one of `allowed`.
 pub(crate) fn check_choice(field: &str, value: &str, allowed: &[&str]) -> Result<(), Error> {
     if allowed.contains(&value) {
         Ok(())

@@ -844,6 +844,20 @@ mod tests {
             doc["components"]["schemas"]["RefreshRequest"]["propertyNames"]["pattern"],
             super::NO_NUL_PATTERN
         );
+        // The client schemas are written as JSON and read into utoipa's types; one that did not
+        // read would be an empty schema.
+        let new_client = &doc["components"]["schemas"]["NewClient"];
+        assert_eq!(
+            new_client["required"],
+            serde_json::json!(["name"]),
+            "{new_client}"
+        );
+        assert_eq!(new_client["additionalProperties"], false, "{new_client}");
+        assert_eq!(
+            new_client["properties"]["notes"]["pattern"],
+            super::NO_NUL_PATTERN
+        );
+        assert!(new_client["properties"]["email"]["anyOf"].is_array());
         let links = &doc["paths"]["/api/v1/clients"]["post"]["responses"]["201"]["links"];
         assert_eq!(
             links["clients_update"]["parameters"]["id"],

@@ -27,20 +27,23 @@ pub struct PageRequest {
 impl PageRequest {
     /// Validates the raw query values.
     pub fn parse(limit: Option<i64>, cursor: Option<&str>) -> Result<Self> {
-        let limit = match limit {
-            None => DEFAULT_LIMIT,
-            Some(n) if (1..=MAX_LIMIT as i64).contains(&n) => n as u64,
-            Some(n) => {
-                return Err(Error::BadRequest(format!(
-                    "limit {n} is out of range 1..={MAX_LIMIT}"
-                )));
-            }
-        };
+        let limit = parse_limit(limit)?;
         let after = match cursor.filter(|c| !c.is_empty()) {
             None => None,
             Some(c) => Some(decode_cursor(c)?),
         };
         Ok(Self { limit, after })
+    }
+}
+
+/// Validates `limit`: 1..=[`MAX_LIMIT`], [`DEFAULT_LIMIT`] when absent.
+pub fn parse_limit(limit: Option<i64>) -> Result<u64> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT as i64).contains(&n) => Ok(n as u64),
+        Some(n) => Err(Error::BadRequest(format!(
+            "limit {n} is out of range 1..={MAX_LIMIT}"
+        ))),
     }
 }
 
@@ -139,10 +142,12 @@ pub fn keyed_cursor_schema() -> utoipa::openapi::Object {
     cursor_schema(KEYED_CURSOR_PATTERN)
 }
 
+fn invalid_cursor() -> Error {
+    Error::BadRequest("cursor is not valid".into())
+}
+
 fn cursor_bytes(cursor: &str) -> Result<Vec<u8>> {
-    CURSOR_ENGINE
-        .decode(cursor)
-        .map_err(|_| Error::BadRequest("cursor is not valid".into()))
+    CURSOR_ENGINE.decode(cursor).map_err(|_| invalid_cursor())
 }
 
 /// Encodes a row id as an opaque cursor.
@@ -151,8 +156,7 @@ pub fn encode_cursor(id: Uuid) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Result<Uuid> {
-    Uuid::from_slice(&cursor_bytes(cursor)?)
-        .map_err(|_| Error::BadRequest("cursor is not valid".into()))
+    Uuid::from_slice(&cursor_bytes(cursor)?).map_err(|_| invalid_cursor())
 }
 
 /// Encodes a position that is a number (a sequence number, an offset) as an opaque cursor.
@@ -164,7 +168,7 @@ pub fn encode_number_cursor(n: u64) -> String {
 pub fn decode_number_cursor(cursor: &str) -> Result<u64> {
     let bytes: [u8; 8] = cursor_bytes(cursor)?
         .try_into()
-        .map_err(|_| Error::BadRequest("cursor is not valid".into()))?;
+        .map_err(|_| invalid_cursor())?;
     Ok(u64::from_be_bytes(bytes))
 }
 
@@ -179,11 +183,10 @@ pub fn encode_keyed_cursor(id: Uuid, key: &[u8]) -> String {
 pub fn decode_keyed_cursor(cursor: &str) -> Result<(Uuid, Vec<u8>)> {
     let mut bytes = cursor_bytes(cursor)?;
     if bytes.len() < 16 {
-        return Err(Error::BadRequest("cursor is not valid".into()));
+        return Err(invalid_cursor());
     }
     let key = bytes.split_off(16);
-    let id =
-        Uuid::from_slice(&bytes).map_err(|_| Error::BadRequest("cursor is not valid".into()))?;
+    let id = Uuid::from_slice(&bytes).map_err(|_| invalid_cursor())?;
     Ok((id, key))
 }
 

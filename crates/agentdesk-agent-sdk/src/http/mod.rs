@@ -135,9 +135,7 @@ where
     use serde::de::Error;
     match serde_json::Value::deserialize(deserializer)? {
         serde_json::Value::Null => Ok(None),
-        value @ serde_json::Value::Object(_) => serde_json::from_value(value)
-            .map(Some)
-            .map_err(D::Error::custom),
+        value if value.is_object() => object_only(value).map(Some).map_err(D::Error::custom),
         _ => Err(D::Error::custom("must be a JSON object or null")),
     }
 }

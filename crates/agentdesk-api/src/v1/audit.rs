@@ -1,7 +1,6 @@
 //! `/audit`: the audit log: query, one event, chain verification, streamed export.
 
 use agentdesk_core::models::audit::AuditEvent;
-use agentdesk_core::pagination::{DEFAULT_LIMIT, MAX_LIMIT};
 use agentdesk_core::services::audit::{AuditFilter, Outcome, Verification};
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -71,17 +70,7 @@ fn outcome_schema() -> utoipa::openapi::Object {
 impl EventQuery {
     /// The page size and the position to list from (`limit` and `cursor`).
     fn page(&self) -> Result<(u64, Option<i64>), ApiError> {
-        let limit = match self.limit {
-            None => DEFAULT_LIMIT,
-            Some(n) if (1..=MAX_LIMIT as i64).contains(&n) => n as u64,
-            Some(n) => {
-                return Err(ApiError::http(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("limit {n} is out of range 1..={MAX_LIMIT}"),
-                ));
-            }
-        };
+        let limit = agentdesk_core::pagination::parse_limit(self.limit)?;
         let before = self
             .cursor
             .as_deref()

@@ -59,8 +59,8 @@ const WHITE_SPACE_NOT_CONTROL: &str =
 /// [`ClientFields::from_json`]: agentdesk_core::services::clients::ClientFields::from_json
 fn client_fields_schema(create: bool) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
     let text = |max: usize, description: &str| {
-        serde_json::json!({"type": ["string", "null"], "maxLength": max,
-            "pattern": "^[^\\x00]*$", "description": description})
+        // The NUL-free pattern is written in with every other free string's.
+        serde_json::json!({"type": ["string", "null"], "maxLength": max, "description": description})
     };
     let statuses: Vec<serde_json::Value> = agentdesk_core::models::client::STATUSES
         .iter()

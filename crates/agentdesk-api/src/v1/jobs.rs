@@ -149,9 +149,10 @@ async fn list(
     if let Some(s) = &query.status
         && !JOB_STATUSES.contains(&s.as_str())
     {
-        return Err(agentdesk_core::Error::BadRequest(
-            "status must be queued, running, succeeded, failed or cancelled".into(),
-        )
+        return Err(agentdesk_core::Error::BadRequest(format!(
+            "status must be one of {}",
+            JOB_STATUSES.join(", ")
+        ))
         .into());
     }
     let filter = JobFilter {

@@ -19,7 +19,6 @@ use super::permissions::{ClientScope, Permit};
 use super::users::like_pattern;
 use crate::error::{Error, FieldError, Result, map_unique};
 use crate::models::client::{self, Client, STATUSES};
-use crate::pagination::{DEFAULT_LIMIT, MAX_LIMIT};
 use crate::validators::Email;
 
 /// The fields a caller may set.
@@ -596,15 +595,7 @@ impl Core {
         cursor: Option<&str>,
     ) -> Result<ClientPage> {
         permit.require("clients", "read")?;
-        let limit = match limit {
-            None => DEFAULT_LIMIT,
-            Some(n) if (1..=MAX_LIMIT as i64).contains(&n) => n as u64,
-            Some(n) => {
-                return Err(Error::BadRequest(format!(
-                    "limit {n} is out of range 1..={MAX_LIMIT}"
-                )));
-            }
-        };
+        let limit = crate::pagination::parse_limit(limit)?;
         // One grant (the common case): join its rows of `grant_clients` and walk them in the
         // page's order, so the page ends after `limit` rows of the grant, not after a pass
         // over all of them. Several grants: their union, as a condition (`live_client`).
