@@ -41,7 +41,7 @@ until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do
   kill -0 "$pid" 2>/dev/null || { cat "$work/serve.log"; exit 1; }
   sleep 0.05
 done
-echo "soak: $bin ($(git rev-parse --short HEAD 2>/dev/null)), $(nproc) cores, database: ${db:+postgresql}${db:-sqlite}, $minutes min"
+echo "soak: $bin ($(git rev-parse --short HEAD 2>/dev/null)), $(nproc) cores, database: $([ -n "$db" ] && echo postgresql || echo sqlite), $minutes min"
 
 export BASE_URL=http://127.0.0.1:$port ADMIN_EMAIL=$AGENTDESK_ADMIN_EMAIL ADMIN_PASSWORD=$AGENTDESK_ADMIN_PASSWORD
 export PATCH_CONTENT_TYPE=application/merge-patch+json LOAD_SCENARIOS=$load/harness/scenarios.lua
@@ -50,14 +50,16 @@ python3 "$load/harness/setup.py" seed "$work" | sed 's/^/# /'
 kinds="get search create patch"
 
 # One wrk per scenario, all at once; each prints "RESULT requests duration_us p50 p99 status_errors socket_errors".
+segment=0
 mix() { # seconds, label; SOAK_DELAY_<kind> paces each
   python3 "$load/harness/setup.py" login "$work"   # access tokens live 15 minutes
   set -a; . "$work/env.sh"; set +a
   local k pids=()
+  segment=$((segment + 1))
   for k in $kinds; do
     local delay_var="delay_$k"
-    SCENARIO=$k SOAK_DELAY_MS=${!delay_var:-0} wrk -t1 -c"$conns" -d"${1}s" --timeout 30s \
-      -s bench/soak.lua "$BASE_URL" | awk -v k="$k" '/^RESULT / { print k, $0 }' >>"$work/$2.txt" &
+    SCENARIO=$k SOAK_SEGMENT=$segment SOAK_DELAY_MS=${!delay_var:-0} wrk -t1 -c"$conns" -d"${1}s" --timeout 30s \
+      -s bench/soak.lua "$BASE_URL" | awk -v k="$k" '/^(RESULT|STATUS) / { print k, $0 }' >>"$work/$2.txt" &
     pids+=($!)
   done
   wait "${pids[@]}"
@@ -67,7 +69,7 @@ mix() { # seconds, label; SOAK_DELAY_<kind> paces each
 mix 10 capacity
 echo "capacity of the mix (req/s, unpaced, $conns connections each):"
 for k in $kinds; do
-  read -r _ _ reqs dur _ _ _ _ < <(grep "^$k " "$work/capacity.txt")
+  read -r _ _ reqs dur _ _ _ _ < <(grep "^$k RESULT " "$work/capacity.txt")
   rps=$(awk -v r="$reqs" -v d="$dur" 'BEGIN { printf "%.1f", r / (d / 1e6) }')
   # Each connection sends one request per 2c/rps: at most half the rate, a little less by the
   # time each request takes (less than at full load).
@@ -98,11 +100,18 @@ kill "$sampler" 2>/dev/null || true
 echo "soak at half capacity (req/s, p99 ms, errors):"
 errors=0
 for k in $kinds; do
-  awk -v k="$k" '$1 == k { r += $3; d += $4; if ($6 > p99) p99 = $6; e += $7 + $8 }
-    END { printf "  %-7s %9.1f req/s  p99 %s ms  errors %d\n", k, r / (d / 1e6), p99, e }' "$work/soak.txt"
-  errors=$((errors + $(awk -v k="$k" '$1 == k { e += $7 + $8 } END { print e + 0 }' "$work/soak.txt")))
+  # One pass per scenario: its line, the statuses of its failed requests, then its error count.
+  summary=$(awk -v k="$k" '$1 == k && $2 == "RESULT" { r += $3; d += $4; if ($6 > p99) p99 = $6; e += $7 + $8 }
+    $1 == k && $2 == "STATUS" { n[$3] += $4 }
+    END { printf "  %-7s %9.1f req/s  p99 %s ms  errors %d\n", k, r / (d / 1e6), p99, e
+      for (s in n) printf "    %s answered %d times\n", s, n[s]
+      print e + 0 }' "$work/soak.txt")
+  sed '$d' <<<"$summary"
+  errors=$((errors + $(tail -n 1 <<<"$summary")))
 done
-python3 "$load/harness/setup.py" verify "$work" | sed 's/^/# /'
+chain=$(python3 "$load/harness/setup.py" verify "$work")
+echo "# $chain"
+case $chain in *"valid=True"*) ;; *) echo "the audit chain is not valid"; errors=$((errors + 1)) ;; esac
 if grep -q '"level":"ERROR"' "$work/serve.log"; then
   echo "the server logged errors:"; grep '"level":"ERROR"' "$work/serve.log" | head -5
   errors=$((errors + 1))

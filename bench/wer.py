@@ -1,7 +1,7 @@
 """Word error rates of transcript tables against the corpus references (bench/speech.sh).
 
 usage: python wer.py INDEX.tsv NAME=FILE.tsv ...   (each FILE.tsv: file<TAB>text per line)
-Normalisation as in tests/tests/audio_recording.rs: lower case, punctuation and hyphens as
+Normalisation as in tests/tests/suite/audio_recording.rs: lower case, punctuation and hyphens as
 spaces, "mr" read as "mister"; digits for spoken numbers count as errors.
 """
 import csv

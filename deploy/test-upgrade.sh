@@ -8,11 +8,12 @@
 #   AGENTDESK_BIN                the old release (default target/debug/agentdesk)
 #   AGENTDESK_NEXT_BIN           the new release, a build with the cargo feature
 #                                agentdesk/upgrade-probe (one more migration, m9000_upgrade_probe).
-#                                Unset: built here with `cargo test --workspace --features
-#                                agentdesk/ocr,agentdesk/upgrade-probe --no-run`, copied to
+#                                Unset: built here with `cargo build --workspace --features
+#                                agentdesk/ocr,agentdesk/upgrade-probe --bin agentdesk`, copied to
 #                                target/agentdesk-next, and target/debug/agentdesk restored with
-#                                `cargo test --workspace --features agentdesk/ocr --no-run` (the
-#                                test suite's features, so that only the binary crate relinks).
+#                                `cargo build --workspace --features agentdesk/ocr --bin agentdesk`
+#                                (the test suite's features, so that only the binary compiles once
+#                                and the restore finds the test suite's binary up to date).
 #   AGENTDESK_TEST_POSTGRES_URL  postgres://USER@HOST:PORT (a role that may create databases): the
 #                                test runs on SQLite, then again on PostgreSQL in a new database
 #                                (dropped at the end).
@@ -94,10 +95,10 @@ old_bin=${AGENTDESK_BIN:-$repo/target/debug/agentdesk}
 next_bin=${AGENTDESK_NEXT_BIN:-}
 if [ -z "$next_bin" ]; then
   section "build the next release (agentdesk/upgrade-probe), then the normal binary again"
-  (cd "$repo" && cargo test --workspace --features agentdesk/ocr,agentdesk/upgrade-probe --no-run) >"$work/build-next.log" 2>&1 \
+  (cd "$repo" && cargo build --workspace --features agentdesk/ocr,agentdesk/upgrade-probe --bin agentdesk) >"$work/build-next.log" 2>&1 \
     || { tail -n 30 "$work/build-next.log"; die "the build with agentdesk/upgrade-probe failed"; }
   cp "$repo/target/debug/agentdesk" "$repo/target/agentdesk-next"
-  (cd "$repo" && cargo test --workspace --features agentdesk/ocr --no-run) >"$work/build-restore.log" 2>&1 \
+  (cd "$repo" && cargo build --workspace --features agentdesk/ocr --bin agentdesk) >"$work/build-restore.log" 2>&1 \
     || { tail -n 30 "$work/build-restore.log"; die "the build that restores target/debug/agentdesk failed"; }
   next_bin=$repo/target/agentdesk-next
   if grep -q "$probe" "$repo/target/debug/agentdesk"; then

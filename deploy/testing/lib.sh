@@ -49,9 +49,14 @@ wait_code() { # CODE SECONDS CURL_ARGS...: until the answer is CODE
 }
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port_base() { # COUNT: prints a multiple of 100 whose COUNT+1 ports from it are free
-  local b p ok
+  # Below the kernel's ephemeral range: outgoing connections (curl, Caddy's upstreams) take ports
+  # from that range, and one once held a slot's port while the slot was stopped between two starts.
+  local low=32768 b p ok
+  read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+  local span=$((low - $1 - 1 - 10000))
+  [ "$span" -ge 1000 ] || span=1000
   for _ in $(seq 1 30); do
-    b=$(((20000 + RANDOM % 40000) / 100 * 100))
+    b=$(((10000 + RANDOM % span) / 100 * 100))
     ok=1
     for p in $(seq "$b" $((b + $1))); do port_free "$p" || { ok=0; break; }; done
     [ "$ok" = 1 ] && { echo "$b"; return 0; }

@@ -365,7 +365,10 @@ async fn record_done(core: &Core, worker_id: &str, running: &Running, done: Vec<
                 tokio::spawn(async move {
                     for key in &keys {
                         if let Err(e) = storage.delete(key).await {
+                            // Left in the store; the key is logged and counted so that an
+                            // operator can alert on it and remove the file.
                             tracing::warn!(error = %e, job_id = %id, key, "could not remove a finished job's file");
+                            metrics::counter!("storage_orphaned_files_total").increment(1);
                         }
                     }
                 });

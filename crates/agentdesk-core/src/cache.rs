@@ -323,18 +323,53 @@ type LocalCounters = Cache<String, Arc<std::sync::Mutex<(u32, Instant)>>>;
 #[derive(Clone)]
 enum LimiterBackend {
     Local(LocalCounters),
-    Redis {
-        manager: redis::aio::ConnectionManager,
-        prefix: String,
-        fallback: LocalCounters,
-    },
+    Redis(RedisCounters),
+}
+
+/// Counters in Redis, and this process's own for while Redis does not answer.
+#[derive(Clone)]
+struct RedisCounters {
+    manager: redis::aio::ConnectionManager,
+    prefix: String,
+    fallback: LocalCounters,
+    /// Set while Redis does not answer, so that the fall-back is logged once per outage, not
+    /// once per request (per limiter: two limiters on two Redis servers do not mix their states).
+    fell_back: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RedisCounters {
+    /// Runs `pipe` on `key`'s counter in Redis; `None` (logged once per outage) when Redis does not
+    /// answer within [`REDIS_WAIT`], and the caller counts in `fallback` instead.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        pipe: impl FnOnce(&str) -> redis::Pipeline,
+        key: &str,
+    ) -> Option<T> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut conn = self.manager.clone();
+        let pipeline = pipe(&format!("{}{key}", self.prefix));
+        match within_redis_timeout(pipeline.query_async(&mut conn)).await {
+            Ok(answer) => {
+                if self.fell_back.swap(false, Relaxed) {
+                    tracing::warn!("redis answers again: rate limits are shared again");
+                }
+                Some(answer)
+            }
+            Err(e) => {
+                if !self.fell_back.swap(true, Relaxed) {
+                    tracing::error!(error = %e, "redis does not answer: rate limits are counted per instance until it does");
+                }
+                None
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.backend {
             LimiterBackend::Local(_) => "RateLimiter(local)",
-            LimiterBackend::Redis { .. } => "RateLimiter(redis)",
+            LimiterBackend::Redis(_) => "RateLimiter(redis)",
         })
     }
 }
@@ -361,21 +396,6 @@ async fn within_redis_timeout<T>(
                 "no answer from redis within 500 ms",
             )))
         })
-}
-
-/// Says once per failure streak that the limiter fell back, not once per request.
-static FELL_BACK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-fn fall_back(e: redis::RedisError) {
-    if !FELL_BACK.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        tracing::error!(error = %e, "redis does not answer: rate limits are counted per instance until it does");
-    }
-}
-
-fn redis_answered() {
-    if FELL_BACK.swap(false, std::sync::atomic::Ordering::Relaxed) {
-        tracing::warn!("redis answers again: rate limits are shared again");
-    }
 }
 
 async fn local_current(cache: &LocalCounters, key: &str, window: Duration) -> Result<(u32, u64)> {
@@ -423,11 +443,12 @@ impl RateLimiter {
     /// `window` in this process for while Redis does not answer.
     pub fn redis(manager: redis::aio::ConnectionManager, prefix: &str, window: Duration) -> Self {
         Self {
-            backend: LimiterBackend::Redis {
+            backend: LimiterBackend::Redis(RedisCounters {
                 manager,
                 prefix: format!("{prefix}:rl:"),
                 fallback: local_counters(window),
-            },
+                fell_back: Arc::default(),
+            }),
         }
     }
 
@@ -435,29 +456,20 @@ impl RateLimiter {
     pub async fn current(&self, key: &str, window: Duration) -> Result<(u32, u64)> {
         match &self.backend {
             LimiterBackend::Local(cache) => local_current(cache, key, window).await,
-            LimiterBackend::Redis {
-                manager,
-                prefix,
-                fallback,
-            } => {
-                let mut conn = manager.clone();
-                let key_in_redis = format!("{prefix}{key}");
-                let answer: redis::RedisResult<(Option<u32>, i64)> = within_redis_timeout(
-                    redis::pipe()
-                        .get(&key_in_redis)
-                        .ttl(&key_in_redis)
-                        .query_async(&mut conn),
-                )
-                .await;
+            LimiterBackend::Redis(redis) => {
+                let answer: Option<(Option<u32>, i64)> = redis
+                    .query(
+                        |k| {
+                            let mut pipe = redis::pipe();
+                            pipe.get(k).ttl(k);
+                            pipe
+                        },
+                        key,
+                    )
+                    .await;
                 match answer {
-                    Ok((count, ttl)) => {
-                        redis_answered();
-                        Ok((count.unwrap_or(0), ttl.max(1) as u64))
-                    }
-                    Err(e) => {
-                        fall_back(e);
-                        local_current(fallback, key, window).await
-                    }
+                    Some((count, ttl)) => Ok((count.unwrap_or(0), ttl.max(1) as u64)),
+                    None => local_current(&redis.fallback, key, window).await,
                 }
             }
         }
@@ -467,33 +479,25 @@ impl RateLimiter {
     pub async fn hit(&self, key: &str, window: Duration) -> Result<u32> {
         match &self.backend {
             LimiterBackend::Local(cache) => local_hit(cache, key, window).await,
-            LimiterBackend::Redis {
-                manager,
-                prefix,
-                fallback,
-            } => {
-                let mut conn = manager.clone();
-                let key_in_redis = format!("{prefix}{key}");
-                let answer: redis::RedisResult<(u32,)> = within_redis_timeout(
-                    redis::pipe()
-                        .incr(&key_in_redis, 1u32)
-                        .cmd("EXPIRE")
-                        .arg(&key_in_redis)
-                        .arg(window.as_secs().max(1))
-                        .arg("NX")
-                        .ignore()
-                        .query_async(&mut conn),
-                )
-                .await;
+            LimiterBackend::Redis(redis) => {
+                let answer: Option<(u32,)> = redis
+                    .query(
+                        |k| {
+                            let mut pipe = redis::pipe();
+                            pipe.incr(k, 1u32)
+                                .cmd("EXPIRE")
+                                .arg(k)
+                                .arg(window.as_secs().max(1))
+                                .arg("NX")
+                                .ignore();
+                            pipe
+                        },
+                        key,
+                    )
+                    .await;
                 match answer {
-                    Ok((count,)) => {
-                        redis_answered();
-                        Ok(count)
-                    }
-                    Err(e) => {
-                        fall_back(e);
-                        local_hit(fallback, key, window).await
-                    }
+                    Some((count,)) => Ok(count),
+                    None => local_hit(&redis.fallback, key, window).await,
                 }
             }
         }
@@ -503,18 +507,18 @@ impl RateLimiter {
     pub async fn reset(&self, key: &str) -> Result<()> {
         match &self.backend {
             LimiterBackend::Local(cache) => cache.invalidate(key).await,
-            LimiterBackend::Redis {
-                manager,
-                prefix,
-                fallback,
-            } => {
-                fallback.invalidate(key).await;
-                let mut conn = manager.clone();
-                if let Err(e) =
-                    within_redis_timeout(conn.del::<_, ()>(format!("{prefix}{key}"))).await
-                {
-                    fall_back(e);
-                }
+            LimiterBackend::Redis(redis) => {
+                redis.fallback.invalidate(key).await;
+                let _: Option<()> = redis
+                    .query(
+                        |k| {
+                            let mut pipe = redis::pipe();
+                            pipe.del(k).ignore();
+                            pipe
+                        },
+                        key,
+                    )
+                    .await;
             }
         }
         Ok(())

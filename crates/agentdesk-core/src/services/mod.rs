@@ -146,7 +146,10 @@ impl Core {
         if self.db.is_down() {
             return Err(("database", "out of reach; a probe retries it".into()));
         }
-        match tokio::time::timeout(Duration::from_secs(2), self.db.ping()).await {
+        // Within a load balancer's usual probe timeout, so that a slow database reads as
+        // "not ready" rather than as a probe that never answered.
+        const PING_WAIT: Duration = Duration::from_secs(2);
+        match tokio::time::timeout(PING_WAIT, self.db.ping()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 if matches!(e, Error::DatabaseUnavailable(_)) {
@@ -155,7 +158,12 @@ impl Core {
                 return Err(("database", e.to_string()));
             }
             // Slow is not down (a long write may hold SQLite's writer): not ready, no breaker.
-            Err(_) => return Err(("database", "no answer within 2 s".into())),
+            Err(_) => {
+                return Err((
+                    "database",
+                    format!("no answer within {} s", PING_WAIT.as_secs()),
+                ));
+            }
         }
         if let Some(redis) = &self.redis {
             crate::cache::ping_redis(redis)

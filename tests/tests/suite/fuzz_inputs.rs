@@ -6,7 +6,7 @@
 //!
 //! CI runs a fixed number of cases per parser (`AGENTDESK_FUZZ_CASES`, default 60) from a fixed
 //! seed. A long run (random seed, 10 minutes per parser):
-//! `AGENTDESK_FUZZ_CASES=10000000 AGENTDESK_FUZZ_SECS=600 AGENTDESK_FUZZ_RANDOM=1 cargo test -p agentdesk-tests --test fuzz_inputs -- --nocapture`
+//! `AGENTDESK_FUZZ_CASES=10000000 AGENTDESK_FUZZ_SECS=600 AGENTDESK_FUZZ_RANDOM=1 cargo test -p agentdesk-tests --test suite -- fuzz_inputs:: --nocapture`
 
 use std::time::{Duration, Instant};
 

@@ -821,7 +821,8 @@ async fn live_capture_streams_results_and_keeps_the_recording() {
         .await;
     assert_eq!(events.json["items"].as_array().unwrap().len(), 1);
 
-    // A dropped connection (no close frame) keeps what arrived; 48 kHz stereo float input.
+    // A connection that ends without a close frame keeps what arrived; 48 kHz stereo float
+    // input.
     let pcm16 = pcm_of(&corpus("librivox_ss01_0890.wav")).to_vec();
     let mut f32_stereo = Vec::new();
     for s in pcm16.chunks_exact(2) {
@@ -845,7 +846,12 @@ async fn live_capture_streams_results_and_keeps_the_recording() {
             .await
             .unwrap();
     }
-    drop(socket);
+    // The TCP connection ends under the WebSocket: a FIN after the last byte. (Closing the socket
+    // outright would make the kernel answer with a reset, discarding whatever it had not sent
+    // yet, as soon as a partial result is waiting unread in the test's own receive buffer.)
+    tokio::io::AsyncWriteExt::shutdown(socket.get_mut())
+        .await
+        .unwrap();
     let deadline = std::time::Instant::now() + WAIT;
     let dropped = loop {
         let list = app
@@ -866,6 +872,7 @@ async fn live_capture_streams_results_and_keeps_the_recording() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    drop(socket);
     let dropped = settled(&app, &admin, dropped["id"].as_str().unwrap()).await;
     assert_eq!(dropped["status"], "ready", "{dropped}");
     assert!(

@@ -1,48 +1,19 @@
 //! Backup and restore with S3-compatible storage (moto's server in tests and CI): the objects go
 //! into the backup and come back into an empty bucket, byte for byte; a restore into a bucket
 //! that is not empty is refused. Needs `AGENTDESK_TEST_S3_ENDPOINT` (`.ci/run` starts moto and
-//! sets it); skipped with a message without it. One test in this binary: it sets the process's
-//! AWS variables.
+//! sets it).
 
 use agentdesk_core::backup;
 use agentdesk_core::migration::known_migrations;
 use agentdesk_tests::{TestEnv, tiny_pdf};
 use serde_json::json;
 
-async fn make_bucket(endpoint: &str) -> String {
-    let bucket = format!("agentdesk-{}", uuid::Uuid::now_v7().simple());
-    let created = reqwest::Client::new()
-        .put(format!("{endpoint}/{bucket}"))
-        .send()
-        .await
-        .unwrap();
-    assert!(created.status().is_success(), "bucket created");
-    bucket
-}
-
 #[tokio::test]
 async fn backups_carry_s3_objects_into_an_empty_bucket() {
-    let Some(endpoint) = std::env::var("AGENTDESK_TEST_S3_ENDPOINT")
-        .ok()
-        .filter(|e| !e.is_empty())
-    else {
-        eprintln!(
-            "skipped: set AGENTDESK_TEST_S3_ENDPOINT to an S3-compatible endpoint (e.g. moto_server)"
-        );
+    let Some(endpoint) = crate::s3_endpoint() else {
         return;
     };
-    for (k, v) in [
-        ("AWS_ENDPOINT", endpoint.as_str()),
-        ("AWS_ALLOW_HTTP", "true"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-    ] {
-        // SAFETY: this test binary has this one test, and it sets these before any thread that
-        // reads the environment starts.
-        unsafe { std::env::set_var(k, v) };
-    }
-    let source_bucket = make_bucket(&endpoint).await;
+    let source_bucket = crate::make_bucket(&endpoint).await;
     let storage = json!(format!("s3://{source_bucket}/files"));
     let source = TestEnv::new().await;
     let app = source.spawn(&[("storage_url", storage.clone())]).await;
@@ -66,7 +37,7 @@ async fn backups_carry_s3_objects_into_an_empty_bucket() {
     app.stop().await;
 
     // Scheduled backups can go to a bucket too, and keep the newest.
-    let dest_bucket = make_bucket(&endpoint).await;
+    let dest_bucket = crate::make_bucket(&endpoint).await;
     let stored = backup::backup_to(
         &source.settings(&[("storage_url", storage.clone())]),
         &format!("s3://{dest_bucket}/backups"),
@@ -90,7 +61,7 @@ async fn backups_carry_s3_objects_into_an_empty_bucket() {
     )
     .await;
     assert!(full.is_err_and(|e| e.to_string().contains("not empty")));
-    let empty_bucket = make_bucket(&endpoint).await;
+    let empty_bucket = crate::make_bucket(&endpoint).await;
     let restored_storage = json!(format!("s3://{empty_bucket}/restored"));
     backup::restore(
         &target.settings(&[("storage_url", restored_storage.clone())]),
