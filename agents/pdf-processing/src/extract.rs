@@ -206,6 +206,12 @@ fn extract_inner(bytes: Vec<u8>, limits: &Limits) -> Extraction {
     // Junk before the header shifts every offset; the parser expects the header at 0.
     let mut bytes = bytes;
     bytes.drain(..offset);
+    // Page threads beyond the first read their own copy of the document: pdf_oxide shares one
+    // file cursor among a document's threads, and some of its reads (an XObject's subtype peek)
+    // move it while another thread's object load reads on from where it left it, which lost a
+    // page now and then on a busy machine.
+    let threads = page_threads(limits.threads);
+    let copy = (threads > 1).then(|| bytes.clone());
     let doc = match PdfDocument::from_bytes(bytes) {
         Ok(doc) => doc,
         Err(e) => {
@@ -272,7 +278,14 @@ fn extract_inner(bytes: Vec<u8>, limits: &Limits) -> Extraction {
     let mut total_chars = 0usize;
     let mut unreadable = 0usize;
     let mut missing = 0usize;
-    let texts = read_pages(&doc, count, limits.threads, limits.thread_stack_mb);
+    let open_copy = || {
+        let copy = PdfDocument::from_bytes(copy.clone()?).ok()?;
+        if encrypted && !matches!(copy.authenticate(b""), Ok(true)) {
+            return None;
+        }
+        Some(copy)
+    };
+    let texts = read_pages(&doc, &open_copy, count, threads, limits.thread_stack_mb);
     for (index, page) in texts.into_iter().enumerate() {
         let number = u32::try_from(index + 1).unwrap_or(u32::MAX);
         // A page the tree lists but the file does not hold is not reported as a page.
@@ -340,11 +353,27 @@ enum PageRead {
     Missing,
 }
 
+/// Threads that read a document's pages: `configured`, or one per CPU (at most 4) for 0.
+fn page_threads(configured: usize) -> usize {
+    if configured == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+    } else {
+        configured.min(16)
+    }
+}
+
 /// The raw text of every page, or why a page could not be read, in page order. Pages are
-/// shared among `threads` threads (the document's caches are thread-safe); a panic on a page
-/// is caught and costs only that page.
-fn read_pages(doc: &PdfDocument, count: usize, threads: usize, stack_mb: usize) -> Vec<PageRead> {
-    let read = |index: usize| match catch_unwind(AssertUnwindSafe(|| {
+/// shared among `threads` threads: the first reads `doc`, each other one a document of its own
+/// from `open_copy` (none is shared between threads; one that cannot open leaves its pages to
+/// the others). A panic on a page is caught and costs only that page.
+fn read_pages(
+    doc: &PdfDocument,
+    open_copy: &(dyn Fn() -> Option<PdfDocument> + Sync),
+    count: usize,
+    threads: usize,
+    stack_mb: usize,
+) -> Vec<PageRead> {
+    let read = |doc: &PdfDocument, index: usize| match catch_unwind(AssertUnwindSafe(|| {
         page_found(doc, index)?;
         doc.extract_text(index)
             .map(PageRead::Text)
@@ -353,39 +382,43 @@ fn read_pages(doc: &PdfDocument, count: usize, threads: usize, stack_mb: usize) 
         Ok(Ok(page)) | Ok(Err(page)) => page,
         Err(panic) => PageRead::Failed(panic_message(&*panic)),
     };
-    let threads = if threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
-    } else {
-        threads.min(16)
-    }
-    .min(count.max(1));
-    if threads == 1 {
-        return (0..count).map(read).collect();
+    let threads = threads.min(count.max(1));
+    if threads <= 1 {
+        return (0..count).map(|index| read(doc, index)).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut pages: Vec<(usize, PageRead)> = std::thread::scope(|scope| {
-        let work = || {
+        let work = |doc: &PdfDocument| {
             let mut done = Vec::new();
             loop {
                 let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if index >= count {
                     return done;
                 }
-                done.push((index, read(index)));
+                done.push((index, read(doc, index)));
             }
         };
         // The parser recurses on nested objects: a deep stack lets legitimate deep documents
         // through (a hostile one still overflows it, which kills only the child process).
+        let job = |worker: usize| {
+            move || {
+                if worker == 0 {
+                    work(doc)
+                } else {
+                    open_copy().map(|copy| work(&copy)).unwrap_or_default()
+                }
+            }
+        };
         let workers: Vec<_> = (0..threads)
-            .filter_map(|_| {
+            .filter_map(|worker| {
                 std::thread::Builder::new()
                     .stack_size(stack_mb.max(2) * 1024 * 1024)
-                    .spawn_scoped(scope, work)
+                    .spawn_scoped(scope, job(worker))
                     .ok()
             })
             .collect();
         if workers.is_empty() {
-            return work();
+            return work(doc);
         }
         workers
             .into_iter()

@@ -20,7 +20,16 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `agentdesk worker --agents <agent>` on the test's database and storage, with a 4 s lease.
+/// The lease of a worker that a test kills: short, so that the next worker takes its job soon.
+const KILLED_LEASE_SECS: u64 = 4;
+/// The lease of the worker that finishes the job. A worker starved of CPU (a busy CI machine
+/// running other tests' transcriptions) can miss heartbeats for seconds; with a 4 s lease that
+/// ended its attempt and began a third. 12 s tolerates an 8 s stall and still looks for expired
+/// jobs every 4 s.
+const FINISHING_LEASE_SECS: u64 = 12;
+
+/// `agentdesk worker --agents <agent>` on the test's database and storage, with a lease of
+/// `lease_secs`; its log (warnings and errors) goes to `worker-<port>.log` in `data`.
 fn spawn_agent_worker(
     env: &TestEnv,
     storage: &str,
@@ -28,7 +37,10 @@ fn spawn_agent_worker(
     port: u16,
     agent: &str,
     models: Option<&std::path::Path>,
+    lease_secs: u64,
 ) -> Child {
+    let log = std::fs::File::create(data.join(format!("worker-{port}.log")))
+        .expect("the worker's log file");
     let mut command = Command::new(env!("CARGO_BIN_EXE_agentdesk"));
     command.env_clear();
     if let Some(models) = models {
@@ -39,7 +51,7 @@ fn spawn_agent_worker(
         .env("AGENTDESK_DATABASE_URL", env.database_url())
         .env("AGENTDESK_STORAGE_URL", storage)
         .env("AGENTDESK_WORKER_BIND", format!("127.0.0.1:{port}"))
-        .env("AGENTDESK_JOB_LEASE_SECS", "4")
+        .env("AGENTDESK_JOB_LEASE_SECS", lease_secs.to_string())
         .env("AGENTDESK_JOB_POLL_MS", "100")
         .env(
             "AGENTDESK_JWT_SECRET",
@@ -48,13 +60,42 @@ fn spawn_agent_worker(
         .env("AGENTDESK_LOG", "warn")
         .args(["worker", "--agents", agent])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("the worker starts")
 }
 
-fn spawn_worker(env: &TestEnv, storage: &str, data: &std::path::Path, port: u16) -> Child {
-    spawn_agent_worker(env, storage, data, port, "client_management", None)
+fn spawn_worker(
+    env: &TestEnv,
+    storage: &str,
+    data: &std::path::Path,
+    port: u16,
+    lease_secs: u64,
+) -> Child {
+    spawn_agent_worker(
+        env,
+        storage,
+        data,
+        port,
+        "client_management",
+        None,
+        lease_secs,
+    )
+}
+
+/// What the workers of a test logged, for the message of a failed assertion.
+fn worker_logs(data: &std::path::Path) -> String {
+    let mut logs: Vec<_> = std::fs::read_dir(data)
+        .map(|dir| dir.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+    logs.sort();
+    logs.iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            format!("--- {}\n{text}", p.display())
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -92,7 +133,7 @@ async fn a_killed_workers_job_is_completed_by_another_worker() {
 
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut first = spawn_worker(&env, &storage, data.path(), port);
+    let mut first = spawn_worker(&env, &storage, data.path(), port, KILLED_LEASE_SECS);
     let client = reqwest::Client::new();
     let started = Instant::now();
     loop {
@@ -154,7 +195,13 @@ async fn a_killed_workers_job_is_completed_by_another_worker() {
         .clone();
     assert_eq!(cm["queue"]["running"], 1, "{cm}");
 
-    let mut second = spawn_worker(&env, &storage, data.path(), free_port());
+    let mut second = spawn_worker(
+        &env,
+        &storage,
+        data.path(),
+        free_port(),
+        FINISHING_LEASE_SECS,
+    );
     let deadline = Instant::now() + Duration::from_secs(300);
     let job = loop {
         let job = app.core.find_job(job_id).await.unwrap().unwrap();
@@ -169,10 +216,17 @@ async fn a_killed_workers_job_is_completed_by_another_worker() {
     };
     second.kill().unwrap();
     second.wait().unwrap();
-    assert_eq!(job.status, "succeeded", "{job:?}");
     assert_eq!(
-        job.attempts, 2,
-        "the killed attempt and the one that finished"
+        job.status,
+        "succeeded",
+        "{job:?}\n{}",
+        worker_logs(data.path())
+    );
+    assert_eq!(
+        job.attempts,
+        2,
+        "the killed attempt and the one that finished; the workers logged:\n{}",
+        worker_logs(data.path())
     );
     assert!(
         job.errors[0]["error"]
@@ -392,35 +446,56 @@ async fn a_killed_pdf_workers_document_is_finished_by_another_worker() {
     let job_id = only_job(&app, "pdf_processing").await;
 
     let data = tempfile::tempdir().unwrap();
-    let spawn =
-        |port: u16| spawn_agent_worker(&env, &storage, data.path(), port, "pdf_processing", None);
+    let spawn = |port: u16, lease_secs: u64| {
+        spawn_agent_worker(
+            &env,
+            &storage,
+            data.path(),
+            port,
+            "pdf_processing",
+            None,
+            lease_secs,
+        )
+    };
     kill_while_running(
         &app,
         job_id,
-        spawn(free_port()),
+        spawn(free_port(), KILLED_LEASE_SECS),
         300,
         "the extraction ended before it could be interrupted; make the file longer",
     )
     .await;
 
-    let mut second = spawn(free_port());
+    let mut second = spawn(free_port(), FINISHING_LEASE_SECS);
     let restarted = Instant::now();
     let processed = app
         .processed_document(&admin, &document, Duration::from_secs(300))
         .await;
     eprintln!(
-        "{PDF_PAGES} pages: extracted {:?} after the second worker started (lease: 4 s)",
+        "{PDF_PAGES} pages: extracted {:?} after the second worker started (leases: {KILLED_LEASE_SECS} s, then {FINISHING_LEASE_SECS} s)",
         restarted.elapsed()
     );
     second.kill().unwrap();
     second.wait().unwrap();
-    assert_eq!(processed["status"], "ready", "{processed}");
+    assert_eq!(
+        processed["status"],
+        "ready",
+        "{processed}\n{}",
+        worker_logs(data.path())
+    );
     assert_eq!(processed["page_count"], PDF_PAGES, "{processed}");
     let job = app.core.find_job(job_id).await.unwrap().unwrap();
-    assert_eq!(job.status, "succeeded", "{job:?}");
     assert_eq!(
-        job.attempts, 2,
-        "the killed attempt and the one that finished"
+        job.status,
+        "succeeded",
+        "{job:?}\n{}",
+        worker_logs(data.path())
+    );
+    assert_eq!(
+        job.attempts,
+        2,
+        "the killed attempt and the one that finished; the workers logged:\n{}",
+        worker_logs(data.path())
     );
     // One text row per page: the killed attempt left no half-written extraction.
     let text = app
@@ -487,18 +562,27 @@ async fn a_killed_reports_workers_report_is_made_by_another_worker() {
     let job_id = only_job(&app, "reports_analysis").await;
 
     let data = tempfile::tempdir().unwrap();
-    let spawn =
-        |port: u16| spawn_agent_worker(&env, &storage, data.path(), port, "reports_analysis", None);
+    let spawn = |port: u16, lease_secs: u64| {
+        spawn_agent_worker(
+            &env,
+            &storage,
+            data.path(),
+            port,
+            "reports_analysis",
+            None,
+            lease_secs,
+        )
+    };
     kill_while_running(
         &app,
         job_id,
-        spawn(free_port()),
+        spawn(free_port(), KILLED_LEASE_SECS),
         200,
         "the report was made before it could be interrupted; use more clients",
     )
     .await;
 
-    let mut second = spawn(free_port());
+    let mut second = spawn(free_port(), FINISHING_LEASE_SECS);
     let restarted = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(300);
     let done = loop {
@@ -510,16 +594,23 @@ async fn a_killed_reports_workers_report_is_made_by_another_worker() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     eprintln!(
-        "a report over {REPORT_CLIENTS} clients: made {:?} after the second worker started (lease: 4 s)",
+        "a report over {REPORT_CLIENTS} clients: made {:?} after the second worker started (leases: {KILLED_LEASE_SECS} s, then {FINISHING_LEASE_SECS} s)",
         restarted.elapsed()
     );
     second.kill().unwrap();
     second.wait().unwrap();
-    assert_eq!(done["status"], "ready", "{done}");
+    assert_eq!(
+        done["status"],
+        "ready",
+        "{done}\n{}",
+        worker_logs(data.path())
+    );
     let job = app.core.find_job(job_id).await.unwrap().unwrap();
     assert_eq!(
-        job.attempts, 2,
-        "the killed attempt and the one that finished"
+        job.attempts,
+        2,
+        "the killed attempt and the one that finished; the workers logged:\n{}",
+        worker_logs(data.path())
     );
     let file = app
         .get(&format!("/api/v1/reports/{report}/download"), &admin)
@@ -580,7 +671,7 @@ async fn a_killed_audio_workers_recording_is_transcribed_by_another_worker() {
     let job_id = only_job(&app, "audio_recording").await;
 
     let data = tempfile::tempdir().unwrap();
-    let spawn = |port: u16| {
+    let spawn = |port: u16, lease_secs: u64| {
         spawn_agent_worker(
             &env,
             &storage,
@@ -588,18 +679,19 @@ async fn a_killed_audio_workers_recording_is_transcribed_by_another_worker() {
             port,
             "audio_recording",
             Some(&models),
+            lease_secs,
         )
     };
     kill_while_running(
         &app,
         job_id,
-        spawn(free_port()),
+        spawn(free_port(), KILLED_LEASE_SECS),
         300,
         "the transcription ended before it could be interrupted; use a longer recording",
     )
     .await;
 
-    let mut second = spawn(free_port());
+    let mut second = spawn(free_port(), FINISHING_LEASE_SECS);
     let restarted = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(300);
     let done = loop {
@@ -613,16 +705,23 @@ async fn a_killed_audio_workers_recording_is_transcribed_by_another_worker() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     eprintln!(
-        "27 s of speech: transcribed {:?} after the second worker started (lease: 4 s)",
+        "27 s of speech: transcribed {:?} after the second worker started (leases: {KILLED_LEASE_SECS} s, then {FINISHING_LEASE_SECS} s)",
         restarted.elapsed()
     );
     second.kill().unwrap();
     second.wait().unwrap();
-    assert_eq!(done["status"], "ready", "{done}");
+    assert_eq!(
+        done["status"],
+        "ready",
+        "{done}\n{}",
+        worker_logs(data.path())
+    );
     let job = app.core.find_job(job_id).await.unwrap().unwrap();
     assert_eq!(
-        job.attempts, 2,
-        "the killed attempt and the one that finished"
+        job.attempts,
+        2,
+        "the killed attempt and the one that finished; the workers logged:\n{}",
+        worker_logs(data.path())
     );
     let text = app
         .get(
