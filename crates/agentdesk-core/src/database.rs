@@ -17,6 +17,7 @@ use sea_orm_migration::MigratorTrait;
 
 use crate::config::{DatabaseKind, Settings};
 use crate::error::{Error, Result};
+use crate::inline_reads::InlineReader;
 use crate::migration::Migrator;
 
 /// The application's database handles.
@@ -25,6 +26,8 @@ pub struct Database {
     kind: DatabaseKind,
     writer: DatabaseConnection,
     reader: DatabaseConnection,
+    /// SQLite's hot reads on the calling thread (a file database only).
+    inline: Option<Arc<InlineReader>>,
     health: Arc<Health>,
 }
 
@@ -65,10 +68,15 @@ impl Database {
                 ))
                 .await
                 .map_err(connect_error)?;
+                let inline = sqlite_path(&url).map(|path| {
+                    let keep = sqlite_readers(settings.database_max_connections) as usize;
+                    Arc::new(InlineReader::new(path, keep))
+                });
                 Ok(Self {
                     kind: DatabaseKind::Sqlite,
                     writer,
                     reader,
+                    inline,
                     health: Arc::default(),
                 })
             }
@@ -87,6 +95,7 @@ impl Database {
                     kind: DatabaseKind::Postgres,
                     writer: pool.clone(),
                     reader: pool,
+                    inline: None,
                     health: Arc::default(),
                 })
             }
@@ -111,6 +120,12 @@ impl Database {
     /// The handle for reads.
     pub fn reader(&self) -> &DatabaseConnection {
         &self.reader
+    }
+
+    /// Reads on the calling thread, for the hot paths (SQLite files only; see
+    /// [`crate::inline_reads`]).
+    pub fn inline_reader(&self) -> Option<&InlineReader> {
+        self.inline.as_deref()
     }
 
     /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite).
