@@ -616,6 +616,17 @@ impl Core {
             Some(_) => Condition::all().add(client::Column::DeletedAt.is_null()),
             None => Self::live_client(permit.scope()),
         };
+        // Whether the page's walk is short by construction, so that it may run on the calling
+        // thread: without filters it stops after `limit + 1` rows; with them, a scope of a few
+        // thousand clients bounds it. An admin's filtered page could walk the whole table.
+        let short_walk = match permit.scope() {
+            ClientScope::Only(scoped) => scoped.clients().len() as u64 <= SEARCH_WALK,
+            ClientScope::All => {
+                filter.status.is_none()
+                    && filter.tag.is_none()
+                    && filter.q.as_deref().is_none_or(|q| q.trim().is_empty())
+            }
+        };
         if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
             condition = condition.add(self.client_search(q, permit.scope(), limit).await?);
         }
@@ -685,9 +696,12 @@ impl Core {
         if let Some(col) = key_column {
             query = query.order_by(col, order.clone());
         }
-        let rows = self
-            .read_clients(query.order_by(id_column, order).limit(limit + 1))
-            .await?;
+        let query = query.order_by(id_column, order).limit(limit + 1);
+        let rows = if short_walk {
+            self.read_clients(query).await?
+        } else {
+            query.all(self.db.reader()).await?
+        };
         let (rows, next_cursor) = crate::pagination::split_page(rows, limit, |last| {
             crate::pagination::encode_keyed_cursor(last.id, &cursor_key(sort, last))
         });
@@ -698,7 +712,8 @@ impl Core {
     }
 
     /// The rows of a SELECT of clients on the reader: on the calling thread where SQLite's
-    /// inline reads carry it ([`crate::inline_reads`]), through sea-orm otherwise.
+    /// inline reads carry it ([`crate::inline_reads`]), through sea-orm otherwise. Only for
+    /// statements that read a bounded number of rows: the calling thread is a runtime worker.
     async fn read_clients(&self, query: Select<client::Entity>) -> Result<Vec<client::Model>> {
         if let Some(inline) = self.db.inline_reader()
             && let Some(rows) = inline.rows::<client::Model>(&query.build(DatabaseBackend::Sqlite))
