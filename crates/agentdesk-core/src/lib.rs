@@ -11,7 +11,6 @@ pub mod cache;
 pub mod config;
 pub mod database;
 pub mod error;
-pub mod inline_reads;
 pub mod migration;
 pub mod models;
 pub mod pagination;
