@@ -17,6 +17,7 @@ use sea_orm_migration::MigratorTrait;
 
 use crate::config::{DatabaseKind, Settings};
 use crate::error::{Error, Result};
+use crate::inline_reads::InlineReader;
 use crate::migration::Migrator;
 
 /// The application's database handles.
@@ -25,6 +26,8 @@ pub struct Database {
     kind: DatabaseKind,
     writer: DatabaseConnection,
     reader: DatabaseConnection,
+    /// SQLite's hot reads on the calling thread (a file database only).
+    inline: Option<Arc<InlineReader>>,
     health: Arc<Health>,
 }
 
@@ -65,10 +68,15 @@ impl Database {
                 ))
                 .await
                 .map_err(connect_error)?;
+                let inline = inline_path(&url).map(|path| {
+                    let keep = sqlite_readers(settings.database_max_connections) as usize;
+                    Arc::new(InlineReader::new(path, keep))
+                });
                 Ok(Self {
                     kind: DatabaseKind::Sqlite,
                     writer,
                     reader,
+                    inline,
                     health: Arc::default(),
                 })
             }
@@ -87,6 +95,7 @@ impl Database {
                     kind: DatabaseKind::Postgres,
                     writer: pool.clone(),
                     reader: pool,
+                    inline: None,
                     health: Arc::default(),
                 })
             }
@@ -111,6 +120,12 @@ impl Database {
     /// The handle for reads.
     pub fn reader(&self) -> &DatabaseConnection {
         &self.reader
+    }
+
+    /// Reads on the calling thread, for the hot paths (SQLite files only; see
+    /// [`crate::inline_reads`]).
+    pub fn inline_reader(&self) -> Option<&InlineReader> {
+        self.inline.as_deref()
     }
 
     /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite).
@@ -298,6 +313,15 @@ fn sqlite_path(url: &str) -> Option<String> {
     (!path.is_empty() && path != ":memory:").then(|| path.to_owned())
 }
 
+/// The file that inline reads open: a plain path only. An in-memory database, or a `file:` URI
+/// whose options this path would not see, is read through sqlx alone.
+fn inline_path(url: &str) -> Option<String> {
+    let memory = url
+        .split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|kv| kv == "mode=memory"));
+    sqlite_path(url).filter(|path| !memory && !path.starts_with("file:"))
+}
+
 /// Readers for SQLite: the setting, but at most two per core and at least two. A read runs on
 /// its connection's own thread, so readers beyond the cores add threads and page caches (about
 /// 6 MiB each under load), not throughput.
@@ -346,4 +370,28 @@ async fn connect_sqlite_writer(url: &str) -> Result<DatabaseConnection> {
 
 fn connect_error(err: sea_orm::DbErr) -> Error {
     Error::Unavailable(format!("cannot connect to the database: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inline_path;
+
+    #[test]
+    fn inline_reads_open_plain_files_only() {
+        assert_eq!(
+            inline_path("sqlite:///var/lib/agentdesk/agentdesk.db?mode=rwc").as_deref(),
+            Some("/var/lib/agentdesk/agentdesk.db")
+        );
+        assert_eq!(
+            inline_path("sqlite://data/agentdesk.db").as_deref(),
+            Some("data/agentdesk.db")
+        );
+        assert_eq!(inline_path("sqlite::memory:"), None);
+        assert_eq!(
+            inline_path("sqlite://shared?mode=memory&cache=shared"),
+            None
+        );
+        assert_eq!(inline_path("sqlite:file:agentdesk.db?mode=ro"), None);
+        assert_eq!(inline_path("postgres://postgres@127.0.0.1/agentdesk"), None);
+    }
 }

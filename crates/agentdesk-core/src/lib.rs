@@ -11,6 +11,7 @@ pub mod cache;
 pub mod config;
 pub mod database;
 pub mod error;
+pub mod inline_reads;
 pub mod migration;
 pub mod models;
 pub mod pagination;

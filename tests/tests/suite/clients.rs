@@ -629,3 +629,97 @@ async fn scoped_and_searched_pages_are_exact_whatever_the_plan() {
         .await
         .expect(404, Some("not_found"));
 }
+
+/// On SQLite the hot reads of clients run on the calling thread (`inline_reads`): they give
+/// exactly the rows sea-orm gives for the same statements, and what they cannot carry falls
+/// back. On PostgreSQL there is no such path.
+#[tokio::test]
+async fn sqlite_inline_reads_give_the_rows_sea_orm_gives() {
+    use agentdesk_core::models::client;
+    use sea_orm::{
+        ColumnTrait, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    };
+
+    let app = TestApp::spawn().await;
+    let Some(inline) = app.core.db.inline_reader() else {
+        assert_eq!(
+            agentdesk_tests::backend(),
+            agentdesk_tests::Backend::Postgres
+        );
+        return;
+    };
+    let admin = app.admin_token().await;
+    let mut ids = Vec::new();
+    for (i, body) in [
+        json!({"name": "Ærø Ünïcode 日本 🎉", "email": unique_email("inline"), "phone": "+49 30 1234567",
+               "company": "Acme", "tags": ["vip", "eu"], "notes": "line one\nline two",
+               "metadata": {"crm": {"id": 7, "tags": [1.5, null, true]}, "s": "\"quoted\""}}),
+        json!({"name": "Only a name"}),
+        json!({"name": "Archived one", "status": "archived", "tags": [], "metadata": {}}),
+        json!({"name": "Deleted later", "company": "Gone Ltd"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let created = create(&app, &admin, body).await;
+        ids.push(created["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap());
+        if i == 0 {
+            let r = app
+                .patch(
+                    &format!("/api/v1/clients/{}", ids[0]),
+                    &admin,
+                    json!({"notes": null, "metadata": {"added": "later"}}),
+                )
+                .await;
+            r.expect(200, None);
+        }
+    }
+    app.delete(&format!("/api/v1/clients/{}", ids[3]), &admin)
+        .await
+        .expect(204, None);
+
+    let reader = app.core.db.reader();
+    let queries = [
+        client::Entity::find(),
+        client::Entity::find_by_id(ids[0]),
+        client::Entity::find_by_id(ids[3]).filter(client::Column::DeletedAt.is_null()),
+        client::Entity::find()
+            .filter(client::Column::DeletedAt.is_not_null())
+            .order_by_desc(client::Column::UpdatedAt),
+        client::Entity::find()
+            .filter(client::Column::SearchText.like("%acme%"))
+            .filter(client::Column::UpdatedAt.lte(chrono::Utc::now()))
+            .filter(client::Column::Id.is_in(ids.clone()))
+            .order_by_asc(client::Column::NameKey)
+            .limit(2),
+    ];
+    for query in queries {
+        let statement = query.clone().build(DatabaseBackend::Sqlite);
+        let inline_rows = inline
+            .rows::<client::Model>(&statement)
+            .unwrap_or_else(|| panic!("the inline path carries {}", statement.sql));
+        let orm_rows = query.all(reader).await.unwrap();
+        assert_eq!(inline_rows, orm_rows, "{}", statement.sql);
+    }
+    // Every field of a full row came back, deleted_at included.
+    let deleted = inline
+        .rows::<client::Model>(&client::Entity::find_by_id(ids[3]).build(DatabaseBackend::Sqlite))
+        .unwrap();
+    assert!(deleted[0].deleted_at.is_some());
+
+    // Columns other than a whole client's, and statements SQLite refuses, fall back.
+    let some_columns = client::Entity::find()
+        .select_only()
+        .column(client::Column::Id)
+        .build(DatabaseBackend::Sqlite);
+    assert!(inline.rows::<client::Model>(&some_columns).is_none());
+    let refused = sea_orm::Statement::from_string(DatabaseBackend::Sqlite, "SELECT * FROM nowhere");
+    assert!(inline.rows::<client::Model>(&refused).is_none());
+    let count = sea_orm::Statement::from_sql_and_values(
+        DatabaseBackend::Sqlite,
+        "SELECT count(*) FROM clients WHERE deleted_at IS NULL AND name_key LIKE ?",
+        ["%e%".into()],
+    );
+    // Three live names hold an "e"; the deleted one is not counted.
+    assert_eq!(inline.integer(&count), Some(Some(3)));
+}

@@ -36,6 +36,55 @@ pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
 
+impl crate::inline_reads::InlineRow for Model {
+    const COLUMNS: &'static [&'static str] = &[
+        "id",
+        "name",
+        "name_key",
+        "email",
+        "email_key",
+        "phone",
+        "phone_key",
+        "company",
+        "status",
+        "tags",
+        "notes",
+        "metadata",
+        "search_text",
+        "version",
+        "created_at",
+        "updated_at",
+        "created_by",
+        "deleted_at",
+    ];
+
+    fn decode(row: &rusqlite::Row<'_>) -> Option<Self> {
+        use crate::inline_reads::{
+            integer, json, optional_text, optional_time, optional_uuid, text, time, uuid,
+        };
+        Some(Self {
+            id: uuid(row, 0)?,
+            name: text(row, 1)?,
+            name_key: text(row, 2)?,
+            email: optional_text(row, 3)?,
+            email_key: optional_text(row, 4)?,
+            phone: optional_text(row, 5)?,
+            phone_key: optional_text(row, 6)?,
+            company: optional_text(row, 7)?,
+            status: text(row, 8)?,
+            tags: json(row, 9)?,
+            notes: optional_text(row, 10)?,
+            metadata: json(row, 11)?,
+            search_text: text(row, 12)?,
+            version: integer(row, 13)?,
+            created_at: time(row, 14)?,
+            updated_at: time(row, 15)?,
+            created_by: optional_uuid(row, 16)?,
+            deleted_at: optional_time(row, 17)?,
+        })
+    }
+}
+
 /// The statuses a client can have.
 pub const STATUSES: [&str; 4] = ["lead", "active", "inactive", "archived"];
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, LikeExpr, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, QueryTrait, Set, Statement, TryIntoModel,
+    QuerySelect, QueryTrait, Select, Set, Statement, TryIntoModel,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -561,9 +561,13 @@ impl Core {
             ),
             [sea_orm::Value::from(pattern.as_str())],
         );
-        let matches = match self.db.reader().query_one_raw(sample).await? {
-            Some(row) => row.try_get_by_index::<i64>(0)?,
-            None => 0,
+        let inline = self.db.inline_reader().and_then(|r| r.integer(&sample));
+        let matches = match inline {
+            Some(count) => count.unwrap_or(0),
+            None => match self.db.reader().query_one_raw(sample).await? {
+                Some(row) => row.try_get_by_index::<i64>(0)?,
+                None => 0,
+            },
         };
         // The walk reads about (limit + 1) * SAMPLE / matches rows: at most SEARCH_WALK.
         let use_walk = matches > 0
@@ -611,6 +615,17 @@ impl Core {
         let mut condition = match single_grant {
             Some(_) => Condition::all().add(client::Column::DeletedAt.is_null()),
             None => Self::live_client(permit.scope()),
+        };
+        // Whether the page's walk is short by construction, so that it may run on the calling
+        // thread: without filters it stops after `limit + 1` rows; with them, a scope of a few
+        // thousand clients bounds it. An admin's filtered page could walk the whole table.
+        let short_walk = match permit.scope() {
+            ClientScope::Only(scoped) => scoped.clients().len() as u64 <= SEARCH_WALK,
+            ClientScope::All => {
+                filter.status.is_none()
+                    && filter.tag.is_none()
+                    && filter.q.as_deref().is_none_or(|q| q.trim().is_empty())
+            }
         };
         if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
             condition = condition.add(self.client_search(q, permit.scope(), limit).await?);
@@ -681,11 +696,12 @@ impl Core {
         if let Some(col) = key_column {
             query = query.order_by(col, order.clone());
         }
-        let rows = query
-            .order_by(id_column, order)
-            .limit(limit + 1)
-            .all(self.db.reader())
-            .await?;
+        let query = query.order_by(id_column, order).limit(limit + 1);
+        let rows = if short_walk {
+            self.read_clients(query).await?
+        } else {
+            query.all(self.db.reader()).await?
+        };
         let (rows, next_cursor) = crate::pagination::split_page(rows, limit, |last| {
             crate::pagination::encode_keyed_cursor(last.id, &cursor_key(sort, last))
         });
@@ -693,6 +709,18 @@ impl Core {
             items: rows.into_iter().map(Client::from).collect(),
             next_cursor,
         })
+    }
+
+    /// The rows of a SELECT of clients on the reader: on the calling thread where SQLite's
+    /// inline reads carry it ([`crate::inline_reads`]), through sea-orm otherwise. Only for
+    /// statements that read a bounded number of rows: the calling thread is a runtime worker.
+    async fn read_clients(&self, query: Select<client::Entity>) -> Result<Vec<client::Model>> {
+        if let Some(inline) = self.db.inline_reader()
+            && let Some(rows) = inline.rows::<client::Model>(&query.build(DatabaseBackend::Sqlite))
+        {
+            return Ok(rows);
+        }
+        Ok(query.all(self.db.reader()).await?)
     }
 
     /// A live client by id, without any scope check (for the core and agents' checked paths).
@@ -782,8 +810,13 @@ impl Core {
     /// A live client that the permit covers; otherwise 404 (with a denied event when it exists).
     pub async fn scoped_client(&self, permit: &Permit, id: Uuid) -> Result<Client> {
         let found = self
-            .find_client(self.db.reader(), id)
+            .read_clients(
+                client::Entity::find_by_id(id).filter(client::Column::DeletedAt.is_null()),
+            )
             .await?
+            .into_iter()
+            .next()
+            .map(Client::from)
             .ok_or(Error::NotFound("client"))?;
         if !permit.scope().covers(id) {
             return Err(self.deny_out_of_scope(permit, "client", id, Some(id)).await);
