@@ -61,17 +61,12 @@ impl Database {
                 }
                 let writer = connect_sqlite_writer(&url).await?;
                 // The writer creates the file and switches it to WAL before readers open it.
-                let reader = sea_orm::Database::connect(sqlite_options(
-                    &url,
-                    sqlite_readers(settings.database_max_connections),
-                    true,
-                ))
-                .await
-                .map_err(connect_error)?;
-                let inline = inline_path(&url).map(|path| {
-                    let keep = sqlite_readers(settings.database_max_connections) as usize;
-                    Arc::new(InlineReader::new(path, keep))
-                });
+                let readers = sqlite_readers(settings.database_max_connections);
+                let reader = sea_orm::Database::connect(sqlite_options(&url, readers, true))
+                    .await
+                    .map_err(connect_error)?;
+                let inline = inline_path(&url)
+                    .map(|path| Arc::new(InlineReader::new(path, readers as usize)));
                 Ok(Self {
                     kind: DatabaseKind::Sqlite,
                     writer,

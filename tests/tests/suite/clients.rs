@@ -715,6 +715,33 @@ async fn sqlite_inline_reads_give_the_rows_sea_orm_gives() {
     assert!(inline.rows::<client::Model>(&some_columns).is_none());
     let refused = sea_orm::Statement::from_string(DatabaseBackend::Sqlite, "SELECT * FROM nowhere");
     assert!(inline.rows::<client::Model>(&refused).is_none());
+    // A client's columns whose values do not decode (an id that is no UUID, a time that is no
+    // time) fall back too, rather than give a wrong row.
+    let columns = <client::Model as agentdesk_core::inline_reads::InlineRow>::COLUMNS;
+    for (column, bad) in [
+        ("id", "'not a uuid'"),
+        ("created_at", "'yesterday'"),
+        ("tags", "'['"),
+    ] {
+        let select: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                if *c == column {
+                    format!("{bad} AS {c}")
+                } else {
+                    (*c).to_owned()
+                }
+            })
+            .collect();
+        let statement = sea_orm::Statement::from_string(
+            DatabaseBackend::Sqlite,
+            format!("SELECT {} FROM clients", select.join(", ")),
+        );
+        assert!(
+            inline.rows::<client::Model>(&statement).is_none(),
+            "{column} = {bad} falls back"
+        );
+    }
     let count = sea_orm::Statement::from_sql_and_values(
         DatabaseBackend::Sqlite,
         "SELECT count(*) FROM clients WHERE deleted_at IS NULL AND name_key LIKE ?",

@@ -729,11 +729,15 @@ impl Core {
         conn: &impl ConnectionTrait,
         id: Uuid,
     ) -> Result<Option<Client>> {
-        Ok(client::Entity::find_by_id(id)
-            .filter(client::Column::DeletedAt.is_null())
+        Ok(Self::live_client_by_id(id)
             .one(conn)
             .await?
             .map(Client::from))
+    }
+
+    /// The SELECT of a live client by id.
+    fn live_client_by_id(id: Uuid) -> Select<client::Entity> {
+        client::Entity::find_by_id(id).filter(client::Column::DeletedAt.is_null())
     }
 
     /// A live client, locked for this transaction (`FOR UPDATE` on PostgreSQL; on SQLite the
@@ -810,9 +814,7 @@ impl Core {
     /// A live client that the permit covers; otherwise 404 (with a denied event when it exists).
     pub async fn scoped_client(&self, permit: &Permit, id: Uuid) -> Result<Client> {
         let found = self
-            .read_clients(
-                client::Entity::find_by_id(id).filter(client::Column::DeletedAt.is_null()),
-            )
+            .read_clients(Self::live_client_by_id(id))
             .await?
             .into_iter()
             .next()
