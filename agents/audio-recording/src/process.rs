@@ -252,8 +252,7 @@ async fn transcribe_stored(
                 break done.map_err(|e| JobError::Retryable(format!("the transcriber stopped: {e}")))?;
             }
             () = tokio::time::sleep(Duration::from_millis(500)) => {
-                // 5 % for decoding, 5..99 % for the model.
-                let now = 5 + progress.load(Ordering::Relaxed) * 94 / 100;
+                let now = job_progress(progress.load(Ordering::Relaxed));
                 if now > reported {
                     reported = now;
                     ctx.progress(i32::from(now)).await;
@@ -270,4 +269,29 @@ async fn transcribe_stored(
         Ok(transcript) => Ok((decoded, transcript, model_name)),
         Err(error) => Err((error, Some(decoded))),
     })
+}
+
+/// The job's progress for the model's `model_percent` (0..=100): 5 % for decoding, then 5..99 %
+/// for the model, so the job reaches 100 % only when the transcript is stored. Computed in `u16`:
+/// `u8` arithmetic overflowed (a panic in debug builds) as soon as the model passed 2 %.
+fn job_progress(model_percent: u8) -> u8 {
+    let scaled = 5 + u16::from(model_percent.min(100)) * 94 / 100;
+    u8::try_from(scaled).unwrap_or(99)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::job_progress;
+
+    #[test]
+    fn job_progress_spans_decoding_and_the_model_without_overflow() {
+        assert_eq!(job_progress(0), 5);
+        assert_eq!(job_progress(3), 7);
+        assert_eq!(job_progress(50), 52);
+        assert_eq!(job_progress(100), 99);
+        // Out-of-range input from a callback is clamped, never wrapped.
+        assert_eq!(job_progress(u8::MAX), 99);
+        let all: Vec<u8> = (0..=100).map(job_progress).collect();
+        assert!(all.windows(2).all(|w| w[0] <= w[1]), "never goes backwards");
+    }
 }
