@@ -15,6 +15,7 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
+use crate::checkpoint::{Checkpointer, WRITER_AUTOCHECKPOINT_PAGES};
 use crate::config::{DatabaseKind, Settings};
 use crate::error::{Error, Result};
 use crate::inline_reads::InlineReader;
@@ -28,6 +29,8 @@ pub struct Database {
     reader: DatabaseConnection,
     /// SQLite's hot reads on the calling thread (a file database only).
     inline: Option<Arc<InlineReader>>,
+    /// SQLite's WAL checkpoints, off the writer (a file database only).
+    checkpointer: Option<Arc<Checkpointer>>,
     health: Arc<Health>,
 }
 
@@ -65,13 +68,19 @@ impl Database {
                 let reader = sea_orm::Database::connect(sqlite_options(&url, readers, true))
                     .await
                     .map_err(connect_error)?;
-                let inline = inline_path(&url)
+                let path = inline_path(&url);
+                let inline = path
+                    .clone()
                     .map(|path| Arc::new(InlineReader::new(path, readers as usize)));
+                let checkpointer = path
+                    .and_then(|path| Checkpointer::start(&path))
+                    .map(Arc::new);
                 Ok(Self {
                     kind: DatabaseKind::Sqlite,
                     writer,
                     reader,
                     inline,
+                    checkpointer,
                     health: Arc::default(),
                 })
             }
@@ -91,6 +100,7 @@ impl Database {
                     writer: pool.clone(),
                     reader: pool,
                     inline: None,
+                    checkpointer: None,
                     health: Arc::default(),
                 })
             }
@@ -253,6 +263,9 @@ impl Database {
 
     /// Closes every connection (at shutdown, so SQLite checkpoints its WAL).
     pub async fn close(self) {
+        if let Some(checkpointer) = self.checkpointer.clone() {
+            let _ = tokio::task::spawn_blocking(move || checkpointer.stop()).await;
+        }
         let _ = self.reader.close().await;
         if self.kind == DatabaseKind::Sqlite {
             let _ = self.writer.close().await;
@@ -340,6 +353,11 @@ fn sqlite_options(url: &str, max_connections: u32, read_only: bool) -> ConnectOp
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
                 .pragma("temp_store", "memory")
+                // Checkpoints run on a thread of their own (`checkpoint.rs`); this is the net.
+                .pragma(
+                    "wal_autocheckpoint",
+                    WRITER_AUTOCHECKPOINT_PAGES.to_string(),
+                )
         });
     options
 }

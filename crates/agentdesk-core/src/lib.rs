@@ -8,6 +8,7 @@
 
 pub mod backup;
 pub mod cache;
+pub mod checkpoint;
 pub mod config;
 pub mod database;
 pub mod error;
