@@ -2,7 +2,9 @@
 //!
 //! On SQLite there is one writer connection and a pool of read-only readers, in WAL mode with a
 //! busy timeout and foreign keys on; write transactions begin `IMMEDIATE`, so two writers queue
-//! instead of failing with `database is locked`. On PostgreSQL both handles are the same pool.
+//! instead of failing with `database is locked`. WAL checkpoints run on a thread of their own
+//! (`checkpoint.rs`), not inside the writer's commits. On PostgreSQL both handles are the same
+//! pool.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
