@@ -73,10 +73,7 @@ impl InlineReader {
             let mut rows = prepared.query(rusqlite::params_from_iter(params)).ok()?;
             match rows.next().ok()? {
                 None => Some(None),
-                Some(row) => match row.get_ref(0).ok()? {
-                    ValueRef::Integer(n) => Some(Some(n)),
-                    _ => None,
-                },
+                Some(row) => integer(row, 0).map(Some),
             }
         })
     }
@@ -166,11 +163,15 @@ pub fn uuid(row: &rusqlite::Row<'_>, index: usize) -> Option<Uuid> {
     }
 }
 
-/// A nullable UUID column.
-pub fn optional_uuid(row: &rusqlite::Row<'_>, index: usize) -> Option<Option<Uuid>> {
+/// A nullable column read by `read` (one of this module's readers): `Some(None)` for NULL.
+pub fn optional<T>(
+    row: &rusqlite::Row<'_>,
+    index: usize,
+    read: fn(&rusqlite::Row<'_>, usize) -> Option<T>,
+) -> Option<Option<T>> {
     match row.get_ref(index).ok()? {
         ValueRef::Null => Some(None),
-        _ => uuid(row, index).map(Some),
+        _ => read(row, index).map(Some),
     }
 }
 
@@ -179,14 +180,6 @@ pub fn text(row: &rusqlite::Row<'_>, index: usize) -> Option<String> {
     match row.get_ref(index).ok()? {
         ValueRef::Text(text) => String::from_utf8(text.to_vec()).ok(),
         _ => None,
-    }
-}
-
-/// A nullable text column.
-pub fn optional_text(row: &rusqlite::Row<'_>, index: usize) -> Option<Option<String>> {
-    match row.get_ref(index).ok()? {
-        ValueRef::Null => Some(None),
-        _ => text(row, index).map(Some),
     }
 }
 
@@ -221,12 +214,4 @@ pub fn time(row: &rusqlite::Row<'_>, index: usize) -> Option<DateTime<Utc>> {
                 .ok()
                 .map(|t| t.and_utc())
         })
-}
-
-/// A nullable time column.
-pub fn optional_time(row: &rusqlite::Row<'_>, index: usize) -> Option<Option<DateTime<Utc>>> {
-    match row.get_ref(index).ok()? {
-        ValueRef::Null => Some(None),
-        _ => time(row, index).map(Some),
-    }
 }

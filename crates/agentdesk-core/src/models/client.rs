@@ -59,28 +59,26 @@ impl crate::inline_reads::InlineRow for Model {
     ];
 
     fn decode(row: &rusqlite::Row<'_>) -> Option<Self> {
-        use crate::inline_reads::{
-            integer, json, optional_text, optional_time, optional_uuid, text, time, uuid,
-        };
+        use crate::inline_reads::{integer, json, optional, text, time, uuid};
         Some(Self {
             id: uuid(row, 0)?,
             name: text(row, 1)?,
             name_key: text(row, 2)?,
-            email: optional_text(row, 3)?,
-            email_key: optional_text(row, 4)?,
-            phone: optional_text(row, 5)?,
-            phone_key: optional_text(row, 6)?,
-            company: optional_text(row, 7)?,
+            email: optional(row, 3, text)?,
+            email_key: optional(row, 4, text)?,
+            phone: optional(row, 5, text)?,
+            phone_key: optional(row, 6, text)?,
+            company: optional(row, 7, text)?,
             status: text(row, 8)?,
             tags: json(row, 9)?,
-            notes: optional_text(row, 10)?,
+            notes: optional(row, 10, text)?,
             metadata: json(row, 11)?,
             search_text: text(row, 12)?,
             version: integer(row, 13)?,
             created_at: time(row, 14)?,
             updated_at: time(row, 15)?,
-            created_by: optional_uuid(row, 16)?,
-            deleted_at: optional_time(row, 17)?,
+            created_by: optional(row, 16, uuid)?,
+            deleted_at: optional(row, 17, time)?,
         })
     }
 }
