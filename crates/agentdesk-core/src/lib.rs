@@ -16,6 +16,7 @@ pub mod inline_reads;
 pub mod migration;
 pub mod models;
 pub mod pagination;
+pub mod search_index;
 pub mod security;
 pub mod services;
 pub mod storage;

@@ -483,6 +483,77 @@ async fn concurrent_patches_without_if_match_all_apply() {
     let done = app.get(&url, &admin).await;
     assert_eq!(done.json["version"], 13, "every patch applied, none lost");
     assert_eq!(done.json["metadata"].as_object().unwrap().len(), 12);
+    // A patch whose first try lost the race to another (its version was gone) wrote no event
+    // for that try: one event per patch, each from the state the one before it left.
+    let events = app
+        .get(
+            &format!(
+                "/api/v1/audit/events?limit=100&action=client.update&resource_id={}",
+                c["id"].as_str().unwrap()
+            ),
+            &admin,
+        )
+        .await;
+    events.expect(200, None);
+    let keys = |e: &Value, side: &str| e["changes"][side]["metadata"].as_object().unwrap().len();
+    let mut sizes: Vec<(usize, usize)> = events.json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (keys(e, "before"), keys(e, "after")))
+        .collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, (0..12).map(|n| (n, n + 1)).collect::<Vec<_>>());
+}
+
+/// A search that SQLite answers through its trigram index (a rare term) finds what was just
+/// written, before the index is brought up to date (a batch off the writes) and after it.
+#[tokio::test]
+async fn searches_through_the_index_see_every_write_at_once() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    for i in 0..40 {
+        create(
+            &app,
+            &admin,
+            json!({"name": format!("Filler {i}"), "company": "Globex"}),
+        )
+        .await;
+    }
+    let found = |q: &'static str| {
+        let app = &app;
+        let admin = &admin;
+        async move { all_pages(app, admin, &format!("/api/v1/clients?q={q}&limit=5")).await }
+    };
+    let c = create(
+        &app,
+        &admin,
+        json!({"name": "Qwzrtplk One", "company": "Solo"}),
+    )
+    .await;
+    let id = c["id"].as_str().unwrap().to_owned();
+    let url = format!("/api/v1/clients/{id}");
+    assert_eq!(found("qwzrtplk").await, std::slice::from_ref(&id));
+    app.patch(&url, &admin, json!({"name": "Vbnmxycd One"}))
+        .await
+        .expect(200, None);
+    assert!(found("qwzrtplk").await.is_empty(), "the old name is gone");
+    assert_eq!(found("VBNMXYCD").await, std::slice::from_ref(&id));
+    // Once the indexer has run (it looks at least twice a second), the same answers.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(found("qwzrtplk").await.is_empty());
+    assert_eq!(found("vbnmxycd").await, std::slice::from_ref(&id));
+    app.patch(&url, &admin, json!({"company": "Qwzrtplk Holdings"}))
+        .await
+        .expect(200, None);
+    assert_eq!(found("qwzrtplk").await, std::slice::from_ref(&id));
+    app.delete(&url, &admin).await.expect(204, None);
+    assert!(
+        found("qwzrtplk").await.is_empty(),
+        "a deleted client is not found"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(found("vbnmxycd").await.is_empty());
 }
 
 /// Every page of `path` (a list URL with `limit`), following cursors: the ids in order.

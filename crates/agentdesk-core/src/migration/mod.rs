@@ -21,6 +21,7 @@ mod m0015_jobs_queued_index;
 mod m0016_api_keys;
 mod m0017_totp;
 mod m0018_schedule_api_key;
+mod m0019_clients_search_deferred;
 
 /// Makes one migration (migrations are trait objects, made afresh for each run).
 pub type MakeMigration = fn() -> Box<dyn MigrationTrait>;
@@ -69,6 +70,7 @@ impl Migrator {
             Box::new(m0016_api_keys::Migration),
             Box::new(m0017_totp::Migration),
             Box::new(m0018_schedule_api_key::Migration),
+            Box::new(m0019_clients_search_deferred::Migration),
         ]
     }
 }

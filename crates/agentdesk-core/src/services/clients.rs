@@ -360,6 +360,14 @@ fn client_update(
     Ok((Client::from(row), update))
 }
 
+/// A merge patch applied to a client, ready to write ([`Core::update_client`]).
+struct Patched {
+    fields: ClientFields,
+    updated: Client,
+    update: Statement,
+    record: super::audit::AuditRecord,
+}
+
 /// The UPDATE that marks a live client deleted (freeing its email for a new client).
 fn client_removal(backend: DatabaseBackend, id: Uuid) -> Statement {
     client::Entity::update_many()
@@ -534,7 +542,8 @@ impl Core {
     /// tested on each row while the page's order is walked stops at the page's end: that wins
     /// when matches are common, or the scope is a grant's few hundred clients. When they are
     /// rare among all clients, the FTS5 trigram index wins: it finds every match (then sorted),
-    /// where the walk would read most of the table. Which one, SQLite cannot tell, so we ask
+    /// where the walk would read most of the table; rows written since its last update are
+    /// tested directly ([`crate::search_index`]). Which one, SQLite cannot tell, so we ask
     /// a sample of the newest rows how common matches are.
     async fn client_search(
         &self,
@@ -575,10 +584,17 @@ impl Core {
         Ok(if use_walk {
             walk
         } else {
+            // The index holds every row but those noted since its last update, whose text
+            // the LIKE tests here (`search_index.rs`): exact either way.
             Expr::cust_with_values(
-                "clients.rowid IN (SELECT rowid FROM clients_fts WHERE search_text LIKE ?)",
+                format!(
+                    "clients.rowid IN (SELECT rowid FROM clients_fts WHERE search_text LIKE ? \
+                     UNION ALL {})",
+                    crate::search_index::PENDING_ROWIDS
+                ),
                 [pattern],
             )
+            .and(walk)
         })
     }
 
@@ -942,7 +958,20 @@ impl Core {
         if !patch.is_object() {
             return Err(Error::invalid("", "a merge patch must be a JSON object"));
         }
-        self.scoped_client(permit, id).await?;
+        let seen = self.scoped_client(permit, id).await?;
+        // First the row as just read, off the write lock: the UPDATE writes it only if its
+        // version is still the one read. When someone wrote in between (no row written, the
+        // transaction rolls back with its event), or this read may be stale for the check,
+        // the locked path below decides.
+        if check_if_match(if_match, &seen).is_ok()
+            && let Ok(patched) = self.patched(permit, &seen, patch)
+        {
+            let txn = self.db.begin().await?;
+            if let Some(updated) = self.write_patched(&txn, &seen, patched).await? {
+                txn.commit().await?;
+                return Ok(updated);
+            }
+        }
         let txn = self.db.begin().await?;
         // Lock the row, so that concurrent patches queue instead of failing each other's
         // version check; the merge applies to the version this transaction holds.
@@ -951,32 +980,60 @@ impl Core {
             .await?
             .ok_or(Error::NotFound("client"))?;
         check_if_match(if_match, &current)?;
-        let mut doc = ClientFields::from_client(&current).to_json();
+        let patched = self.patched(permit, &current, patch)?;
+        let updated = self
+            .write_patched(&txn, &current, patched)
+            .await?
+            .ok_or(Error::PreconditionFailed)?;
+        txn.commit().await?;
+        Ok(updated)
+    }
+
+    /// `patch` merged into `current`: the fields, the client it leaves, its UPDATE (of
+    /// `current`'s version only) and its audit record.
+    fn patched(&self, permit: &Permit, current: &Client, patch: &Value) -> Result<Patched> {
+        let mut doc = ClientFields::from_client(current).to_json();
         merge_patch(&mut doc, patch);
         let fields = ClientFields::from_json(&doc)?;
-        let (updated, update) = client_update(txn.get_database_backend(), &current, &fields)?;
+        let (updated, update) = client_update(self.db.backend(), current, &fields)?;
         let changes = diff(
-            &serde_json::to_value(&current).unwrap_or_default(),
+            &serde_json::to_value(current).unwrap_or_default(),
             &serde_json::to_value(&updated).unwrap_or_default(),
             &[],
         );
         let record = permit
             .audit("client.update", Outcome::Success)
-            .resource("client", id)
-            .client(Some(id))
+            .resource("client", current.id)
+            .client(Some(current.id))
             .changes(changes);
+        Ok(Patched {
+            fields,
+            updated,
+            update,
+            record,
+        })
+    }
+
+    /// Writes a patch of `current` with its event: the client it leaves, or `None` (nothing
+    /// written) when `current`'s version is no longer the row's.
+    async fn write_patched(
+        &self,
+        txn: &impl ConnectionTrait,
+        current: &Client,
+        patched: Patched,
+    ) -> Result<Option<Client>> {
         let written = self
-            .execute_audited(&txn, update, record)
+            .execute_audited(txn, patched.update, patched.record)
             .await
             .map_err(email_conflict)?;
         if written == 0 {
-            return Err(Error::PreconditionFailed);
+            return Ok(None);
         }
-        if fields.tags != current.tags {
-            self.write_tags(&txn, id, &fields.tags).await?;
+        if patched.fields.tags != current.tags {
+            self.write_tags(txn, current.id, &patched.fields.tags)
+                .await?;
         }
-        txn.commit().await?;
-        Ok(updated)
+        Ok(Some(patched.updated))
     }
 
     /// Overwrites a client's fields inside the caller's transaction, bumping the version;

@@ -72,6 +72,8 @@ pub struct Core {
     pub last_used: account::LastUsed,
     /// Encrypts second-factor secrets at rest.
     pub mfa_box: mfa::SecretBox,
+    /// Keeps SQLite's search index of clients up to date while this process runs.
+    pub search_index: crate::search_index::SearchIndexer,
 }
 
 impl Core {
@@ -103,6 +105,7 @@ impl Core {
         audit::spawn_sequencer(db.clone(), &audit_head);
         let last_used = account::LastUsed::default();
         last_used.spawn_flusher(db.clone());
+        let search_index = crate::search_index::SearchIndexer::start(&db);
         let mfa_box = mfa::SecretBox::new(
             &secret,
             settings.previous_jwt_secret.as_ref().map(|s| s.expose()),
@@ -124,6 +127,7 @@ impl Core {
             storage,
             last_used,
             mfa_box,
+            search_index,
         };
         let resealed = core.reseal_mfa_secrets().await?;
         if resealed > 0 {
