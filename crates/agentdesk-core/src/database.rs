@@ -150,7 +150,7 @@ impl Database {
     /// Migrations only expand the schema (see [`crate::migration::ContractMigrator`]), so an
     /// older build may serve a database that a newer one has migrated (blue/green upgrades):
     /// when the database has every migration of this build plus newer ones, nothing is applied
-    /// and the newer schema is served as it is.
+    /// and the newer schema is served as it is. A new database also takes the contract steps.
     pub async fn migrate(&self) -> Result<()> {
         let txn = self.begin_migration().await?;
         let applied = applied_migrations(&txn, self.kind).await?;
@@ -177,6 +177,11 @@ impl Database {
             return Ok(());
         }
         Migrator::up(&txn, None).await?;
+        // A database this build creates takes the contract steps too: no older release has
+        // served it, so none can need what they remove.
+        if applied.is_empty() {
+            crate::migration::ContractMigrator::up(&txn, None).await?;
+        }
         txn.commit().await?;
         Ok(())
     }

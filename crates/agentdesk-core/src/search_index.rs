@@ -266,6 +266,49 @@ mod tests {
         db.close().await;
     }
 
+    /// A database upgraded from an earlier release keeps updating the index in each write
+    /// until `migrate --contract` (an older release may still serve it); a new one notes.
+    #[tokio::test]
+    async fn the_index_is_deferred_by_the_contract_step_only() {
+        use sea_orm_migration::MigratorTrait;
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite(dir.path()).await;
+        insert(&db, 1, "Noted Acme").await;
+        // As an upgraded database is before the contract step: the step undone (what was noted
+        // is indexed on the way), then each write updates the index itself.
+        crate::migration::ContractMigrator::down(db.writer(), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM clients_fts_pending").await,
+            0
+        );
+        insert(&db, 2, "Direct Acme").await;
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM clients_fts_pending").await,
+            0
+        );
+        assert_eq!(indexed(&db, "%acme%").await, ["Direct Acme", "Noted Acme"]);
+        assert!(index_is_consistent(&db).await);
+        // Migrating again without the contract step changes nothing; with it, writes note.
+        db.migrate().await.unwrap();
+        insert(&db, 3, "Third Acme").await;
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM clients_fts_pending").await,
+            0
+        );
+        db.migrate_contract().await.unwrap();
+        insert(&db, 4, "Fourth Acme").await;
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM clients_fts_pending").await,
+            1
+        );
+        assert_eq!(index_all_pending(&db).await.unwrap(), 1);
+        assert_eq!(indexed(&db, "%acme%").await.len(), 4);
+        assert!(index_is_consistent(&db).await);
+        db.close().await;
+    }
+
     #[tokio::test]
     async fn many_noted_rows_move_in_batches() {
         let dir = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 
 use sea_orm_migration::prelude::*;
 
+pub(crate) mod contract;
 mod m0001_users_sessions;
 mod m0002_permissions_audit;
 mod m0003_clients;
@@ -89,8 +90,9 @@ pub fn schema_version() -> String {
 }
 
 /// Removals that a release only makes once no older binary serves the database: dropped tables
-/// and columns, renames, tightened constraints. Applied by `agentdesk migrate --contract`, never
-/// at start; kept in their own table so that an older binary's migrator does not see them.
+/// and columns, renames, tightened constraints, replaced triggers (see [`contract`]). Applied by
+/// `agentdesk migrate --contract`, and at start only to a database that the same start created;
+/// kept in their own table so that an older binary's migrator does not see them.
 ///
 /// Expand-only rule: a migration in [`Migrator`] only adds (tables, nullable or defaulted
 /// columns, indexes); `scripts/check-migrations` fails CI when one drops or renames anything.
@@ -99,7 +101,7 @@ pub struct ContractMigrator;
 #[async_trait::async_trait]
 impl MigratorTrait for ContractMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        Vec::new()
+        vec![Box::new(contract::ClientsSearchDeferred)]
     }
 
     fn migration_table_name() -> DynIden {
