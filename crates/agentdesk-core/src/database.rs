@@ -135,6 +135,19 @@ impl Database {
         self.inline.as_deref()
     }
 
+    /// The first column of the first row of `statement` as an integer (0 without a row), read
+    /// on the calling thread where SQLite's inline reads carry it, on the reader otherwise. For
+    /// small counts and existence checks.
+    pub async fn read_integer(&self, statement: Statement) -> Result<i64> {
+        if let Some(found) = self.inline_reader().and_then(|r| r.integer(&statement)) {
+            return Ok(found.unwrap_or(0));
+        }
+        Ok(match self.reader.query_one_raw(statement).await? {
+            Some(row) => row.try_get_by_index::<i64>(0)?,
+            None => 0,
+        })
+    }
+
     /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite).
     pub async fn begin(&self) -> Result<DatabaseTransaction> {
         let options = TransactionOptions {

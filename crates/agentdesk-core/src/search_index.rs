@@ -66,14 +66,7 @@ pub async fn index_all_pending(db: &Database) -> Result<u64> {
         DatabaseBackend::Sqlite,
         "SELECT EXISTS (SELECT 1 FROM clients_fts_pending)",
     );
-    let noted = match db.inline_reader().and_then(|r| r.integer(&look)) {
-        Some(found) => found.unwrap_or(0),
-        None => match db.reader().query_one_raw(look).await? {
-            Some(row) => row.try_get_by_index::<i64>(0)?,
-            None => 0,
-        },
-    };
-    if noted == 0 {
+    if db.read_integer(look).await? == 0 {
         return Ok(0);
     }
     let mut moved = 0;
@@ -161,17 +154,21 @@ mod tests {
             .collect()
     }
 
+    /// Inserts a client named `name` whose search text is `search_text`.
+    async fn insert_row(conn: &impl ConnectionTrait, name: &str, search_text: &str) {
+        conn.execute_unprepared(&format!(
+            "INSERT INTO clients (id, name, name_key, status, tags, metadata, search_text, \
+             version, created_at, updated_at) VALUES (randomblob(16), '{name}', '{name}', \
+             'lead', '[]', '{{}}', '{search_text}', 1, '2026-12-07T00:00:00Z', \
+             '2026-12-07T00:00:00Z')"
+        ))
+        .await
+        .unwrap();
+    }
+
     async fn insert(db: &Database, n: usize, name: &str) {
-        exec(
-            db,
-            &format!(
-                "INSERT INTO clients (id, name, name_key, status, tags, metadata, search_text, \
-                 version, created_at, updated_at) VALUES (randomblob(16), '{name}', '{name}', \
-                 'lead', '[]', '{{}}', lower('{name} n{n}'), 1, '2026-12-07T00:00:00Z', \
-                 '2026-12-07T00:00:00Z')"
-            ),
-        )
-        .await;
+        let text = format!("{} n{n}", name.to_lowercase());
+        insert_row(db.writer(), name, &text).await;
     }
 
     /// FTS5's own check of the index against the clients' rows (rank 1: with the content).
@@ -316,14 +313,7 @@ mod tests {
         let rows = BATCH as usize * 2 + 7;
         let txn = db.begin().await.unwrap();
         for n in 0..rows {
-            txn.execute_unprepared(&format!(
-                "INSERT INTO clients (id, name, name_key, status, tags, metadata, search_text, \
-                 version, created_at, updated_at) VALUES (randomblob(16), 'c{n}', 'c{n}', 'lead', \
-                 '[]', '{{}}', 'client number {n} acme', 1, '2026-12-07T00:00:00Z', \
-                 '2026-12-07T00:00:00Z')"
-            ))
-            .await
-            .unwrap();
+            insert_row(&txn, &format!("c{n}"), &format!("client number {n} acme")).await;
         }
         txn.commit().await.unwrap();
         assert_eq!(index_all_pending(&db).await.unwrap(), rows as u64);

@@ -570,14 +570,7 @@ impl Core {
             ),
             [sea_orm::Value::from(pattern.as_str())],
         );
-        let inline = self.db.inline_reader().and_then(|r| r.integer(&sample));
-        let matches = match inline {
-            Some(count) => count.unwrap_or(0),
-            None => match self.db.reader().query_one_raw(sample).await? {
-                Some(row) => row.try_get_by_index::<i64>(0)?,
-                None => 0,
-            },
-        };
+        let matches = self.db.read_integer(sample).await?;
         // The walk reads about (limit + 1) * SAMPLE / matches rows: at most SEARCH_WALK.
         let use_walk = matches > 0
             && (limit as i64 + 1) * SEARCH_SAMPLE as i64 <= matches * SEARCH_WALK as i64;
