@@ -54,14 +54,30 @@ async fn create_read_delete() {
     got.expect(200, None);
     assert_eq!(got.json, r.json);
     assert_eq!(got.header("etag"), Some("\"1\""));
-    // The email is unique among live clients, case-insensitively.
+    // The email is unique among live clients, case-insensitively; a refused create leaves none
+    // of its tags behind (on SQLite they are written in the row's own statement).
     app.post(
         "/api/v1/clients",
         &admin,
-        json!({"name": "Other", "email": "info@acme.EXAMPLE"}),
+        json!({"name": "Other", "email": "info@acme.EXAMPLE", "tags": ["eu", "refused"]}),
     )
     .await
     .expect(409, Some("conflict"));
+    let tagged = |tag: &'static str| {
+        let (app, admin) = (&app, &admin);
+        async move {
+            let page = app.get(&format!("/api/v1/clients?tag={tag}"), admin).await;
+            page.expect(200, None);
+            page.json["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(tagged("eu").await, vec![id.clone()]);
+    assert!(tagged("refused").await.is_empty());
     app.delete(&format!("/api/v1/clients/{id}"), &admin)
         .await
         .expect(204, None);

@@ -509,24 +509,33 @@ fn check_if_match(if_match: Option<&str>, current: &Client) -> Result<()> {
 /// bulk import's batch (5,000 rows each, within both databases' bound-parameter limits).
 async fn insert_tag_rows(conn: &impl ConnectionTrait, rows: &[(Uuid, &str)]) -> Result<()> {
     for chunk in rows.chunks(5000) {
-        let placeholders: Vec<String> = (0..chunk.len())
-            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
-            .collect();
-        let values: Vec<sea_orm::Value> = chunk
-            .iter()
-            .flat_map(|(id, tag)| [(*id).into(), sea_orm::Value::from(*tag)])
-            .collect();
+        let (sql, values) = tag_rows_insert(chunk, 0);
         conn.execute_raw(Statement::from_sql_and_values(
             conn.get_database_backend(),
-            format!(
-                "INSERT INTO client_tags (client_id, tag) VALUES {}",
-                placeholders.join(", ")
-            ),
+            sql,
             values,
         ))
         .await?;
     }
     Ok(())
+}
+
+/// The multi-row INSERT of `(client, tag)` rows, its parameters numbered from `after + 1`.
+fn tag_rows_insert(rows: &[(Uuid, &str)], after: usize) -> (String, Vec<sea_orm::Value>) {
+    let placeholders: Vec<String> = (0..rows.len())
+        .map(|i| format!("(${}, ${})", after + 2 * i + 1, after + 2 * i + 2))
+        .collect();
+    let values = rows
+        .iter()
+        .flat_map(|(id, tag)| [(*id).into(), sea_orm::Value::from(*tag)])
+        .collect();
+    (
+        format!(
+            "INSERT INTO client_tags (client_id, tag) VALUES {}",
+            placeholders.join(", ")
+        ),
+        values,
+    )
 }
 
 /// Rows of the sample that estimates how common a search's matches are (SQLite).
@@ -852,12 +861,30 @@ impl Core {
             .resource("client", created.id)
             .client(Some(created.id))
             .changes(json!({"before": null, "after": serde_json::to_value(&created).unwrap_or_default()}));
-        let insert = client::Entity::insert(insert).build(self.db.backend());
+        let mut insert = client::Entity::insert(insert).build(self.db.backend());
+        // On SQLite the tags ride in the row's audited statement: one statement less while the
+        // transaction holds the one writer. (PostgreSQL's audited statement is a single command
+        // with the event in a CTE, and its writes do not queue behind one another.)
+        let tags_apart = self.db.backend() == DatabaseBackend::Postgres || fields.tags.is_empty();
+        if !tags_apart {
+            let rows: Vec<(Uuid, &str)> = fields
+                .tags
+                .iter()
+                .map(|t| (created.id, t.as_str()))
+                .collect();
+            let mut values = insert.values.take().map(|v| v.0).unwrap_or_default();
+            let (tags_sql, tag_values) = tag_rows_insert(&rows, values.len());
+            values.extend(tag_values);
+            insert.sql = format!("{}; {tags_sql}", insert.sql);
+            insert.values = Some(sea_orm::Values(values));
+        }
         let txn = self.db.begin().await?;
         self.execute_audited(&txn, insert, record)
             .await
             .map_err(email_conflict)?;
-        self.insert_tags(&txn, created.id, &fields.tags).await?;
+        if tags_apart {
+            self.insert_tags(&txn, created.id, &fields.tags).await?;
+        }
         txn.commit().await?;
         Ok(created)
     }

@@ -43,9 +43,26 @@ impl RequestMeta {
     }
 }
 
-/// Everything the services need, built once at start and shared (cheap to clone).
+/// Everything the services need, built once at start and shared: a handle, so a clone (every
+/// request takes a few, through axum's state) is two reference counts, not a copy of each part.
 #[derive(Clone, Debug)]
 pub struct Core {
+    parts: Arc<CoreParts>,
+    /// The permission catalog: core resources plus the agents'.
+    pub catalog: Arc<Catalog>,
+}
+
+impl std::ops::Deref for Core {
+    type Target = CoreParts;
+
+    fn deref(&self) -> &CoreParts {
+        &self.parts
+    }
+}
+
+/// The parts of a [`Core`], reached through it.
+#[derive(Debug)]
+pub struct CoreParts {
     /// The validated settings.
     pub settings: Arc<Settings>,
     /// The database.
@@ -60,8 +77,6 @@ pub struct Core {
     pub limiter: RateLimiter,
     /// Redis, when configured.
     pub redis: Option<redis::aio::ConnectionManager>,
-    /// The permission catalog: core resources plus the agents'.
-    pub catalog: Arc<Catalog>,
     /// This process's view of the audit chain's last event.
     pub audit_head: audit::ChainHead,
     /// Wakes this process's job workers.
@@ -113,7 +128,7 @@ impl Core {
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
-        let core = Self {
+        let parts = CoreParts {
             signer: TokenSigner::new(secret.as_bytes(), settings.access_token_ttl_secs),
             hasher: PasswordHasherPool::new(cpus),
             redis: redis.map(|(manager, _)| manager),
@@ -121,13 +136,16 @@ impl Core {
             db,
             caches,
             limiter,
-            catalog: Arc::new(Catalog::default()),
             audit_head,
             job_signal: jobs::JobSignal::default(),
             storage,
             last_used,
             mfa_box,
             search_index,
+        };
+        let core = Self {
+            parts: Arc::new(parts),
+            catalog: Arc::new(Catalog::default()),
         };
         let resealed = core.reseal_mfa_secrets().await?;
         if resealed > 0 {
