@@ -2,7 +2,8 @@
 # One scenario of the reference load (../shared/load) on a fresh server, for A/B runs of two
 # builds: seeds the load's 5,000 clients and member, warms up 2 s, then runs wrk for SECS.
 # Usage: bash bench/scenario.sh <health|get|search|create|patch|page50> <binary> [secs] [database-url]
-# Env: PERF=1 also records the server with `perf record -g` into perf.data (needs linux-perf).
+# Env: PERF=1 also records the server with `perf record -g` into perf.data (needs linux-perf);
+# ANALYZE=1 (PostgreSQL) runs ANALYZE after the seed, the statistics autovacuum would keep.
 # Prints wrk's latency and req/s lines and the server's VmHWM/VmRSS afterwards.
 set -euo pipefail
 kind=$1
@@ -36,6 +37,7 @@ until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.05; d
 export BASE_URL=http://127.0.0.1:$port ADMIN_EMAIL=$AGENTDESK_ADMIN_EMAIL ADMIN_PASSWORD=$AGENTDESK_ADMIN_PASSWORD
 export PATCH_CONTENT_TYPE=application/merge-patch+json
 python3 "$load/harness/setup.py" seed "$work" >/dev/null
+if [ -n "$name" ] && [ -n "${ANALYZE:-}" ]; then psql "$db/$name" -qc ANALYZE; fi
 set -a
 # shellcheck disable=SC1091
 . "$work/env.sh"

@@ -715,6 +715,57 @@ async fn scoped_and_searched_pages_are_exact_whatever_the_plan() {
     app.get(&format!("/api/v1/clients/{}", ids[148]), &member.token)
         .await
         .expect(404, Some("not_found"));
+
+    // One grant: its rows are walked in the page's order (on PostgreSQL each client looked up
+    // from them), across pages, both ways, with a search, a status and a tag.
+    assert_eq!(
+        all_pages(&app, &member.token, "/api/v1/clients?limit=7").await,
+        newest_first(&first)
+    );
+    let mut oldest_first = newest_first(&first);
+    oldest_first.reverse();
+    assert_eq!(
+        all_pages(
+            &app,
+            &member.token,
+            "/api/v1/clients?sort=created_at&limit=7"
+        )
+        .await,
+        oldest_first
+    );
+    let first_acme: Vec<usize> = first.iter().copied().filter(|i| i % 3 == 0).collect();
+    assert_eq!(
+        all_pages(&app, &member.token, "/api/v1/clients?q=acme&limit=4").await,
+        newest_first(&first_acme)
+    );
+    for &i in &first_acme[..3] {
+        app.patch(
+            &format!("/api/v1/clients/{}", ids[i]),
+            &admin,
+            json!({"status": "archived", "tags": ["kept"]}),
+        )
+        .await
+        .expect(200, None);
+    }
+    let archived = newest_first(&first_acme[..3]);
+    assert_eq!(
+        all_pages(
+            &app,
+            &member.token,
+            "/api/v1/clients?status=archived&limit=2"
+        )
+        .await,
+        archived
+    );
+    assert_eq!(
+        all_pages(
+            &app,
+            &member.token,
+            "/api/v1/clients?tag=kept&q=acme&limit=2"
+        )
+        .await,
+        archived
+    );
 }
 
 /// On SQLite the hot reads of clients run on the calling thread (`inline_reads`): they give

@@ -462,6 +462,17 @@ pub struct ClientPage {
     pub next_cursor: Option<String>,
 }
 
+/// The page of `rows` (up to `limit + 1` of them, the extra one telling that more follow).
+fn client_page(rows: Vec<client::Model>, sort: ClientSort, limit: u64) -> ClientPage {
+    let (rows, next_cursor) = crate::pagination::split_page(rows, limit, |last| {
+        crate::pagination::encode_keyed_cursor(last.id, &cursor_key(sort, last))
+    });
+    ClientPage {
+        items: rows.into_iter().map(Client::from).collect(),
+        next_cursor,
+    }
+}
+
 /// The sort key of `row` in a cursor: the bytes of its name key, or its `updated_at` as
 /// nanoseconds (8 bytes, big-endian); nothing for the orders by creation, which the id keeps.
 fn cursor_key(sort: ClientSort, row: &client::Model) -> Vec<u8> {
@@ -670,6 +681,7 @@ impl Core {
             ClientSort::UpdatedAsc | ClientSort::UpdatedDesc => Some(client::Column::UpdatedAt),
             _ => None,
         };
+        let mut beyond_cursor = None;
         if let Some(raw) = cursor.filter(|c| !c.is_empty()) {
             let (after, key) = crate::pagination::decode_keyed_cursor(raw)?;
             let desc = sort.descending();
@@ -678,7 +690,7 @@ impl Core {
             } else {
                 id_column.clone().gt(after)
             };
-            condition = condition.add(match key_column {
+            beyond_cursor = Some(match key_column {
                 None => Condition::all().add(after_id),
                 Some(col) => {
                     let key: sea_orm::Value = if matches!(col, client::Column::UpdatedAt) {
@@ -697,6 +709,23 @@ impl Core {
                 }
             });
         }
+        let order = if sort.descending() {
+            sea_orm::Order::Desc
+        } else {
+            sea_orm::Order::Asc
+        };
+        if let Some(grant) = single_grant
+            && key_column.is_none()
+            && self.db.backend() == DatabaseBackend::Postgres
+        {
+            let rows = self
+                .grant_page(grant, condition, beyond_cursor, order, limit)
+                .await?;
+            return Ok(client_page(rows, sort, limit));
+        }
+        if let Some(beyond) = beyond_cursor {
+            condition = condition.add(beyond);
+        }
         let mut query = client::Entity::find().filter(condition);
         if let Some(grant) = single_grant {
             QueryTrait::query(&mut query).inner_join(
@@ -706,11 +735,6 @@ impl Core {
                     .and(Expr::col((grant_clients, Alias::new("grant_id"))).eq(grant)),
             );
         }
-        let order = if sort.descending() {
-            sea_orm::Order::Desc
-        } else {
-            sea_orm::Order::Asc
-        };
         if let Some(col) = key_column {
             query = query.order_by(col, order.clone());
         }
@@ -720,13 +744,49 @@ impl Core {
         } else {
             query.all(self.db.reader()).await?
         };
-        let (rows, next_cursor) = crate::pagination::split_page(rows, limit, |last| {
-            crate::pagination::encode_keyed_cursor(last.id, &cursor_key(sort, last))
-        });
-        Ok(ClientPage {
-            items: rows.into_iter().map(Client::from).collect(),
-            next_cursor,
-        })
+        Ok(client_page(rows, sort, limit))
+    }
+
+    /// PostgreSQL: a page of one grant's clients in the order of their ids. The grant's rows
+    /// are walked in that order (its primary key) and each client looked up and tested, until
+    /// the page is full. As a join, the planner would rather walk `clients` in id order and
+    /// test every row for the grant (ten times the rows for a grant of a tenth of them); the
+    /// clients are therefore a LATERAL subquery that its `OFFSET 0` keeps from being merged
+    /// into the join. `condition` applies to `clients`, `beyond_cursor` to the grant's rows.
+    async fn grant_page(
+        &self,
+        grant: Uuid,
+        condition: Condition,
+        beyond_cursor: Option<Condition>,
+        order: sea_orm::Order,
+        limit: u64,
+    ) -> Result<Vec<client::Model>> {
+        use sea_orm::FromQueryResult;
+        use sea_orm::sea_query::{Asterisk, JoinType};
+        let grant_clients = Alias::new("grant_clients");
+        let granted = Alias::new("granted");
+        let mut clients = client::Entity::find()
+            .filter(condition)
+            .filter(
+                Expr::col((client::Entity, client::Column::Id))
+                    .equals((grant_clients.clone(), Alias::new("client_id"))),
+            )
+            .into_query();
+        clients.offset(0);
+        let mut page = Query::select();
+        page.column((granted.clone(), Asterisk))
+            .from(grant_clients.clone())
+            .join_lateral(JoinType::InnerJoin, clients, granted, Expr::cust("TRUE"))
+            .and_where(Expr::col((grant_clients.clone(), Alias::new("grant_id"))).eq(grant));
+        if let Some(beyond) = beyond_cursor {
+            page.cond_where(beyond);
+        }
+        page.order_by((grant_clients, Alias::new("client_id")), order)
+            .limit(limit + 1);
+        let statement = DatabaseBackend::Postgres.build(&page);
+        Ok(client::Model::find_by_statement(statement)
+            .all(self.db.reader())
+            .await?)
     }
 
     /// The rows of a SELECT of clients on the reader: on the calling thread where SQLite's
