@@ -16,21 +16,12 @@ bin=$(realpath "${AGENTDESK_BIN:-target/release/agentdesk}")
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 
 data=$(mktemp -d)
-trap 'kill $pid 2>/dev/null && wait $pid 2>/dev/null; rm -rf "$data"' EXIT
-export AGENTDESK_DATA_DIR=$data AGENTDESK_BIND=127.0.0.1:$port AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
+# shellcheck source=bench/server.sh
+. bench/server.sh
+trap 'bench_server_stop; rm -rf "$data"' EXIT
 export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-password-123
-# S6 logs in 10 s long from one address; the per-IP limit would make it a 429 benchmark.
-export AGENTDESK_LOGIN_MAX_FAILURES_PER_IP=1000000
-if [ -n "$db" ]; then
-  # A fresh database of its own, dropped afterwards.
-  name=agentdesk_members_$$
-  psql "$db/postgres" -qc "CREATE DATABASE $name" >/dev/null
-  trap 'kill $pid 2>/dev/null && wait $pid 2>/dev/null; rm -rf "$data"; psql "$db/postgres" -qc "DROP DATABASE IF EXISTS $name" >/dev/null' EXIT
-  export AGENTDESK_DATABASE_URL=$db/$name
-fi
-"$bin" serve >"$data/serve.log" 2>&1 &
-pid=$!
-until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.05; done
+bench_server_start "$bin" "$port" "$data" "$db" agentdesk_members
+pid=$bench_pid
 echo "binary: $bin ($(git rev-parse --short HEAD 2>/dev/null)), $(nproc) cores, database: ${db:+postgresql}${db:-sqlite}"
 
 BASE_URL=http://127.0.0.1:$port ADMIN_EMAIL=$AGENTDESK_ADMIN_EMAIL ADMIN_PASSWORD=$AGENTDESK_ADMIN_PASSWORD \

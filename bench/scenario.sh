@@ -16,28 +16,16 @@ port=${BENCH_PORT:-18599}
 data=$(mktemp -d)
 work=$data/work
 mkdir -p "$work"
-export AGENTDESK_DATA_DIR=$data AGENTDESK_BIND=127.0.0.1:$port AGENTDESK_LOG=warn
+# shellcheck source=bench/server.sh
+. bench/server.sh
+trap 'bench_server_stop; rm -rf "$data"' EXIT
 export AGENTDESK_ADMIN_EMAIL=bench@example.com AGENTDESK_ADMIN_PASSWORD=bench-password-123
-export AGENTDESK_LOGIN_MAX_FAILURES_PER_IP=1000000
-name=""
-if [ -n "$db" ]; then
-  name=agentdesk_scenario_$$
-  psql "$db/postgres" -qc "CREATE DATABASE $name" >/dev/null
-  export AGENTDESK_DATABASE_URL=$db/$name
-fi
-"$bin" serve >"$data/serve.log" 2>&1 &
-pid=$!
-cleanup() {
-  kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-  rm -rf "$data"
-  if [ -n "$name" ]; then psql "$db/postgres" -qc "DROP DATABASE IF EXISTS $name" >/dev/null; fi
-}
-trap cleanup EXIT
-until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do sleep 0.05; done
+bench_server_start "$bin" "$port" "$data" "$db" agentdesk_scenario
+pid=$bench_pid
 export BASE_URL=http://127.0.0.1:$port ADMIN_EMAIL=$AGENTDESK_ADMIN_EMAIL ADMIN_PASSWORD=$AGENTDESK_ADMIN_PASSWORD
 export PATCH_CONTENT_TYPE=application/merge-patch+json
 python3 "$load/harness/setup.py" seed "$work" >/dev/null
-if [ -n "$name" ] && [ -n "${ANALYZE:-}" ]; then psql "$db/$name" -qc ANALYZE; fi
+if [ -n "$bench_db_name" ] && [ -n "${ANALYZE:-}" ]; then psql "$db/$bench_db_name" -qc ANALYZE; fi
 set -a
 # shellcheck disable=SC1091
 . "$work/env.sh"

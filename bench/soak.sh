@@ -20,27 +20,12 @@ bin=$(realpath "${AGENTDESK_BIN:-target/release/agentdesk}")
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 
 work=$(mktemp -d)
-pid=
-cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-  [ -n "${name:-}" ] && psql "$db/postgres" -qc "DROP DATABASE IF EXISTS $name" >/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-export AGENTDESK_DATA_DIR=$work/data AGENTDESK_BIND=127.0.0.1:$port AGENTDESK_LOG=warn AGENTDESK_LOG_FORMAT=json
+# shellcheck source=bench/server.sh
+. bench/server.sh
+trap 'bench_server_stop; rm -rf "$work"' EXIT
 export AGENTDESK_ADMIN_EMAIL=soak@example.com AGENTDESK_ADMIN_PASSWORD=soak-password-123
-export AGENTDESK_LOGIN_MAX_FAILURES_PER_IP=1000000
-if [ -n "$db" ]; then
-  name=agentdesk_soak_$$
-  psql "$db/postgres" -qc "CREATE DATABASE $name" >/dev/null
-  export AGENTDESK_DATABASE_URL=$db/$name
-fi
-"$bin" serve >"$work/serve.log" 2>&1 &
-pid=$!
-until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do
-  kill -0 "$pid" 2>/dev/null || { cat "$work/serve.log"; exit 1; }
-  sleep 0.05
-done
+bench_server_start "$bin" "$port" "$work" "$db" agentdesk_soak
+pid=$bench_pid
 echo "soak: $bin ($(git rev-parse --short HEAD 2>/dev/null)), $(nproc) cores, database: $([ -n "$db" ] && echo postgresql || echo sqlite), $minutes min"
 
 export BASE_URL=http://127.0.0.1:$port ADMIN_EMAIL=$AGENTDESK_ADMIN_EMAIL ADMIN_PASSWORD=$AGENTDESK_ADMIN_PASSWORD
